@@ -1,0 +1,3 @@
+from dqn_cli.cli import main
+
+main()

@@ -1,0 +1,166 @@
+"""Replay buffer builder: the `buffer` config group becomes a preallocated numpy ring buffer.
+
+Transitions are stored per vector-env stream: arrays have shape (T, N, ...), T = capacity // N,
+so each env's transitions stay in order and n-step windows never mix streams. `terminated` and
+`truncated` are kept apart: a target bootstraps through a time-limit truncation but not through a
+termination.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from omegaconf import DictConfig
+
+from dqn_cli.errors import UserError
+
+
+class Batch(NamedTuple):
+    """A sampled minibatch. `discounts` is gamma**k for the k rewards summed into `rewards`."""
+
+    obs: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    next_obs: np.ndarray
+    terminated: np.ndarray
+    discounts: np.ndarray
+    weights: np.ndarray | None = None  # importance weights (prioritized replay only)
+    indices: np.ndarray | None = None  # flat (t * N + env) positions, for priority updates
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel reports as available (MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits(nbytes: int, what: str) -> None:
+    """Refuse an allocation larger than the memory available now, before making it."""
+    avail = available_memory()
+    if avail is not None and nbytes > avail:
+        raise UserError(
+            f"{what} needs {nbytes / 2**30:.2f} GiB but only {avail / 2**30:.2f} GiB of memory is "
+            "available. Lower buffer.capacity (or the number of envs) so it fits."
+        )
+
+
+class ReplayBuffer:
+    """Uniform replay over flat observations, storing obs and next_obs for every transition."""
+
+    def __init__(
+        self,
+        capacity: int,
+        obs_shape: tuple[int, ...],
+        obs_dtype: np.dtype,
+        num_envs: int = 1,
+        n_step: int = 1,
+        gamma: float = 0.99,
+    ):
+        self.num_envs = num_envs
+        self.size_per_env = max(1, capacity // num_envs)
+        self.n_step, self.gamma = n_step, gamma
+        self.obs_shape, self.obs_dtype = tuple(obs_shape), np.dtype(obs_dtype)
+        check_fits(self.estimate_nbytes(), f"buffer.capacity={capacity}")
+        shape = (self.size_per_env, num_envs)
+        self.obs = np.zeros(shape + self.obs_shape, self.obs_dtype)
+        self.next_obs = np.zeros(shape + self.obs_shape, self.obs_dtype)
+        self.actions = np.zeros(shape, np.int64)
+        self.rewards = np.zeros(shape, np.float32)
+        self.terminated = np.zeros(shape, bool)
+        self.truncated = np.zeros(shape, bool)
+        self.pos, self.full = 0, False
+
+    def estimate_nbytes(self) -> int:
+        per_step = 2 * int(np.prod(self.obs_shape)) * self.obs_dtype.itemsize + 8 + 4 + 1 + 1
+        return self.size_per_env * self.num_envs * per_step
+
+    def __len__(self) -> int:
+        return (self.size_per_env if self.full else self.pos) * self.num_envs
+
+    def add(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
+        """Store one vector step; every argument has a leading axis of length num_envs."""
+        p = self.pos
+        self.obs[p] = obs
+        self.next_obs[p] = next_obs
+        self.actions[p] = actions
+        self.rewards[p] = rewards
+        self.terminated[p] = terminated
+        self.truncated[p] = truncated
+        self.pos = (p + 1) % self.size_per_env
+        self.full = self.full or self.pos == 0
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
+        filled = self.size_per_env if self.full else self.pos
+        t = rng.integers(0, filled, size=batch_size)
+        env = rng.integers(0, self.num_envs, size=batch_size)
+        return self._gather(t, env)
+
+    def _gather(self, t: np.ndarray, env: np.ndarray, weights: np.ndarray | None = None) -> Batch:
+        rewards, terminated, discounts, last = self._n_step(t, env)
+        return Batch(
+            obs=self.obs[t, env],
+            actions=self.actions[t, env],
+            rewards=rewards,
+            next_obs=self.next_obs[last, env],
+            terminated=terminated,
+            discounts=discounts,
+            weights=weights,
+            indices=t * self.num_envs + env,
+        )
+
+    def _n_step(self, t: np.ndarray, env: np.ndarray):
+        """Sum up to n discounted rewards from t, stopping at an episode end or the newest entry.
+
+        Returns the summed rewards, whether the window ended in a termination, gamma**k for the k
+        rewards summed, and the index whose next_obs the target bootstraps from.
+        """
+        if self.n_step == 1:
+            discounts = np.full(len(t), self.gamma, np.float32)
+            return self.rewards[t, env], self.terminated[t, env].astype(np.float32), discounts, t
+        size = self.size_per_env
+        steps_left = (self.pos - t - 1) % size + 1  # transitions from t up to the newest one
+        rewards = np.zeros(len(t), np.float32)
+        terminated = np.zeros(len(t), bool)
+        k = np.zeros(len(t), np.int64)  # rewards summed so far
+        last = t.copy()
+        active = np.ones(len(t), bool)
+        for i in range(self.n_step):
+            idx = (t + i) % size
+            rewards += np.where(active, self.gamma**i * self.rewards[idx, env], 0.0).astype(np.float32)
+            last = np.where(active, idx, last)
+            k += active
+            terminated |= active & self.terminated[idx, env]
+            # an episode end (either kind) or the newest entry closes the window
+            active &= ~(self.terminated[idx, env] | self.truncated[idx, env]) & (i + 1 < steps_left)
+        discounts = (self.gamma**k).astype(np.float32)
+        return rewards, terminated.astype(np.float32), discounts, last
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        n = self.size_per_env if self.full else self.pos
+        return {
+            "obs": self.obs[:n], "next_obs": self.next_obs[:n], "actions": self.actions[:n],
+            "rewards": self.rewards[:n], "terminated": self.terminated[:n],
+            "truncated": self.truncated[:n], "pos": np.array(self.pos), "full": np.array(self.full),
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        n = len(state["actions"])
+        for key in ("obs", "next_obs", "actions", "rewards", "terminated", "truncated"):
+            getattr(self, key)[:n] = state[key]
+        self.pos, self.full = int(state["pos"]), bool(state["full"])
+
+
+def make_buffer(
+    buf_cfg: DictConfig, obs_shape, obs_dtype, num_envs: int, n_step: int = 1, gamma: float = 0.99
+) -> ReplayBuffer:
+    """Build the replay buffer. Reads `buffer.kind` and `buffer.capacity`."""
+    if buf_cfg.kind == "uniform":
+        return ReplayBuffer(int(buf_cfg.capacity), obs_shape, obs_dtype, num_envs, n_step, gamma)
+    raise UserError(f"buffer.kind={buf_cfg.kind!r} is unknown; allowed: uniform.")

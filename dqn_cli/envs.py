@@ -1,0 +1,88 @@
+"""Environment builder: the `env` config group becomes a gymnasium vector env.
+
+Every env this module returns is a `gymnasium.vector.VectorEnv` with same-step autoreset: when an
+episode ends, `step` returns the first observation of the next episode and the last one sits in
+`infos["final_obs"]`. Episode returns and lengths come from gymnasium's `RecordEpisodeStatistics`,
+placed before any reward clipping so they are the true scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import gymnasium as gym
+import numpy as np
+from omegaconf import DictConfig
+
+from dqn_cli.errors import UserError
+
+SAME_STEP = gym.vector.AutoresetMode.SAME_STEP
+
+
+def make_env(
+    env_cfg: DictConfig, seed: int, num_envs: int | None = None, training: bool = True
+) -> gym.vector.VectorEnv:
+    """Build the vector env described by `env_cfg` and seed its action spaces.
+
+    Reads `env.kind`, `env.id`, `env.num_envs` (unless `num_envs` is given) and
+    `env.max_episode_steps`. `training=False` builds the evaluation variant (no training-only
+    reward or termination changes). The caller resets it with its seed.
+    """
+    n = int(num_envs if num_envs is not None else env_cfg.num_envs)
+    if env_cfg.kind != "classic":
+        raise UserError(f"env.kind={env_cfg.kind!r} is not supported; allowed: classic.")
+    _check_registered(env_cfg.id)
+    kwargs = {}
+    if env_cfg.get("max_episode_steps") is not None:
+        kwargs["max_episode_steps"] = int(env_cfg.max_episode_steps)
+    env = gym.make_vec(
+        env_cfg.id,
+        num_envs=n,
+        vectorization_mode="sync",
+        vector_kwargs={"autoreset_mode": SAME_STEP},
+        wrappers=[gym.wrappers.RecordEpisodeStatistics],
+        **kwargs,
+    )
+    _check_spaces(env, env_cfg.id)
+    env.action_space.seed(seed)
+    return env
+
+
+def _check_registered(env_id: str) -> None:
+    if env_id not in gym.registry:
+        close = [k for k in gym.registry if k.lower().startswith(env_id.split("-")[0].lower()[:4])]
+        hint = f" Close matches: {', '.join(sorted(close)[:6])}." if close else ""
+        raise UserError(
+            f"env.id={env_id!r} is not a registered gymnasium environment.{hint} "
+            "Pick a preset with env=cartpole|acrobot|mountaincar or set env.id to a registered id."
+        )
+
+
+def _check_spaces(env: gym.vector.VectorEnv, env_id: str) -> None:
+    obs_space, act_space = env.single_observation_space, env.single_action_space
+    if not isinstance(act_space, gym.spaces.Discrete):
+        env.close()
+        raise UserError(f"env.id={env_id!r} has {act_space} actions; DQN needs a Discrete action space.")
+    if not isinstance(obs_space, gym.spaces.Box):
+        env.close()
+        raise UserError(f"env.id={env_id!r} has {obs_space} observations; a Box observation space is needed.")
+
+
+def finished_episodes(infos: dict) -> Iterator[tuple[float, int]]:
+    """Yield (return, length) of each episode that ended in this vector step."""
+    final = infos.get("final_info")
+    if not final or "episode" not in final:
+        return
+    ep, mask = final["episode"], final["_episode"]
+    for i in np.flatnonzero(mask):
+        yield float(ep["r"][i]), int(ep["l"][i])
+
+
+def real_next_obs(next_obs: np.ndarray, infos: dict, done: np.ndarray) -> np.ndarray:
+    """The observation each step led to: `final_obs` where an episode ended, else `next_obs`."""
+    if not done.any():
+        return next_obs
+    real = next_obs.copy()
+    for i in np.flatnonzero(done):
+        real[i] = infos["final_obs"][i]
+    return real

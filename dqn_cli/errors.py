@@ -1,0 +1,5 @@
+"""The one exception type for user mistakes: the CLI prints it as a paragraph and exits 2."""
+
+
+class UserError(Exception):
+    """A mistake in the user's config, command line or files; the message says what is allowed."""

@@ -1,0 +1,17 @@
+"""Exploration schedule (SB3's `exploration_*` keys)."""
+
+from __future__ import annotations
+
+
+class LinearSchedule:
+    """epsilon(step): `initial` at step 0, linear to `final` at `fraction * total_steps`, then flat."""
+
+    def __init__(self, initial: float, final: float, fraction: float, total_steps: int):
+        self.initial, self.final = float(initial), float(final)
+        self.duration = fraction * total_steps
+
+    def __call__(self, step: int) -> float:
+        if self.duration <= 0:
+            return self.final
+        progress = min(1.0, step / self.duration)
+        return self.initial + progress * (self.final - self.initial)
