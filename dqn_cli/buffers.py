@@ -100,15 +100,30 @@ class ReplayBuffer:
         filled = self.size_per_env if self.full else self.pos
         t = rng.integers(0, filled, size=batch_size)
         env = rng.integers(0, self.num_envs, size=batch_size)
+        bad = ~self.sampleable(t, env)
+        while bad.any():  # storage layouts with unusable slots redraw them (rare)
+            t[bad] = rng.integers(0, filled, size=int(bad.sum()))
+            bad = ~self.sampleable(t, env)
         return self._gather(t, env)
+
+    def sampleable(self, t: np.ndarray, env: np.ndarray) -> np.ndarray:
+        """Which stored (t, env) slots can be turned into a full transition. All of them here;
+        layouts that rebuild observations from neighbours (frame stacks) narrow this."""
+        return np.ones(len(t), bool)
+
+    def _obs_at(self, t: np.ndarray, env: np.ndarray) -> np.ndarray:
+        return self.obs[t, env]
+
+    def _next_obs_at(self, t: np.ndarray, env: np.ndarray) -> np.ndarray:
+        return self.next_obs[t, env]
 
     def _gather(self, t: np.ndarray, env: np.ndarray, weights: np.ndarray | None = None) -> Batch:
         rewards, terminated, discounts, last = self._n_step(t, env)
         return Batch(
-            obs=self.obs[t, env],
+            obs=self._obs_at(t, env),
             actions=self.actions[t, env],
             rewards=rewards,
-            next_obs=self.next_obs[last, env],
+            next_obs=self._next_obs_at(last, env),
             terminated=terminated,
             discounts=discounts,
             weights=weights,
