@@ -1,0 +1,247 @@
+"""DQNAgent: exact TD targets and losses on hand-made batches, target-network sync, epsilon-greedy acting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from dqn_cli.agent import DQNAgent, make_agent
+from dqn_cli.buffers import Batch, ReplayBuffer
+from dqn_cli.networks import MLP
+
+CPU = torch.device("cpu")
+
+
+def agent_cfg(**overrides):
+    base = dict(gamma=0.99, lr=1e-3, adam_eps=1e-8, loss="huber", max_grad_norm=None, tau=1.0)
+    return OmegaConf.create({**base, **overrides})
+
+
+def linear_agent(online_w, target_w, **cfg) -> DQNAgent:
+    """An agent whose Q-networks are single linear layers Q(s) = W s with weights set by hand."""
+    agent = DQNAgent(MLP(2, 2, hidden_sizes=[]), 2, agent_cfg(**cfg), CPU)
+    with torch.no_grad():
+        for net, w in ((agent.q_net, online_w), (agent.target_net, target_w)):
+            (layer,) = net.layers
+            layer.weight.copy_(torch.tensor(w, dtype=torch.float32))
+            layer.bias.zero_()
+    return agent
+
+
+def f32(*rows):
+    return np.array(rows, np.float32)
+
+
+# Online Q(s) = s, target Q(s) = 2 s, so every number below can be checked by hand.
+BATCH = Batch(
+    obs=f32([0.5, -1.0], [2.0, 0.0], [0.0, 0.0]),
+    actions=np.array([0, 1, 1]),
+    rewards=f32(1.0, 2.12, 2.0),
+    next_obs=f32([1.0, 3.0], [-2.0, -1.0], [4.0, 5.0]),
+    terminated=f32(0.0, 0.0, 1.0),
+    discounts=f32(0.9, 0.81, 0.9),  # a 1-step, a 2-step and a 1-step transition
+)
+# Q(s, a) = [0.5, 0.0, 0.0]; target max_a Q(s') = [6, -2, 10]; the third row is terminal, so its 10 is masked:
+# y = [1 + 0.9*6, 2.12 + 0.81*(-2), 2] = [6.4, 0.5, 2.0]; q - y = [-5.9, -0.5, -2.0]
+EXPECTED = {
+    "mse": (5.9**2 + 0.5**2 + 2.0**2) / 3,
+    "huber": ((5.9 - 0.5) + 0.5 * 0.5**2 + (2.0 - 0.5)) / 3,  # |e| - 1/2 above 1, e^2 / 2 below
+}
+
+
+@pytest.mark.parametrize("loss", ["huber", "mse"])
+def test_td_loss_on_a_hand_made_batch(loss):
+    agent = linear_agent(np.eye(2), 2 * np.eye(2), loss=loss)
+    metrics = agent.update(BATCH)
+    assert metrics["td_loss"] == pytest.approx(EXPECTED[loss], rel=1e-6)
+    assert metrics["q_values"] == pytest.approx(0.5 / 3, rel=1e-6)
+
+
+@pytest.mark.parametrize("double, expected", [(False, EXPECTED["mse"]), (True, (2.3**2 + 1.12**2 + 2.0**2) / 3)])
+def test_double_dqn_target_on_a_hand_made_batch(double, expected):
+    # target Q(s) = 2 * (s1, s0): its own max over s' is [6, -2, 10] as above, but the online net
+    # (Q = s) picks action 1 at every s', which the target scores [2, -4, 8]:
+    # y = [1 + 0.9*2, 2.12 + 0.81*(-4), 2] = [2.8, -1.12, 2.0]; q - y = [-2.3, 1.12, -2.0]
+    agent = linear_agent(np.eye(2), [[0.0, 2.0], [2.0, 0.0]], loss="mse", double=double)
+    assert agent.update(BATCH)["td_loss"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_gradient_is_that_of_the_loss_against_the_fixed_target():
+    agent = linear_agent(np.eye(2), 2 * np.eye(2), loss="mse")
+    agent.update(BATCH)
+    # d/dW of mean((W[a] s - y)^2): row a collects 2/3 * (q - y) * s from each sample that took a
+    expected = np.zeros((2, 2))
+    for s, a, err in zip(BATCH.obs, BATCH.actions, [-5.9, -0.5, -2.0], strict=True):
+        expected[a] += 2 / 3 * err * s
+    (layer,) = agent.q_net.layers
+    np.testing.assert_allclose(layer.weight.grad.numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(layer.bias.grad.numpy(), [2 / 3 * -5.9, 2 / 3 * (-0.5 - 2.0)], rtol=1e-5)
+
+
+def _random_batch(rng, n, obs_dim, n_actions):
+    return Batch(
+        obs=rng.normal(size=(n, obs_dim)).astype(np.float32),
+        actions=rng.integers(0, n_actions, n),
+        rewards=rng.normal(size=n).astype(np.float32),
+        next_obs=rng.normal(size=(n, obs_dim)).astype(np.float32),
+        terminated=(rng.random(n) < 0.3).astype(np.float32),
+        discounts=rng.choice([0.99, 0.99**2, 0.99**3], n).astype(np.float32),
+    )
+
+
+@pytest.mark.parametrize(
+    "loss, torch_loss", [("huber", torch.nn.functional.smooth_l1_loss), ("mse", torch.nn.functional.mse_loss)]
+)
+def test_update_matches_a_manual_torch_computation(loss, torch_loss):
+    torch.manual_seed(0)
+    agent = DQNAgent(MLP(4, 3, [8, 8]), 3, agent_cfg(loss=loss, lr=1e-2), CPU)
+    with torch.no_grad():  # make the target net differ from the online net
+        for p in agent.target_net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    batch = _random_batch(np.random.default_rng(0), 32, 4, 3)
+    online = [p.detach().clone() for p in agent.q_net.parameters()]
+    target_before = [p.detach().clone() for p in agent.target_net.parameters()]
+
+    b = {k: torch.as_tensor(v) for k, v in batch._asdict().items() if v is not None}
+    with torch.no_grad():
+        y = b["rewards"] + b["discounts"] * (1 - b["terminated"]) * agent.target_net(b["next_obs"]).max(1).values
+        q = agent.q_net(b["obs"])[torch.arange(32), b["actions"]]
+        expected_loss = torch_loss(q, y).item()
+    metrics = agent.update(batch)
+
+    assert metrics["td_loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert metrics["q_values"] == pytest.approx(q.mean().item(), rel=1e-5, abs=1e-7)
+    # the online net took a step, the target net did not move
+    assert any(not torch.equal(p, p0) for p, p0 in zip(agent.q_net.parameters(), online, strict=True))
+    assert all(torch.equal(p, p0) for p, p0 in zip(agent.target_net.parameters(), target_before, strict=True))
+    assert not any(p.requires_grad for p in agent.target_net.parameters())
+
+
+def test_gradient_clipping_bounds_the_global_norm():
+    agent = DQNAgent(MLP(4, 3, [8]), 3, agent_cfg(loss="mse", max_grad_norm=0.01), CPU)
+    batch = _random_batch(np.random.default_rng(1), 32, 4, 3)
+    agent.update(batch._replace(rewards=batch.rewards * 100))
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in agent.q_net.parameters()]))
+    assert norm.item() == pytest.approx(0.01, rel=1e-4)
+
+
+def test_prioritized_weights_scale_the_per_sample_loss():
+    agent = linear_agent(np.eye(2), 2 * np.eye(2), loss="mse")
+    metrics = agent.update(BATCH._replace(weights=f32(1.0, 0.0, 0.5)))
+    assert metrics["td_loss"] == pytest.approx((5.9**2 + 0.5 * 2.0**2) / 3, rel=1e-6)
+    np.testing.assert_allclose(agent.td_abs, [5.9, 0.5, 2.0], rtol=1e-6)
+
+
+# ---- target sync ----------------------------------------------------------------------------------------
+
+
+def _perturb(net):
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p))
+
+
+def test_hard_sync_copies_the_online_net():
+    torch.manual_seed(0)
+    agent = DQNAgent(MLP(4, 2, [8]), 2, agent_cfg(tau=1.0), CPU)
+    _perturb(agent.q_net)
+    assert not all(
+        torch.equal(t, o) for t, o in zip(agent.target_net.parameters(), agent.q_net.parameters(), strict=True)
+    )
+    agent.sync_target()
+    for t, o in zip(agent.target_net.parameters(), agent.q_net.parameters(), strict=True):
+        assert torch.equal(t, o) and t.data_ptr() != o.data_ptr()
+    _perturb(agent.q_net)  # a copy, not an alias
+    assert not torch.equal(next(agent.target_net.parameters()), next(agent.q_net.parameters()))
+
+
+def test_polyak_sync_moves_tau_of_the_way():
+    torch.manual_seed(0)
+    agent = DQNAgent(MLP(4, 2, [8]), 2, agent_cfg(tau=0.25), CPU)
+    _perturb(agent.q_net)
+    old = [p.detach().clone() for p in agent.target_net.parameters()]
+    agent.sync_target()
+    for t, o, old_t in zip(agent.target_net.parameters(), agent.q_net.parameters(), old, strict=True):
+        torch.testing.assert_close(t, 0.75 * old_t + 0.25 * o)
+
+
+# ---- acting -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mlp_agent(small_cfg):
+    torch.manual_seed(0)
+    return make_agent(small_cfg, (4,), 3, CPU)
+
+
+@pytest.mark.parametrize("dueling", [False, True], ids=["plain", "dueling"])
+@pytest.mark.parametrize("activation", ["relu", "tanh", "elu"])
+def test_numpy_and_torch_greedy_paths_agree(small_cfg, activation, dueling):
+    small_cfg.network.activation = activation
+    OmegaConf.update(small_cfg, "network.dueling", dueling, force_add=True)
+    torch.manual_seed(0)
+    agent = make_agent(small_cfg, (4,), 3, CPU)
+    assert agent._greedy_numpy is not None  # the CPU fast path is in use
+    obs = np.random.default_rng(0).normal(size=(500, 4)).astype(np.float32)
+    with torch.no_grad():
+        expected = agent.q_net(torch.from_numpy(obs)).argmax(1).numpy()
+    np.testing.assert_array_equal(agent.act(obs, 0.0, np.random.default_rng(0)), expected)
+    agent._greedy_numpy = None  # the torch path
+    np.testing.assert_array_equal(agent.act(obs, 0.0, np.random.default_rng(0)), expected)
+
+
+def test_dueling_head_combines_value_and_centred_advantage():
+    torch.manual_seed(0)
+    net = MLP(4, 3, [8], dueling=True)
+    head = net.layers[-1]
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        features = net.layers[:-1](x)
+        value, adv = head.value(features), head.advantage(features)
+        torch.testing.assert_close(net(x), value + adv - adv.mean(1, keepdim=True))
+        assert net(x).shape == (5, 3)
+
+
+def test_numpy_path_sees_weight_updates(mlp_agent):
+    obs = np.random.default_rng(0).normal(size=(200, 4)).astype(np.float32)
+    _perturb(mlp_agent.q_net)
+    with torch.no_grad():
+        expected = mlp_agent.q_net(torch.from_numpy(obs)).argmax(1).numpy()
+    np.testing.assert_array_equal(mlp_agent.greedy(obs), expected)
+    # after an optimizer step too
+    buf = ReplayBuffer(64, (4,), np.float32)
+    for _ in range(64):
+        buf.add(obs[:1], [1], [1.0], obs[1:2], [False], [False])
+    mlp_agent.update(buf.sample(32, np.random.default_rng(0)))
+    with torch.no_grad():
+        expected = mlp_agent.q_net(torch.from_numpy(obs)).argmax(1).numpy()
+    np.testing.assert_array_equal(mlp_agent.greedy(obs), expected)
+
+
+def test_epsilon_one_is_uniform_random(mlp_agent):
+    obs = np.zeros((6000, 4), np.float32)  # one state: greedy would pick the same action every time
+    actions = mlp_agent.act(obs, 1.0, np.random.default_rng(0))
+    assert actions.min() >= 0 and actions.max() < 3
+    counts = np.bincount(actions, minlength=3)
+    np.testing.assert_allclose(counts / len(obs), 1 / 3, atol=0.03)
+
+
+def test_epsilon_mixes_greedy_and_random(mlp_agent):
+    obs = np.zeros((6000, 4), np.float32)
+    greedy = mlp_agent.greedy(obs[:1])[0]
+    actions = mlp_agent.act(obs, 0.3, np.random.default_rng(0))
+    # P(greedy action) = 1 - eps + eps / n_actions
+    assert np.mean(actions == greedy) == pytest.approx(0.7 + 0.1, abs=0.03)
+    assert np.all((actions >= 0) & (actions < 3))
+
+
+def test_state_dict_round_trip(mlp_agent, small_cfg):
+    _perturb(mlp_agent.q_net)
+    other = make_agent(small_cfg, (4,), 3, CPU)
+    other.load_state_dict(mlp_agent.state_dict())
+    for a, b in zip(mlp_agent.q_net.state_dict().values(), other.q_net.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    obs = np.random.default_rng(0).normal(size=(100, 4)).astype(np.float32)
+    np.testing.assert_array_equal(other.greedy(obs), mlp_agent.greedy(obs))  # the numpy views follow the load

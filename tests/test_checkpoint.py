@@ -1,0 +1,159 @@
+"""Checkpoints: round trip, atomic writes, and a UserError (never code execution) for every bad file."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dqn_cli.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from dqn_cli.errors import UserError
+
+
+def make_state() -> dict:
+    torch.manual_seed(0)
+    return {
+        "config": {"seed": 3, "agent": {"lr": 2.5e-3, "loss": "huber"}, "network": {"hidden_sizes": [64, 64]}},
+        "agent": {"q_net": {"w": torch.randn(4, 3), "b": torch.zeros(3)}, "optimizer": {"step": torch.tensor(5.0)}},
+        "counters": {"step": 300, "episodes": 12, "updates": 134},
+        "eval": {"best": 21.5, "last": None},
+        "rng": {"numpy": np.random.default_rng(0).bit_generator.state, "torch": torch.get_rng_state()},
+    }
+
+
+def test_round_trip_keeps_tensors_config_and_counters(tmp_path):
+    state = make_state()
+    path = save_checkpoint(state, tmp_path / "checkpoints" / "last.pt")  # creates the folder
+    assert path == tmp_path / "checkpoints" / "last.pt"
+    loaded = load_checkpoint(path)
+    assert loaded["format"] == FORMAT
+    assert loaded["config"] == state["config"]
+    assert loaded["counters"] == state["counters"] and loaded["eval"] == state["eval"]
+    for key in ("w", "b"):
+        assert torch.equal(loaded["agent"]["q_net"][key], state["agent"]["q_net"][key])
+    assert torch.equal(loaded["rng"]["torch"], state["rng"]["torch"])
+    # the numpy generator state comes back usable
+    rng = np.random.default_rng()
+    rng.bit_generator.state = loaded["rng"]["numpy"]
+    assert rng.random() == np.random.default_rng(0).random()
+
+
+def test_save_overwrites_atomically_and_leaves_no_temp_files(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"counters": {"step": 1}}, path)
+    save_checkpoint({"counters": {"step": 2}}, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    assert load_checkpoint(path)["counters"]["step"] == 2
+
+
+def test_failed_save_keeps_the_old_file_and_removes_the_temp_file(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"counters": {"step": 1}}, path)
+    before = path.read_bytes()
+    with pytest.raises(Exception):  # noqa: B017 - whatever pickle raises for a lambda
+        save_checkpoint({"counters": {"step": 2}, "bad": lambda: None}, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+# ---- bad files ---------------------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(UserError, match=r"checkpoint='.*nope\.pt' does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_directory_instead_of_file(tmp_path):
+    with pytest.raises(UserError, match="is a directory"):
+        load_checkpoint(tmp_path)
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.pt"
+    path.touch()
+    with pytest.raises(UserError, match=r"empty\.pt' is an empty file"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9, 16])
+def test_truncated_file(tmp_path, keep):
+    path = save_checkpoint(make_state(), tmp_path / "last.pt")
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep) if keep < 1 else keep])
+    with pytest.raises(UserError, match=r"last\.pt'"):
+        load_checkpoint(path)
+
+
+def test_text_file(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("hello, not a checkpoint\n")
+    with pytest.raises(UserError, match=r"notes\.pt'"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("payload", [{"q_net": torch.zeros(2)}, {"format": "other/v9"}, [1, 2, 3], torch.ones(2)])
+def test_foreign_torch_file(tmp_path, payload):
+    path = tmp_path / "foreign.pt"
+    torch.save(payload, path)
+    with pytest.raises(UserError, match="not a dqn_cli checkpoint"):
+        load_checkpoint(path)
+
+
+class MakesDirWhenUnpickled:
+    """A pickle payload: unpickling calls os.mkdir(marker), as a real exploit would run any command."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_malicious_raw_pickle_is_refused_without_running(tmp_path):
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"format": FORMAT, "x": MakesDirWhenUnpickled(tmp_path / "pwned")}, protocol=2))
+    with pytest.raises(UserError, match=r"evil\.pt' was refused by the safe loader"):
+        load_checkpoint(path)
+    assert not (tmp_path / "pwned").exists()
+    # the payload is live: a plain unpickler does run it
+    pickle.loads(pickle.dumps(MakesDirWhenUnpickled(tmp_path / "control")))
+    assert (tmp_path / "control").is_dir()
+
+
+def test_malicious_torch_file_is_refused_without_running(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": FORMAT, "agent": MakesDirWhenUnpickled(tmp_path / "pwned")}, path)
+    with pytest.raises(UserError, match=r"evil\.pt' was refused by the safe loader"):
+        load_checkpoint(path)
+    assert not (tmp_path / "pwned").exists()
+    torch.save({"format": FORMAT, "agent": MakesDirWhenUnpickled(tmp_path / "control")}, tmp_path / "control.pt")
+    torch.load(tmp_path / "control.pt", weights_only=False)
+    assert (tmp_path / "control").is_dir()
+
+
+def test_damaged_files_give_a_user_error_or_load(tmp_path):
+    # torch.load fails on garbage with many exception types (KeyError, IndexError, struct.error, ...);
+    # every one of them must reach the user as a UserError, never as a traceback.
+    good = save_checkpoint(make_state(), tmp_path / "good.pt").read_bytes()
+    rng = np.random.default_rng(0)
+    path = tmp_path / "damaged.pt"
+    for i in range(150):
+        if i % 3 == 0:
+            data = rng.integers(0, 256, rng.integers(1, 300)).astype(np.uint8).tobytes()
+        elif i % 3 == 1:
+            data = rng.integers(32, 127, rng.integers(1, 300)).astype(np.uint8).tobytes()
+        else:
+            damaged = bytearray(good)
+            for pos in rng.integers(0, len(good), 5):
+                damaged[pos] = int(rng.integers(0, 256))
+            data = bytes(damaged)
+        path.write_bytes(data)
+        try:
+            assert load_checkpoint(path)["format"] == FORMAT
+        except UserError as e:
+            assert "damaged.pt" in str(e)

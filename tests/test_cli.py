@@ -1,0 +1,152 @@
+"""The `dqn` console script in a subprocess: a tiny train run, eval to JSON, help, and clean errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dqn_cli.config import config_dir
+
+# The console script installed next to this interpreter; `python -m dqn_cli` where it is missing.
+_SCRIPT = Path(sys.executable).with_name("dqn")
+DQN = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "dqn_cli"]
+
+# Few steps, small buffer, CPU: a whole `dqn train` takes a second or two beyond interpreter start-up.
+TINY = [
+    "env=cartpole", "total_steps=300", "device=cpu", "buffer.capacity=500", "agent.batch_size=16",
+    "agent.learning_starts=32", "eval.interval=150", "eval.episodes=2", "checkpoint.interval=0",
+    "log.interval=100", "log.progress=false",
+]  # fmt: skip
+
+
+def dqn(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run([*DQN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def output(proc: subprocess.CompletedProcess) -> str:
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """The run dir of one `dqn train` subprocess."""
+    cwd = tmp_path_factory.mktemp("cli")
+    run_dir = cwd / "run"
+    proc = dqn("train", *TINY, f"hydra.run.dir={run_dir}", cwd=cwd)
+    assert proc.returncode == 0, output(proc)
+    return run_dir
+
+
+def test_train_writes_the_run_dir(trained):
+    assert (trained / ".hydra" / "config.yaml").is_file()
+    assert (trained / ".hydra" / "overrides.yaml").is_file()
+    assert list(trained.glob("events.out.tfevents.*"))
+    assert (trained / "checkpoints" / "last.pt").is_file()
+    assert (trained / "checkpoints" / "best.pt").is_file()
+    log = (trained / "train.log").read_text()
+    assert "done: 300 steps" in log and "final greedy eval" in log
+
+
+def test_train_writes_nothing_into_the_working_directory(trained):
+    assert sorted(p.name for p in trained.parent.iterdir()) == ["run"]
+
+
+def test_eval_writes_json(trained, tmp_path):
+    ckpt = trained / "checkpoints" / "last.pt"
+    proc = dqn("eval", f"checkpoint={ckpt}", "episodes=2", "device=cpu", "output=x.json", cwd=tmp_path)
+    assert proc.returncode == 0, output(proc)
+    result = json.loads((tmp_path / "x.json").read_text())
+    for key in ("mean_return", "std_return", "min_return", "max_return", "returns", "lengths", "episodes", "env",
+                "checkpoint", "step"):  # fmt: skip
+        assert key in result, key
+    assert result["episodes"] == 2 and len(result["returns"]) == 2 and len(result["lengths"]) == 2
+    assert result["env"] == "CartPole-v1" and result["checkpoint"] == str(ckpt) and result["step"] == 300
+    assert result["mean_return"] == pytest.approx(sum(result["returns"]) / 2)
+    assert result["returns"] == [float(n) for n in result["lengths"]]  # CartPole pays 1 per step
+    assert "mean return" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]  # no run dir, no log file for eval
+
+
+def test_top_level_help(tmp_path):
+    proc = dqn("--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert "train" in proc.stdout and "eval" in proc.stdout
+
+
+def test_train_help_lists_groups_options_and_keys(tmp_path):
+    proc = dqn("train", "--help", cwd=tmp_path)
+    assert proc.returncode == 0, output(proc)
+    text = proc.stdout
+    assert "== Config groups ==" in text
+    # every group folder of configs/ (nested ones too) is listed with all its options
+    configs = Path(config_dir())
+    groups = [p for p in configs.rglob("*") if p.is_dir() and "hydra" not in p.relative_to(configs).parts]
+    assert groups
+    for group in groups:
+        options = ", ".join(sorted(p.stem for p in group.glob("*.yaml")))
+        line = f"{group.relative_to(configs).as_posix()}: {options}"
+        assert line in text.splitlines(), line
+    for key in ("total_steps:", "gamma:", "capacity:", "hidden_sizes:"):
+        assert key in text, key
+
+
+def test_eval_help(tmp_path):
+    proc = dqn("eval", "--help", cwd=tmp_path)
+    assert proc.returncode == 0, output(proc)
+    assert "checkpoint: ???" in proc.stdout and "episodes:" in proc.stdout
+
+
+# ---- mistakes end with a short message, a non-zero code and no traceback ---------------------------------
+
+BAD = [
+    (["train", "env=foo"], ["env", "foo"]),
+    (["train", "foo=1"], ["foo"]),
+    (["train", "agent.lr=abc"], ["agent.lr", "abc"]),
+    (["train", "agent.gamma=1.5"], ["agent.gamma", "1.5"]),
+    (["eval", "checkpoint=missing.pt"], ["missing.pt", "does not exist"]),
+    (["eval"], ["no checkpoint given"]),
+    (["frobnicate"], ["frobnicate", "unknown command"]),
+]
+
+
+@pytest.mark.parametrize("args, words", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_fails_cleanly(tmp_path, args, words):
+    proc = dqn(*args, "hydra.run.dir=run" if args[0] == "train" else "device=cpu", cwd=tmp_path)
+    text = output(proc)
+    assert proc.returncode != 0, text
+    assert "Traceback" not in text, text
+    for word in words:
+        assert word in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 12, proc.stderr  # short: no stack, no config dump
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when no GPU is present")
+def test_cuda_without_a_gpu_fails_cleanly(tmp_path):
+    proc = dqn("train", *TINY, "device=cuda", "hydra.run.dir=run", cwd=tmp_path)
+    assert proc.returncode == 2, output(proc)
+    assert "Traceback" not in output(proc)
+    assert "device=" in proc.stderr and "cuda" in proc.stderr and "no CUDA GPU" in proc.stderr
+
+
+def test_damaged_checkpoint_fails_cleanly(trained, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes((trained / "checkpoints" / "last.pt").read_bytes()[:500])
+    proc = dqn("eval", f"checkpoint={bad}", "device=cpu", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in output(proc)
+    assert "bad.pt" in proc.stderr
+
+
+def test_module_entry_point_matches_the_script(tmp_path):
+    if shutil.which("dqn") is None and not _SCRIPT.exists():
+        pytest.skip("no dqn console script installed")
+    proc = subprocess.run([sys.executable, "-m", "dqn_cli", "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout == dqn("--help", cwd=tmp_path).stdout

@@ -1,0 +1,253 @@
+"""Every config and group option composes, resolves, validates and builds; every rule rejects bad values."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from dqn_cli.agent import make_agent
+from dqn_cli.buffers import make_buffer
+from dqn_cli.config import TRAIN_RULES, Rule, config_dir, validate_eval, validate_train
+from dqn_cli.envs import make_env
+from dqn_cli.errors import UserError
+
+CONFIGS = Path(config_dir())
+# Every config group is a folder of YAML options next to train.yaml (hydra/ holds Hydra's own groups).
+# A group with a default in train.yaml feeds a builder and is crossed with every other such group; a group
+# whose default is null (e.g. hparams_search) is an add-on, composed one option at a time. A folder inside
+# a group's folder (env/preset) is a nested group, tried with each option of its parent that uses it.
+_DEFAULTS = {
+    k: v
+    for d in OmegaConf.to_container(OmegaConf.load(CONFIGS / "train.yaml").defaults)
+    if isinstance(d, dict)
+    for k, v in d.items()
+}
+ALL_GROUPS = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir() and p.name != "hydra")
+GROUPS = [g for g in ALL_GROUPS if _DEFAULTS.get(g) is not None]
+ADDON_GROUPS = [g for g in ALL_GROUPS if g not in GROUPS]
+NESTED_GROUPS = sorted(f"{g}/{p.name}" for g in ALL_GROUPS for p in (CONFIGS / g).iterdir() if p.is_dir())
+OPTIONS = {group: sorted(p.stem for p in (CONFIGS / group).glob("*.yaml")) for group in ALL_GROUPS + NESTED_GROUPS}
+COMBOS = [dict(zip(GROUPS, choice, strict=True)) for choice in itertools.product(*(OPTIONS[g] for g in GROUPS))]
+ADDONS = [(g, o) for g in ADDON_GROUPS for o in OPTIONS[g]]
+PAIRS = [(e, n) for e in OPTIONS["env"] for n in OPTIONS["network"]]
+
+# Keys an option leaves `???` for the user, with a value to fill in when composing it.
+REQUIRED_EXAMPLES = {"env.game": "Pong"}
+
+
+def _combo_id(combo: dict[str, str]) -> str:
+    return ",".join(f"{g}={o}" for g, o in combo.items())
+
+
+def _missing_keys(cfg) -> list[str]:
+    out = []
+
+    def walk(node, prefix):
+        for key in node:
+            if OmegaConf.is_missing(node, key):
+                out.append(prefix + str(key))
+            elif OmegaConf.is_interpolation(node, key):
+                continue  # resolving it could hit the very `???` being looked for
+            elif isinstance(node[key], DictConfig):
+                walk(node[key], f"{prefix}{key}.")
+
+    walk(cfg, "")
+    return out
+
+
+def compose_filled(compose_cfg, overrides: list[str]):
+    """Compose, check that a `???` key is reported as required, then fill it from REQUIRED_EXAMPLES."""
+    cfg = compose_cfg("train", overrides)
+    missing = _missing_keys(cfg)
+    if missing:
+        with pytest.raises(UserError, match=re.escape(f"{missing[0]} is required")):
+            validate_train(cfg)
+        unknown = [k for k in missing if k not in REQUIRED_EXAMPLES]
+        assert not unknown, f"add an example value for {unknown} to REQUIRED_EXAMPLES"
+        cfg = compose_cfg("train", [*overrides, *(f"{k}={REQUIRED_EXAMPLES[k]}" for k in missing)])
+    OmegaConf.resolve(cfg)  # a stale interpolation fails here
+    return cfg
+
+
+def test_groups_are_discovered():
+    # The builders exist for these four groups; a renamed folder must not silently drop out of the tests.
+    assert {"env", "network", "buffer", "agent"} <= set(GROUPS)
+    assert all(OPTIONS[g] for g in ALL_GROUPS + NESTED_GROUPS)
+    for group in GROUPS:  # each default names an option that exists
+        assert _DEFAULTS[group] in OPTIONS[group]
+
+
+@pytest.mark.parametrize("combo", COMBOS, ids=_combo_id)
+def test_every_group_combination_composes_and_validates(compose_cfg, combo):
+    cfg = compose_filled(compose_cfg, [f"{g}={o}" for g, o in combo.items()])
+    validate_train(cfg)
+    for group, option in combo.items():
+        # the option's own name field shows the option really was selected
+        assert cfg[group].get("name", cfg[group].get("kind")) == option, group
+
+
+@pytest.mark.parametrize("nested", NESTED_GROUPS)
+def test_every_nested_group_option_composes_under_each_parent_that_uses_it(compose_cfg, nested):
+    parent, child = nested.split("/")
+    users = [
+        o
+        for o in OPTIONS[parent]
+        if OmegaConf.select(compose_filled(compose_cfg, [f"{parent}={o}"]), nested.replace("/", "."))
+    ]
+    assert users, f"no {parent} option uses {nested}"
+    for option in users:
+        for choice in OPTIONS[nested]:
+            cfg = compose_filled(compose_cfg, [f"{parent}={option}", f"{nested}={choice}"])
+            validate_train(cfg)
+            assert cfg[parent][child].name == choice
+
+
+def _build_error(cfg, obs_shape: tuple[int, ...]) -> str | None:
+    """The UserError a builder must raise for a combination that is invalid by design, else None."""
+    if cfg.network.name == "nature_cnn" and len(obs_shape) != 3:
+        return "network=nature_cnn needs image observations"
+    return None
+
+
+@pytest.mark.parametrize("env_option, network", PAIRS, ids=[f"env={e},network={n}" for e, n in PAIRS])
+def test_every_env_and_network_builds(compose_cfg, env_option, network):
+    """The builders turn each env x network pair into a working env, agent and (small) replay buffer,
+    or refuse a pair that cannot work with a UserError that says why."""
+    cfg = compose_filled(compose_cfg, [f"env={env_option}", f"network={network}", "buffer.capacity=1000"])
+    validate_train(cfg)
+    env = make_env(cfg.env, seed=0)
+    try:
+        obs_space, n_actions = env.single_observation_space, int(env.single_action_space.n)
+        expected_error = _build_error(cfg, obs_space.shape)
+        if expected_error is not None:
+            with pytest.raises(UserError, match=re.escape(expected_error)):
+                make_agent(cfg, obs_space.shape, n_actions, torch.device("cpu"))
+            return
+        agent = make_agent(cfg, obs_space.shape, n_actions, torch.device("cpu"))
+        obs, _ = env.reset(seed=0)
+        with torch.no_grad():
+            q = agent.q_net(torch.as_tensor(obs))
+        assert q.shape == (env.num_envs, n_actions)
+        actions = agent.act(obs, 0.0, np.random.default_rng(0))
+        next_obs, rewards, terminated, truncated, _ = env.step(actions)
+        for buffer_option in OPTIONS["buffer"]:
+            buf_cfg = compose_cfg("train", [f"buffer={buffer_option}", "buffer.capacity=1000"]).buffer
+            buffer = make_buffer(buf_cfg, obs_space.shape, obs_space.dtype, env.num_envs, 1, cfg.agent.gamma)
+            for _ in range(8):
+                buffer.add(obs, actions, rewards, next_obs, terminated, truncated)
+            assert len(buffer) == 8 * env.num_envs
+            assert agent.update(buffer.sample(4, np.random.default_rng(0)))["td_loss"] >= 0
+    finally:
+        env.close()
+
+
+@pytest.mark.skipif(not ADDONS, reason="no optional config group")
+@pytest.mark.parametrize("group, option", ADDONS, ids=[f"{g}={o}" for g, o in ADDONS])
+def test_every_optional_group_option_composes_and_validates(compose_cfg, group, option):
+    cfg = compose_cfg("train", [f"{group}={option}"])
+    OmegaConf.resolve(cfg)
+    validate_train(cfg)
+    # a sweeper searches over keys of the task config: each must be a key that exists and is checked
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        full = compose(config_name="train", overrides=[f"{group}={option}"], return_hydra_config=True)
+    params = OmegaConf.select(full, "hydra.sweeper.params") or {}
+    for key in params:
+        assert key in TRAIN_RULES and OmegaConf.select(cfg, key) is not None, key
+
+
+def test_eval_config_composes_and_needs_a_checkpoint(compose_cfg):
+    cfg = compose_cfg("eval", ["checkpoint=run/checkpoints/last.pt"])
+    OmegaConf.resolve(cfg)
+    validate_eval(cfg)
+    with pytest.raises(UserError, match="no checkpoint given"):
+        validate_eval(compose_cfg("eval"))
+
+
+def test_shrunk_config_is_valid(small_cfg):
+    validate_train(small_cfg)
+    assert small_cfg.total_steps == 300 and small_cfg.device == "cpu"
+
+
+# ---- value rules ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["agent.gamma=1.5"], "agent.gamma"),
+        (["buffer.capacity=-5"], "buffer.capacity"),
+        (["agent.batch_size=600", "agent.learning_starts=1000"], "agent.batch_size"),  # capacity is 500
+        (["agent.batch_size=64", "agent.learning_starts=10"], "agent.learning_starts"),
+        (["agent.lr=0"], "agent.lr"),
+        (["agent.lr=abc"], "agent.lr"),
+        (["+foo=1"], "foo"),
+        (["+agent.n_steps=3"], "agent.n_steps"),
+        (["agent.exploration_initial_eps=0.5", "agent.exploration_final_eps=0.9"], "agent.exploration_final_eps"),
+        (["agent.loss=l1"], "agent.loss"),
+        (["agent.tau=0"], "agent.tau"),
+        (["network.hidden_sizes=[64,0]"], "network.hidden_sizes"),
+        (["env.num_envs=0"], "env.num_envs"),
+        (["log.progress=sometimes"], "log.progress"),
+        (["total_steps=1.5"], "total_steps"),
+        (["agent.n_step=501"], "agent.n_step"),  # longer than the 500 steps the buffer keeps
+    ],
+)
+def test_bad_override_is_a_user_error_naming_the_key(small_cfg_factory, overrides, key):
+    cfg = small_cfg_factory(*overrides)
+    with pytest.raises(UserError) as info:
+        validate_train(cfg)
+    message = str(info.value)
+    assert re.search(rf"(?<![\w.]){re.escape(key)}\b", message), message
+    assert "\n" not in message  # one paragraph
+
+
+def _bad_values(rule: Rule) -> list:
+    """Values that `rule` must refuse, derived from the rule itself so a new key is covered at once."""
+    if rule.kind == "bool":
+        return ["yes", 1]
+    if rule.kind == "str":
+        return ["", 7]
+    if rule.kind == "choice":
+        return ["__not_an_option__"]
+    if rule.kind == "int_list":
+        return [[], [0], [16, -1], "64"]
+    bad = ["abc", float("nan")] + ([1.5] if rule.kind == "int" else [])
+    if rule.lo is not None:
+        bad.append(rule.lo if rule.lo_open else rule.lo - 1)
+    if rule.hi is not None:
+        bad.append(rule.hi + 1)
+    if not rule.nullable:
+        bad.append(None)
+    return bad
+
+
+RULE_CASES = [(key, bad) for key, rule in TRAIN_RULES.items() for bad in _bad_values(rule)]
+
+
+@pytest.mark.parametrize("key, bad", RULE_CASES, ids=[f"{k}={b!r}" for k, b in RULE_CASES])
+def test_every_rule_rejects_a_bad_value(small_cfg, key, bad):
+    OmegaConf.update(small_cfg, key, bad, force_add=True)
+    with pytest.raises(UserError, match=re.escape(f"{key}=")):
+        validate_train(small_cfg)
+
+
+def test_good_values_at_the_edges_pass(small_cfg_factory):
+    cfg = small_cfg_factory(
+        "agent.gamma=0",
+        "agent.tau=1",
+        "agent.max_grad_norm=null",
+        "agent.exploration_fraction=0",
+        "agent.exploration_initial_eps=0.1",
+        "agent.exploration_final_eps=0.1",
+        "agent.learning_starts=16",  # == batch_size
+        "buffer.capacity=16",  # == batch_size
+        "env.max_episode_steps=50",
+    )
+    validate_train(cfg)
