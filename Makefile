@@ -19,13 +19,13 @@ $(BIN)/dqn: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PIP_FLAGS) "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]" "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev,sweeps]" "$(TORCH_SPEC)"
 	touch $@
 
-install: $(BIN)/dqn ## Create .venv and install dqn_cli with CPU torch (editable, with dev tools)
+install: $(BIN)/dqn ## Create .venv and install dqn_cli with CPU torch (editable, dev tools, sweep plugins)
 
 install-bench: install ## Also install the benchmark peers (Stable-Baselines3)
-	$(BIN)/python -m pip install -q -e ".[dev,bench]" "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev,sweeps,bench]" "$(TORCH_SPEC)"
 
 train: install ## Train the default CartPole agent (extra overrides: make train ARGS="seed=3")
 	$(BIN)/dqn train $(ARGS)
@@ -46,8 +46,11 @@ format: install ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix dqn_cli tests scripts
 	$(BIN)/ruff format dqn_cli tests scripts
 
-bench: install-bench ## CartPole: dqn_cli vs Stable-Baselines3 (rl-zoo hyperparameters), 10 seeds
+bench: install-bench ## CartPole vs Stable-Baselines3 (10 seeds); DQN-extension ablation; PER speed; Atari CPU speed and replay memory vs SB3
 	$(BIN)/python scripts/bench_cartpole.py $(ARGS)
+	$(BIN)/python scripts/bench_ablation.py
+	$(BIN)/python scripts/bench_per_speed.py
+	$(BIN)/python scripts/bench_atari.py
 
 clean: ## Remove build artefacts (keeps .venv and outputs/)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

@@ -6,7 +6,7 @@ import copy
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812 - the usual torch spelling
 from omegaconf import DictConfig
 from torch import nn
 
@@ -16,7 +16,8 @@ from dqn_cli.buffers import Batch
 class DQNAgent:
     """Online and target Q-networks with an Adam optimizer.
 
-    Reads `agent.gamma`, `lr`, `adam_eps`, `loss`, `max_grad_norm`, `tau`.
+    Reads `agent.lr`, `adam_eps`, `loss`, `max_grad_norm`, `tau` and `double` (default false).
+    The discount (`agent.gamma`, and gamma**n with `agent.n_step`) arrives in each batch.
     """
 
     def __init__(self, q_net: nn.Module, n_actions: int, agent_cfg: DictConfig, device: torch.device):
@@ -27,6 +28,7 @@ class DQNAgent:
         self.loss_fn = {"huber": F.smooth_l1_loss, "mse": F.mse_loss}[agent_cfg.loss]
         self.max_grad_norm = agent_cfg.max_grad_norm
         self.tau = float(agent_cfg.tau)
+        self.double = bool(agent_cfg.get("double", False))
         self.optimizer = torch.optim.Adam(
             self.q_net.parameters(), lr=float(agent_cfg.lr), eps=float(agent_cfg.adam_eps), fused=True
         )
@@ -66,9 +68,15 @@ class DQNAgent:
         actions, rewards = self._tensor(batch.actions), self._tensor(batch.rewards)
         terminated, discounts = self._tensor(batch.terminated), self._tensor(batch.discounts)
         with torch.no_grad():
-            # max_a' Q(s', a'; theta-): the frozen target network scores the next state
-            next_q = self.target_net(next_obs).max(dim=1).values
-            # y = r + gamma^k * max Q(s'); no bootstrap past a termination (truncation keeps it)
+            if self.double:
+                # double DQN: the online network picks a* = argmax_a' Q(s', a'; theta), the target scores it
+                best = self.q_net(next_obs).argmax(dim=1, keepdim=True)
+                next_q = self.target_net(next_obs).gather(1, best).squeeze(1)
+            else:
+                # max_a' Q(s', a'; theta-): the frozen target network scores the next state
+                next_q = self.target_net(next_obs).max(dim=1).values
+            # y = r + gamma^k * Q(s'), k rewards summed (n-step); no bootstrap past a termination
+            # (a truncation keeps it: s' is then the last real state of the window)
             target = rewards + discounts * (1.0 - terminated) * next_q
         # Q(s, a; theta) for the actions actually taken
         q = self.q_net(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
@@ -93,7 +101,7 @@ class DQNAgent:
             torch._foreach_copy_(target, online)
         else:
             torch._foreach_lerp_(target, online, self.tau)
-        for b_t, b_o in zip(self.target_net.buffers(), self.q_net.buffers()):
+        for b_t, b_o in zip(self.target_net.buffers(), self.q_net.buffers(), strict=True):
             b_t.copy_(b_o)
 
     def state_dict(self) -> dict:

@@ -8,12 +8,15 @@ termination.
 
 from __future__ import annotations
 
+import logging
 from typing import NamedTuple
 
 import numpy as np
 from omegaconf import DictConfig
 
 from dqn_cli.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 class Batch(NamedTuple):
@@ -44,6 +47,8 @@ def available_memory() -> int | None:
 def check_fits(nbytes: int, what: str) -> None:
     """Refuse an allocation larger than the memory available now, before making it."""
     avail = available_memory()
+    free = f" of {avail / 2**30:.2f} GiB available" if avail is not None else ""
+    log.info(f"replay: {what} needs {nbytes / 2**30:.2f} GiB{free}")
     if avail is not None and nbytes > avail:
         raise UserError(
             f"{what} needs {nbytes / 2**30:.2f} GiB but only {avail / 2**30:.2f} GiB of memory is "
@@ -69,13 +74,17 @@ class ReplayBuffer:
         self.obs_shape, self.obs_dtype = tuple(obs_shape), np.dtype(obs_dtype)
         check_fits(self.estimate_nbytes(), f"buffer.capacity={capacity}")
         shape = (self.size_per_env, num_envs)
-        self.obs = np.zeros(shape + self.obs_shape, self.obs_dtype)
-        self.next_obs = np.zeros(shape + self.obs_shape, self.obs_dtype)
+        self._allocate_obs(shape)
         self.actions = np.zeros(shape, np.int64)
         self.rewards = np.zeros(shape, np.float32)
         self.terminated = np.zeros(shape, bool)
         self.truncated = np.zeros(shape, bool)
         self.pos, self.full = 0, False
+
+    def _allocate_obs(self, shape: tuple[int, int]) -> None:
+        """Observation storage; layouts that keep frames once (dqn_cli.frame_buffer) override it."""
+        self.obs = np.zeros(shape + self.obs_shape, self.obs_dtype)
+        self.next_obs = np.zeros(shape + self.obs_shape, self.obs_dtype)
 
     def estimate_nbytes(self) -> int:
         per_step = 2 * int(np.prod(self.obs_shape)) * self.obs_dtype.itemsize + 8 + 4 + 1 + 1
@@ -175,7 +184,18 @@ class ReplayBuffer:
 def make_buffer(
     buf_cfg: DictConfig, obs_shape, obs_dtype, num_envs: int, n_step: int = 1, gamma: float = 0.99
 ) -> ReplayBuffer:
-    """Build the replay buffer. Reads `buffer.kind` and `buffer.capacity`."""
-    if buf_cfg.kind == "uniform":
-        return ReplayBuffer(int(buf_cfg.capacity), obs_shape, obs_dtype, num_envs, n_step, gamma)
-    raise UserError(f"buffer.kind={buf_cfg.kind!r} is unknown; allowed: uniform.")
+    """Build the replay buffer. Reads `buffer.kind` and `buffer.capacity`; `kind=prioritized` wraps
+    the same storage in `dqn_cli.prioritized.PrioritizedReplay` (which reads alpha, beta0, eps)."""
+    if buf_cfg.kind not in ("uniform", "prioritized"):
+        raise UserError(f"buffer.kind={buf_cfg.kind!r} is unknown; allowed: uniform, prioritized.")
+    storage_cls = ReplayBuffer
+    if len(obs_shape) == 3 and np.dtype(obs_dtype) == np.uint8:  # stacked frames: store each frame once
+        from dqn_cli.frame_buffer import FrameStackReplay  # imports this module
+
+        storage_cls = FrameStackReplay
+    storage = storage_cls(int(buf_cfg.capacity), obs_shape, obs_dtype, num_envs, n_step, gamma)
+    if buf_cfg.kind == "prioritized":
+        from dqn_cli.prioritized import make_prioritized  # imports this module
+
+        return make_prioritized(buf_cfg, storage)
+    return storage

@@ -7,8 +7,11 @@ import os
 import pickle
 import tempfile
 import zipfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
+import numpy as np
 import torch
 
 from dqn_cli.errors import UserError
@@ -18,12 +21,21 @@ FORMAT = "dqn_cli/checkpoint-v1"
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     """Write `state` to `path` atomically: temp file in the same dir, fsync, rename."""
+    return atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Call `write(f)` on a temp file beside `path`, fsync it, rename it over `path`, fsync the dir.
+
+    A crash at any moment leaves either the old file or the new one at `path`, never a mix; at worst
+    a `.NAME.*.tmp` file stays behind (`remove_temp_files` clears those).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -32,6 +44,61 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def remove_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temp files a killed writer left in `directory`; returns what was removed."""
+    stale = sorted(Path(directory).glob(".*.tmp"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def save_arrays(arrays: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
+    """Write numpy arrays to an uncompressed .npz, atomically (the replay buffer beside last.pt)."""
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+class ArrayFile(Mapping):
+    """The arrays of a .npz written by `save_arrays`, read one at a time (a replay buffer can be
+    most of the machine's memory) with `allow_pickle=False`; every failure is a UserError."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        what = f"replay file {str(self.path)!r}"
+        if not self.path.is_file():
+            raise UserError(f"{what} does not exist.")
+        if self.path.stat().st_size == 0:
+            raise UserError(f"{what} is an empty file, not a saved replay buffer.")
+        try:
+            self._npz = np.load(self.path, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise UserError(
+                f"{what} cannot be read: it is truncated or not a .npz file ({type(e).__name__})."
+            ) from None
+        if not isinstance(self._npz, np.lib.npyio.NpzFile):
+            raise UserError(f"{what} holds a single array, not a saved replay buffer.")
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        try:
+            return self._npz[key]
+        except KeyError:
+            raise KeyError(key) from None
+        except Exception as e:  # damage fails deep in zipfile/zlib/numpy: BadZipFile, zlib.error, ...
+            # object arrays (which would need pickle) land here too: allow_pickle=False refuses them
+            raise UserError(
+                f"replay file {str(self.path)!r} cannot be read: array {key!r} is damaged or not plain "
+                f"numbers ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})."
+            ) from None
+
+    def __iter__(self):
+        return iter(self._npz.files)
+
+    def __len__(self) -> int:
+        return len(self._npz.files)
+
+    def close(self) -> None:
+        self._npz.close()
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -61,14 +128,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"checkpoint={str(path)!r} was refused by the safe loader (weights_only=True): it holds "
             f"objects other than tensors and plain data, so it was not written by dqn_cli. ({first})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # a damaged file fails deep in torch.load: KeyError, IndexError, struct.error, ...
         raise UserError(
-            f"checkpoint={str(path)!r} cannot be read: it is truncated or not a torch file "
-            f"({type(e).__name__})."
+            f"checkpoint={str(path)!r} cannot be read: it is truncated or not a torch file ({type(e).__name__})."
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(
-            f"checkpoint={str(path)!r} is a torch file but not a dqn_cli checkpoint "
-            f"(expected format {FORMAT!r})."
+            f"checkpoint={str(path)!r} is a torch file but not a dqn_cli checkpoint (expected format {FORMAT!r})."
         )
     return state

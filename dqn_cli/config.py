@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from dqn_cli.errors import UserError
 
@@ -40,10 +42,11 @@ class Rule:
             text = "a list of positive integers, e.g. [64, 64]"
         elif self.kind in ("int", "float"):
             noun = "an integer" if self.kind == "int" else "a number"
+            lo, hi = _num(self.lo), _num(self.hi)
             if self.lo is not None and self.hi is not None:
-                text = f"{noun} in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
+                text = f"{noun} in {'(' if self.lo_open else '['}{lo}, {hi}]"
             elif self.lo is not None:
-                text = f"{noun} {'>' if self.lo_open else '>='} {self.lo:g}"
+                text = f"{noun} {'>' if self.lo_open else '>='} {lo}"
             else:
                 text = noun
         else:
@@ -57,8 +60,8 @@ class Rule:
             return isinstance(v, bool)
         if self.kind == "str":
             return isinstance(v, str) and bool(v)
-        if self.kind == "choice":
-            return v in self.choices
+        if self.kind == "choice":  # same type too: 1 == True, but log.progress=1 is a mistake
+            return any(v == c and type(v) is type(c) for c in self.choices)
         if self.kind == "int_list":
             return isinstance(v, (list, ListConfig)) and len(v) > 0 and all(
                 isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v
@@ -72,6 +75,10 @@ class Rule:
         if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
             return False
         return self.hi is None or v <= self.hi
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None else str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def Int(lo=None, hi=None, **kw):  # noqa: N802 - reads like a type in the table below
@@ -88,37 +95,73 @@ def Choice(*choices, **kw):  # noqa: N802
 
 BOOL, STR = Rule("bool"), Rule("str")
 
+# The eval_protocol group, shared by `dqn train` (its evaluations) and `dqn eval`.
+EVAL_PROTOCOL_RULES: dict[str, Rule] = {
+    "eval_protocol.name": STR,
+    "eval_protocol.epsilon": Float(0, 1),
+    "eval_protocol.episodes": Int(1),
+    "eval_protocol.max_episode_frames": Int(1, nullable=True),
+    "eval_protocol.noop_max": Int(0, nullable=True),
+}
+
 # Every key a train config may hold. A key missing here is rejected as unknown, so a new config
 # field needs its rule added here (tests compose every group option and validate it).
 TRAIN_RULES: dict[str, Rule] = {
-    "seed": Int(0),
+    "seed": Int(0, 2**32 - 1),  # numpy's legacy seeding takes 32 bits
     "device": Rule("str"),
     "torch_threads": Int(1),
     "total_steps": Int(1),
+    "resume": Rule("str", nullable=True),
     "eval.interval": Int(0),
     "eval.episodes": Int(1),
     "eval.epsilon": Float(0, 1),
     "eval.stop_on_solved": BOOL,
+    "eval.stop_return": Float(nullable=True),
     "eval.seed_offset": Int(0),
     "checkpoint.interval": Int(0),
     "checkpoint.keep_last": Int(0),
+    "checkpoint.save_buffer": BOOL,
     "log.interval": Int(1),
     "log.tensorboard": BOOL,
     "log.progress": Choice("auto", True, False),
     "env.name": STR,
     "env.id": STR,
-    "env.kind": Choice("classic"),
+    "env.kind": Choice("classic", "atari"),
     "env.num_envs": Int(1),
     "env.max_episode_steps": Int(1, nullable=True),
     "env.solved_return": Float(nullable=True),
+    # Atari (configs/env/atari.yaml; the preprocessing protocol is the env/preset group)
+    "env.game": STR,
+    "env.vectorization": Choice("sync", "async"),
+    "env.preset.name": STR,
+    "env.preset.id": STR,
+    "env.preset.noop_max": Int(0),
+    "env.preset.frame_skip": Int(1),
+    "env.preset.screen_size": Int(36),  # the smallest frame nature_cnn's three convs accept
+    "env.preset.frame_stack": Int(1),
+    "env.preset.sticky_actions": Float(0, 1),
+    "env.preset.full_action_space": BOOL,
+    "env.preset.max_episode_frames": Int(1),
+    "env.preset.clip_rewards": BOOL,
+    "env.preset.terminal_on_life_loss": BOOL,
+    "env.preset.fire_on_reset": BOOL,
+    **EVAL_PROTOCOL_RULES,
+    "compile": BOOL,
+    "cuda_graphs": BOOL,
     "network.name": Choice("mlp", "nature_cnn"),
     "network.hidden_sizes": Rule("int_list"),
     "network.activation": Choice("relu", "tanh", "elu"),
     "network.hidden": Int(1),
-    "buffer.kind": Choice("uniform"),
+    "network.dueling": BOOL,
+    "buffer.kind": Choice("uniform", "prioritized"),
     "buffer.capacity": Int(1),
+    "buffer.alpha": Float(0, 1),
+    "buffer.beta0": Float(0, 1),
+    "buffer.eps": Float(0, lo_open=True),
     "agent.name": Choice("dqn"),
     "agent.gamma": Float(0, 1),
+    "agent.n_step": Int(1),
+    "agent.double": BOOL,
     "agent.lr": Float(0, lo_open=True),
     "agent.adam_eps": Float(0, lo_open=True),
     "agent.batch_size": Int(1),
@@ -138,10 +181,13 @@ EVAL_RULES: dict[str, Rule] = {
     "checkpoint": STR,
     "episodes": Int(1),
     "epsilon": Float(0, 1),
-    "seed": Int(0),
+    "seed": Int(0, 2**32 - 1),  # numpy's legacy seeding takes 32 bits
     "device": Rule("str"),
     "torch_threads": Int(1),
     "output": Rule("str", nullable=True),
+    **EVAL_PROTOCOL_RULES,
+    "video": BOOL,
+    "tensorboard": BOOL,
 }
 
 
@@ -157,7 +203,11 @@ def _leaves(cfg: DictConfig) -> dict[str, Any]:
             if OmegaConf.is_missing(node, key):
                 out[name] = "???"
                 continue
-            value = node[key]
+            try:
+                value = node[key]
+            except InterpolationResolutionError as e:  # e.g. env.id = ${env.game}... with env.game unset
+                out[name] = _Unresolved(str(e).splitlines()[0])
+                continue
             if isinstance(value, DictConfig):
                 walk(value, name + ".")
             else:
@@ -167,12 +217,20 @@ def _leaves(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
+class _Unresolved(str):
+    """A value whose interpolation failed; the text says why."""
+
+
 def _check(cfg: DictConfig, rules: dict[str, Rule]) -> list[str]:
     problems = []
     leaves = _leaves(cfg)
+    any_missing = any(isinstance(v, str) and v == "???" for v in leaves.values())
     for key, value in leaves.items():
         rule = rules.get(key)
-        if rule is None:
+        if isinstance(value, _Unresolved):
+            if not any_missing:  # a required key left unset explains it better
+                problems.append(f"{key} cannot be resolved: {value}.")
+        elif rule is None:
             group = key.split(".")[0] + "." if "." in key else ""
             known = sorted(k for k in rules if k.startswith(group)) if group else sorted(rules)
             problems.append(f"{key} is not a known key (known{' in ' + group[:-1] if group else ''}: {', '.join(known)}).")
@@ -183,10 +241,60 @@ def _check(cfg: DictConfig, rules: dict[str, Rule]) -> list[str]:
     return problems
 
 
+# Keys the trainer reads in every run; a config that lost one (`~agent.gamma`) is refused up front.
+REQUIRED_TRAIN_KEYS = (
+    "seed", "device", "torch_threads", "total_steps",
+    "eval.interval", "eval.episodes", "eval.epsilon", "eval.stop_on_solved", "eval.seed_offset",
+    "checkpoint.interval", "checkpoint.keep_last", "log.interval", "log.tensorboard", "log.progress",
+    "env.id", "env.kind", "env.num_envs", "env.solved_return", "network.name", "buffer.kind", "buffer.capacity",
+    "agent.gamma", "agent.lr", "agent.adam_eps", "agent.batch_size", "agent.learning_starts", "agent.train_freq",
+    "agent.gradient_steps", "agent.target_update_interval", "agent.tau", "agent.loss", "agent.max_grad_norm",
+    "agent.exploration_initial_eps", "agent.exploration_final_eps", "agent.exploration_fraction",
+)  # fmt: skip
+REQUIRED_BY_NETWORK = {"mlp": ("network.hidden_sizes", "network.activation"), "nature_cnn": ("network.hidden",)}
+REQUIRED_BY_ENV_KIND = {"atari": tuple(k for k in TRAIN_RULES if k.startswith("env.preset.")) + ("env.game",)}
+
+
+def _missing(cfg: DictConfig, rules: dict[str, Rule]) -> list[str]:
+    leaves = _leaves(cfg)
+    required = REQUIRED_TRAIN_KEYS + REQUIRED_BY_NETWORK.get(leaves.get("network.name"), ())
+    required += REQUIRED_BY_ENV_KIND.get(leaves.get("env.kind"), ())
+    return [
+        f"{key} is missing; every train config needs it ({rules[key].describe()}). Put it back, e.g. {key}=..."
+        for key in required
+        if key not in leaves
+    ]
+
+
+def _device_problem(device: str) -> str | None:
+    """auto | cpu | cuda | cuda:N, and a CUDA device only where torch finds one."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        return f"device={device!r} is invalid: it must be one of auto, cpu, cuda or cuda:N."
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return (
+                f"device={device!r} was asked for, but torch finds no CUDA GPU on this machine (torch "
+                f"{torch.__version__}); use device=cpu or device=auto."
+            )
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            return f"device={device!r} is invalid: this machine has {torch.cuda.device_count()} CUDA device(s)."
+    return None
+
+
 def validate_train(cfg: DictConfig) -> None:
     """Check every value of a train config, then the rules that tie values together."""
-    problems = _check(cfg, TRAIN_RULES)
+    problems = _check(cfg, TRAIN_RULES) + _missing(cfg, TRAIN_RULES)
     if not problems:
+        if (device := _device_problem(cfg.device)) is not None:
+            problems.append(device)
+        if cfg.seed + cfg.eval.seed_offset > 2**32 - 1:
+            problems.append(
+                f"eval.seed_offset={cfg.eval.seed_offset} with seed={cfg.seed} gives evaluation seed "
+                f"{cfg.seed + cfg.eval.seed_offset}, above 2**32 - 1; lower one of them."
+            )
         a, b, e = cfg.agent, cfg.buffer, cfg.env
         if a.batch_size > b.capacity:
             problems.append(
@@ -200,13 +308,32 @@ def validate_train(cfg: DictConfig) -> None:
             )
         if b.capacity < e.num_envs:
             problems.append(f"buffer.capacity={b.capacity} must be at least env.num_envs={e.num_envs}.")
+        elif a.get("n_step", 1) > b.capacity // e.num_envs:
+            problems.append(
+                f"agent.n_step={a.n_step} is longer than the {b.capacity // e.num_envs} steps each env keeps "
+                f"(buffer.capacity={b.capacity} / env.num_envs={e.num_envs})."
+            )
         if a.exploration_final_eps > a.exploration_initial_eps:
             problems.append(
                 f"agent.exploration_final_eps={a.exploration_final_eps} is above "
                 f"agent.exploration_initial_eps={a.exploration_initial_eps}; epsilon decays, so final <= initial."
             )
+        if cfg.get("cuda_graphs") and not (cfg.get("compile") and _uses_cuda(cfg.device)):
+            problems.append(
+                f"cuda_graphs=true replays the compiled update as CUDA graphs, so it needs compile=true and a "
+                f"CUDA device; this run has compile={cfg.get('compile')} and device={cfg.device} "
+                f"({'a GPU' if _uses_cuda(cfg.device) else 'no GPU'})."
+            )
     if problems:
         raise UserError("invalid config: " + " ".join(problems))
+
+
+def _uses_cuda(device: str) -> bool:
+    if device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return device.startswith("cuda")
 
 
 def validate_eval(cfg: DictConfig) -> None:

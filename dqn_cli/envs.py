@@ -20,19 +20,25 @@ SAME_STEP = gym.vector.AutoresetMode.SAME_STEP
 
 
 def make_env(
-    env_cfg: DictConfig, seed: int, num_envs: int | None = None, training: bool = True
+    env_cfg: DictConfig, seed: int, num_envs: int | None = None, training: bool = True, render: bool = False
 ) -> gym.vector.VectorEnv:
     """Build the vector env described by `env_cfg` and seed its action spaces.
 
     Reads `env.kind`, `env.id`, `env.num_envs` (unless `num_envs` is given) and
     `env.max_episode_steps`. `training=False` builds the evaluation variant (no training-only
-    reward or termination changes). The caller resets it with its seed.
+    reward or termination changes). `render=True` lets sub-env 0 render RGB frames for videos
+    (`env.envs[0].render()`). The caller resets it with its seed. `env.kind=atari` is built by
+    `dqn_cli.atari.make_atari_env`, which reads the preprocessing keys.
     """
     n = int(num_envs if num_envs is not None else env_cfg.num_envs)
+    if env_cfg.kind == "atari":
+        from dqn_cli.atari import make_atari_env  # ale-py loads only for Atari
+
+        return make_atari_env(env_cfg, seed, n, training, render)
     if env_cfg.kind != "classic":
-        raise UserError(f"env.kind={env_cfg.kind!r} is not supported; allowed: classic.")
+        raise UserError(f"env.kind={env_cfg.kind!r} is not supported; allowed: classic, atari.")
     _check_registered(env_cfg.id)
-    kwargs = {}
+    kwargs = {"render_mode": "rgb_array"} if render else {}
     if env_cfg.get("max_episode_steps") is not None:
         kwargs["max_episode_steps"] = int(env_cfg.max_episode_steps)
     env = gym.make_vec(

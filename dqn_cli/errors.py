@@ -3,3 +3,5 @@
 
 class UserError(Exception):
     """A mistake in the user's config, command line or files; the message says what is allowed."""
+
+    exit_code = 2  # what `dqn` exits with; subclasses for stops and divergence use their own

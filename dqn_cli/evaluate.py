@@ -11,22 +11,30 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from dqn_cli.agent import DQNAgent, make_agent
+from dqn_cli.atari import apply_eval_protocol, frames_per_second
 from dqn_cli.checkpoint import load_checkpoint
 from dqn_cli.config import validate_eval, validate_train
-from dqn_cli.envs import finished_episodes, make_env
+from dqn_cli.envs import make_env
 from dqn_cli.errors import UserError
 from dqn_cli.utils import set_seed, setup_torch
+from dqn_cli.video import EpisodeVideo, run_dir_of
 
 log = logging.getLogger(__name__)
 
 
 def run_episodes(
-    agent: DQNAgent, env: gym.vector.VectorEnv, episodes: int, epsilon: float, seed: int
+    agent: DQNAgent,
+    env: gym.vector.VectorEnv,
+    episodes: int,
+    epsilon: float,
+    seed: int,
+    video: EpisodeVideo | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Play `episodes` full episodes spread over the env's copies; return their returns and lengths.
 
     Env i plays (episodes + i) // n of them, so short episodes do not crowd out long ones.
     The env is reset with `seed`, which makes each evaluation see the same start states.
+    `video` records env 0's episodes, one frame per step.
     """
     n = env.num_envs
     quota = np.array([(episodes + i) // n for i in range(n)])
@@ -35,6 +43,8 @@ def run_episodes(
     lengths: list[int] = []
     rng = np.random.default_rng(seed)
     obs, _ = env.reset(seed=seed)
+    if video is not None:
+        video.capture(env)
     while (done_count < quota).any():
         obs, _, _, _, infos = env.step(agent.act(obs, epsilon, rng))
         final = infos.get("final_info", {})
@@ -44,6 +54,8 @@ def run_episodes(
                     returns.append(float(final["episode"]["r"][i]))
                     lengths.append(int(final["episode"]["l"][i]))
                     done_count[i] += 1
+        if video is not None and done_count[0] < quota[0]:
+            video.capture(env)
     return np.array(returns), np.array(lengths)
 
 
@@ -55,7 +67,8 @@ def eval_env_count(episodes: int) -> int:
 def evaluate(cfg: DictConfig) -> dict:
     """`dqn eval`: load `checkpoint`, rebuild env and network from its stored config, play episodes.
 
-    Reads `checkpoint`, `episodes`, `epsilon`, `seed`, `device`, `torch_threads`, `output`.
+    Reads `checkpoint`, `episodes`, `epsilon`, `seed`, `device`, `torch_threads`, `output`, `video`,
+    `tensorboard` and `eval_protocol` (whose frame cap and no-op starts apply to Atari envs).
     """
     validate_eval(cfg)
     device = setup_torch(cfg.device, cfg.torch_threads)
@@ -66,7 +79,15 @@ def evaluate(cfg: DictConfig) -> dict:
     except UserError as e:
         raise UserError(f"checkpoint={cfg.checkpoint!r} holds a config this version cannot use: {e}") from None
     set_seed(cfg.seed)
-    env = make_env(train_cfg.env, cfg.seed, num_envs=eval_env_count(cfg.episodes), training=False)
+    protocol, step = cfg.get("eval_protocol"), int(state["counters"]["step"])
+    protocol_name = protocol.name if protocol is not None else "custom"
+    env_cfg = apply_eval_protocol(train_cfg.env, protocol)
+    run_dir = run_dir_of(cfg.checkpoint)
+    video = None
+    if cfg.get("video"):
+        where = (run_dir or Path(cfg.checkpoint).resolve().parent) / "videos"
+        video = EpisodeVideo(where / f"eval_{protocol_name}_step{step}.mp4", frames_per_second(env_cfg))
+    env = make_env(env_cfg, cfg.seed, num_envs=eval_env_count(cfg.episodes), training=False, render=video is not None)
     agent = make_agent(train_cfg, env.single_observation_space.shape, int(env.single_action_space.n), device)
     try:
         agent.q_net.load_state_dict(state["agent"]["q_net"])
@@ -74,12 +95,16 @@ def evaluate(cfg: DictConfig) -> dict:
         raise UserError(
             f"checkpoint={cfg.checkpoint!r} does not match the network its config describes ({type(e).__name__})."
         ) from None
-    returns, lengths = run_episodes(agent, env, cfg.episodes, cfg.epsilon, cfg.seed)
-    env.close()
+    try:
+        returns, lengths = run_episodes(agent, env, cfg.episodes, cfg.epsilon, cfg.seed, video)
+    finally:
+        video_path = video.close() if video is not None else None
+        env.close()
     result = {
         "env": train_cfg.env.id,
         "checkpoint": str(cfg.checkpoint),
-        "step": int(state["counters"]["step"]),
+        "step": step,
+        "protocol": protocol_name,
         "episodes": int(cfg.episodes),
         "epsilon": float(cfg.epsilon),
         "mean_return": float(returns.mean()),
@@ -89,14 +114,28 @@ def evaluate(cfg: DictConfig) -> dict:
         "mean_length": float(lengths.mean()),
         "returns": returns.tolist(),
         "lengths": lengths.tolist(),
+        "video": str(video_path) if video_path else None,
     }
     _print_table(result)
+    if cfg.get("tensorboard") and run_dir is not None:  # beside the run's own curves, at the checkpoint's step
+        _add_to_tensorboard(run_dir, f"eval_{protocol_name}", result, step)
     if cfg.output:
         out = Path(cfg.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         log.info(f"wrote {out}")
     return result
+
+
+def _add_to_tensorboard(run_dir: Path, prefix: str, result: dict, step: int) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    try:
+        with SummaryWriter(log_dir=str(run_dir)) as writer:
+            for key in ("mean_return", "std_return", "mean_length"):
+                writer.add_scalar(f"{prefix}/{key}", result[key], step)
+    except OSError as e:  # a read-only run dir keeps the scores out of TensorBoard, nothing else
+        log.warning(f"could not add the scores to {run_dir}'s TensorBoard files ({e}); tensorboard=false skips this")
 
 
 def _print_table(r: dict) -> None:

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 
 class RunLogger:
@@ -20,7 +20,9 @@ class RunLogger:
         if log_cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_step or None)
+            # a resumed run (start_step > 0) hides what the stopped one logged after its checkpoint:
+            # TensorBoard drops events at steps >= purge_step written before this point
+            self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_step + 1 if start_step else None)
         show = log_cfg.progress if log_cfg.progress != "auto" else sys.stderr.isatty()
         self.bar = None
         if show:
@@ -54,9 +56,39 @@ class RunLogger:
         if self.last_return is not None:
             self.bar.set_postfix_str(f"return {self.last_return:.1f}", refresh=False)
 
+    def hparams(self, step: int, cfg: DictConfig, metrics: dict[str, float]) -> None:
+        """Record the run's whole config and its final `metrics` for TensorBoard's HParams tab (one row
+        per run dir, so a sweep's runs line up). Metrics are also scalars under `hparams/`."""
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        params = {
+            k: "null" if v is None else v if isinstance(v, (int, float, str)) else str(v) for k, v in _flat(cfg).items()
+        }
+        tags = {f"hparams/{k}": float(v) for k, v in metrics.items()}
+        for summary in hparams(params, tags):  # experiment, session start, session end
+            self.writer.file_writer.add_summary(summary, step)
+        self.scalars(step, tags)
+
     def close(self, step: int) -> None:
         if self.bar is not None:
             self.bar.update(step - self._bar_step)
             self.bar.close()
         if self.writer is not None:
             self.writer.close()
+
+
+def _flat(cfg: DictConfig) -> dict[str, object]:
+    """The resolved config as {"agent.lr": 0.001, ...}; lists stay whole (shown as text)."""
+    out: dict[str, object] = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                out[f"{prefix}{key}"] = value
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out

@@ -19,16 +19,43 @@ _NUMPY_ACTIVATIONS = {
 }
 
 
-class MLP(nn.Module):
-    """Fully connected Q-network over flat float observations."""
+class DuelingHead(nn.Module):
+    """Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a') from two streams over shared features.
 
-    def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: Sequence[int], activation: str = "relu"):
+    Wang et al. (2016): subtracting the mean advantage makes V and A identifiable without changing
+    which action is greedy, since argmax_a Q = argmax_a A.
+    """
+
+    def __init__(self, value: nn.Module, advantage: nn.Module):
+        super().__init__()
+        self.value, self.advantage = value, advantage
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        adv = self.advantage(features)
+        return self.value(features) + adv - adv.mean(dim=1, keepdim=True)
+
+
+class MLP(nn.Module):
+    """Fully connected Q-network over flat float observations; `dueling` splits the last layer
+    into a value and an advantage stream."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        n_actions: int,
+        hidden_sizes: Sequence[int],
+        activation: str = "relu",
+        dueling: bool = False,
+    ):
         super().__init__()
         sizes = [obs_dim, *hidden_sizes]
         layers: list[nn.Module] = []
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
             layers += [nn.Linear(fan_in, fan_out), ACTIVATIONS[activation]()]
-        layers.append(nn.Linear(sizes[-1], n_actions))
+        if dueling:
+            layers.append(DuelingHead(nn.Linear(sizes[-1], 1), nn.Linear(sizes[-1], n_actions)))
+        else:
+            layers.append(nn.Linear(sizes[-1], n_actions))
         self.layers = nn.Sequential(*layers)
         self.activation = activation
 
@@ -41,7 +68,10 @@ class MLP(nn.Module):
         The views share memory with the parameters, so optimizer steps show up at once; acting on
         one observation this way costs a few microseconds instead of torch's ~25 us dispatch.
         """
-        linears = [m for m in self.layers if isinstance(m, nn.Linear)]
+        *hidden, head = self.layers
+        # dueling: V(s) and the mean advantage shift every action alike, so A alone picks the action
+        last = head.advantage if isinstance(head, DuelingHead) else head
+        linears = [m for m in hidden if isinstance(m, nn.Linear)] + [last]
         weights = [(m.weight.detach().numpy().T, m.bias.detach().numpy()) for m in linears]
         act = _NUMPY_ACTIVATIONS[self.activation]
 
@@ -56,9 +86,13 @@ class MLP(nn.Module):
 
 
 class NatureCNN(nn.Module):
-    """The conv net of Mnih et al. (2015): 3 conv layers + 512 FC over stacked uint8 frames."""
+    """The conv net of Mnih et al. (2015): 3 conv layers + 512 FC over stacked uint8 frames.
 
-    def __init__(self, in_shape: Sequence[int], n_actions: int, hidden: int = 512):
+    `dueling` gives the value and the advantage their own `hidden`-unit FC layer each over the
+    shared conv features, as in Wang et al. (2016).
+    """
+
+    def __init__(self, in_shape: Sequence[int], n_actions: int, hidden: int = 512, dueling: bool = False):
         super().__init__()
         c, h, w = in_shape
         self.conv = nn.Sequential(
@@ -69,7 +103,11 @@ class NatureCNN(nn.Module):
         )  # fmt: skip
         with torch.no_grad():
             n_flat = self.conv(torch.zeros(1, c, h, w)).shape[1]
-        self.head = nn.Sequential(nn.Linear(n_flat, hidden), nn.ReLU(), nn.Linear(hidden, n_actions))
+
+        def stream(n_out: int) -> nn.Sequential:
+            return nn.Sequential(nn.Linear(n_flat, hidden), nn.ReLU(), nn.Linear(hidden, n_out))
+
+        self.head = DuelingHead(stream(1), stream(n_actions)) if dueling else stream(n_actions)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         # uint8 frames travel to the device as bytes and are scaled there.
@@ -77,19 +115,18 @@ class NatureCNN(nn.Module):
 
 
 def make_network(net_cfg: DictConfig, obs_shape: tuple[int, ...], n_actions: int) -> nn.Module:
-    """Build the Q-network. Reads `network.name` and, for mlp, `hidden_sizes` and `activation`;
-    for nature_cnn, `hidden`."""
+    """Build the Q-network. Reads `network.name`, `network.dueling` (default false) and, for mlp,
+    `hidden_sizes` and `activation`; for nature_cnn, `hidden`."""
+    dueling = bool(net_cfg.get("dueling", False))
     if net_cfg.name == "mlp":
         if net_cfg.activation not in ACTIVATIONS:
-            raise UserError(
-                f"network.activation={net_cfg.activation!r} is unknown; allowed: {', '.join(ACTIVATIONS)}."
-            )
-        return MLP(int(np.prod(obs_shape)), n_actions, list(net_cfg.hidden_sizes), net_cfg.activation)
+            raise UserError(f"network.activation={net_cfg.activation!r} is unknown; allowed: {', '.join(ACTIVATIONS)}.")
+        return MLP(int(np.prod(obs_shape)), n_actions, list(net_cfg.hidden_sizes), net_cfg.activation, dueling)
     if net_cfg.name == "nature_cnn":
         if len(obs_shape) != 3:
             raise UserError(
                 f"network=nature_cnn needs image observations (frames, height, width), but this env "
                 f"gives shape {tuple(obs_shape)}. Use network=mlp for vector observations."
             )
-        return NatureCNN(obs_shape, n_actions, int(net_cfg.hidden))
+        return NatureCNN(obs_shape, n_actions, int(net_cfg.hidden), dueling)
     raise UserError(f"network.name={net_cfg.name!r} is unknown; allowed: mlp, nature_cnn.")

@@ -5,39 +5,65 @@ from __future__ import annotations
 import logging
 import math
 import random
+import shlex
 import time
+from collections.abc import Sequence
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dqn_cli import env_state
+from dqn_cli.accel import accelerate
 from dqn_cli.agent import make_agent
+from dqn_cli.atari import apply_eval_protocol
 from dqn_cli.buffers import make_buffer
-from dqn_cli.checkpoint import save_checkpoint
+from dqn_cli.checkpoint import remove_temp_files, save_arrays, save_checkpoint
 from dqn_cli.config import validate_train
 from dqn_cli.envs import finished_episodes, make_env, real_next_obs
+from dqn_cli.errors import UserError
 from dqn_cli.evaluate import eval_env_count, run_episodes
 from dqn_cli.logger import RunLogger
+from dqn_cli.prioritized import PrioritizedReplay
+from dqn_cli.resume import load_replay, replay_arrays, resume_config
 from dqn_cli.schedules import LinearSchedule
+from dqn_cli.signals import StopSignals, TrainingStoppedError
 from dqn_cli.utils import Every, set_seed, setup_torch
 
 log = logging.getLogger(__name__)
 
 
-class Trainer:
-    """Builds every part from the config and runs DQN's loop. `run()` returns the final eval return."""
+class DivergedError(UserError):
+    """A non-finite loss, Q value or weight: training stops without saving the bad weights."""
 
-    def __init__(self, cfg: DictConfig, run_dir: str | Path):
+    exit_code = 3
+
+
+class Trainer:
+    """Builds every part from the config and runs DQN's loop. `run()` returns the final eval return.
+
+    With `resume=RUN_DIR` it rebuilds the run from RUN_DIR's own config (see `dqn_cli.resume`; the
+    command-line `overrides` may only extend total_steps) and continues from its last.pt, in place.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = ()):
         validate_train(cfg)
+        resumed = None
+        if cfg.get("resume"):
+            cfg, resumed = resume_config(cfg, overrides)
+            validate_train(cfg)
+            run_dir = Path(cfg.resume).absolute()
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.device = setup_torch(cfg.device, cfg.torch_threads)
         self.rng = set_seed(cfg.seed)
         self.env = make_env(cfg.env, cfg.seed)
         obs_space, n_actions = self.env.single_observation_space, int(self.env.single_action_space.n)
         self.agent = make_agent(cfg, obs_space.shape, n_actions, self.device)
+        accelerate(self.agent, compile=bool(cfg.get("compile")), cuda_graphs=bool(cfg.get("cuda_graphs")))
         self.buffer = make_buffer(
-            cfg.buffer, obs_space.shape, obs_space.dtype, self.env.num_envs, gamma=cfg.agent.gamma
+            cfg.buffer, obs_space.shape, obs_space.dtype, self.env.num_envs, cfg.agent.n_step, cfg.agent.gamma
         )
         a = cfg.agent
         self.epsilon = LinearSchedule(
@@ -47,6 +73,14 @@ class Trainer:
         self.step = self.episodes = self.updates = 0
         self.best_eval = -math.inf
         self.last_eval: float | None = None
+        self.obs: np.ndarray | None = None  # what the next step acts on (saved: episodes continue)
+        self.metrics: dict[str, list[float]] = {}  # update metrics since the last log line
+        self.schedule_steps = int(cfg.total_steps)  # epsilon decays over a fraction of this
+        self.learning_starts = int(a.learning_starts)
+        self.last_saved: tuple[Path, int] | None = None  # last.pt and its step: the last good checkpoint
+        self._replay_step: int | None = None
+        if resumed is not None:
+            self.load_state_dict(resumed)
 
     # ---- the loop ----------------------------------------------------------------------------
     def run(self) -> float:
@@ -55,53 +89,106 @@ class Trainer:
         train_now, sync_now = Every(a.train_freq), Every(a.target_update_interval)
         log_now, eval_now = Every(cfg.log.interval), Every(cfg.eval.interval)
         checkpoint_now = Every(cfg.checkpoint.interval)
-        metrics: dict[str, list[float]] = {}
-        log.info(f"training {cfg.env.id} for {cfg.total_steps} steps on {self.device}; run dir {self.run_dir}")
-        obs, _ = self.env.reset(seed=cfg.seed)
+        metrics = self.metrics
+        steps = f"from step {self.step} to {cfg.total_steps}" if self.step else f"for {cfg.total_steps} steps"
+        obs = self.obs if self.obs is not None else self.env.reset(seed=cfg.seed)[0]
         solved = False
-        while self.step < cfg.total_steps and not solved:
-            epsilon = self.epsilon(self.step)
-            actions = self.agent.act(obs, epsilon, self.rng)
-            next_obs, rewards, terminated, truncated, infos = self.env.step(actions)
-            done = terminated | truncated
-            # store s' as the env left it: on an episode end that is final_obs, not the reset obs
-            self.buffer.add(obs, actions, rewards, real_next_obs(next_obs, infos, done), terminated, truncated)
-            obs = next_obs
-            before, self.step = self.step, self.step + n
-            if done.any():
-                for ret, length in finished_episodes(infos):
-                    self.episodes += 1
-                    logger.episode(self.step, ret, length)
+        # Ctrl-C / SIGTERM only raise a flag: the step in flight finishes, then last.pt is written
+        with StopSignals() as stop:
+            log.info(f"training {cfg.env.id} {steps} on {self.device}; run dir {self.run_dir}")
+            try:
+                while self.step < cfg.total_steps and not solved and not stop.requested:
+                    epsilon = self.epsilon(self.step)
+                    actions = self.agent.act(obs, epsilon, self.rng)
+                    next_obs, rewards, terminated, truncated, infos = self.env.step(actions)
+                    done = terminated | truncated
+                    # store s' as the env left it: on an episode end that is final_obs, not the reset obs
+                    self.buffer.add(obs, actions, rewards, real_next_obs(next_obs, infos, done), terminated, truncated)
+                    self.obs = obs = next_obs
+                    before, self.step = self.step, self.step + n
+                    if done.any():
+                        for ret, length in finished_episodes(infos):
+                            self.episodes += 1
+                            logger.episode(self.step, ret, length)
 
-            if self.step > a.learning_starts and train_now(before, self.step):
-                for _ in range(a.gradient_steps):
-                    for k, v in self.agent.update(self.buffer.sample(a.batch_size, self.rng)).items():
-                        metrics.setdefault(k, []).append(v)
-                    self.updates += 1
-            if sync_now(before, self.step):
-                self.agent.sync_target()
-            if log_now(before, self.step):
-                scalars = {f"losses/{k}": float(np.mean(v)) for k, v in metrics.items()}
-                scalars.update({"charts/epsilon": epsilon, "charts/SPS": logger.steps_per_second(self.step)})
-                logger.scalars(self.step, scalars)
-                metrics.clear()
-            if eval_now(before, self.step):
-                solved = self.evaluate(logger)
-            if checkpoint_now(before, self.step):
-                self.save(f"step_{self.step}.pt")
-            logger.progress(self.step)
+                    if self.step > self.learning_starts and train_now(before, self.step):
+                        if isinstance(self.buffer, PrioritizedReplay):  # importance-weight beta anneals to 1
+                            self.buffer.set_progress(self.step / cfg.total_steps)
+                        for _ in range(a.gradient_steps):
+                            batch = self.buffer.sample(a.batch_size, self.rng)
+                            result = self.agent.update(batch)
+                            for k, v in result.items():
+                                metrics.setdefault(k, []).append(v)
+                            if not all(math.isfinite(v) for v in result.values()):  # NaN guard
+                                self._diverged(", ".join(f"{k}={v}" for k, v in result.items()))
+                            if batch.weights is not None:  # prioritized replay: new priorities from |TD|
+                                self.buffer.update_priorities(batch.indices, self.agent.td_abs)
+                            self.updates += 1
+                    if sync_now(before, self.step):
+                        self.agent.sync_target()
+                    if log_now(before, self.step):
+                        scalars = {f"losses/{k}": float(np.mean(v)) for k, v in metrics.items()}
+                        scalars.update({"charts/epsilon": epsilon, "charts/SPS": logger.steps_per_second(self.step)})
+                        logger.scalars(self.step, scalars)
+                        metrics.clear()
+                    if eval_now(before, self.step):
+                        solved = self.evaluate(logger)
+                    if checkpoint_now(before, self.step):
+                        self.save(f"step_{self.step}.pt")
+                        self.save_last("running")
+                    logger.progress(self.step)
 
-        if self.last_eval is None or not (solved or eval_now(self.step - n, self.step)):
-            self.evaluate(logger)
-        self.save("last.pt")
-        logger.close(self.step)
+                if self.step < cfg.total_steps and not solved:  # the loop ended on a stop signal
+                    raise self._stopped(stop)
+                if self.last_eval is None or not (solved or eval_now(self.step - n, self.step)):
+                    self.evaluate(logger)
+                self.save_last("done")
+                logger.hparams(self.step, cfg, {"final_return": self.last_eval, "best_return": self.best_eval})
+                if stop.requested:  # arrived after the last step: the run is complete anyway
+                    raise TrainingStoppedError(
+                        f"stopped by {stop.name} after the last step; the run is complete.", stop.signum
+                    )
+            finally:
+                logger.close(self.step)
+                self.env.close()
+                if self.eval_env is not None:
+                    self.eval_env.close()
         log.info(
             f"done: {self.step} steps, {self.episodes} episodes, {self.updates} updates; "
             f"final greedy eval {self.last_eval:.2f} over {cfg.eval.episodes} episodes (best {self.best_eval:.2f})"
         )
         log.info(f"checkpoint: {self.run_dir / 'checkpoints' / 'last.pt'}")
-        self.env.close()
         return float(self.last_eval)
+
+    def _stopped(self, stop: StopSignals) -> TrainingStoppedError:
+        """Write last.pt after a stop signal and build the message that tells how to go on."""
+        path = self.save_last("stopped")
+        log.warning(f"{stop.name}: checkpoint written at step {self.step}: {path}")
+        message = (
+            f"stopped by {stop.name} at step {self.step} of {self.cfg.total_steps}.\n"
+            f"resume with: dqn train resume={shlex.quote(str(self.run_dir))}"
+        )
+        return TrainingStoppedError(message, stop.signum)
+
+    def _diverged(self, what: str) -> None:
+        """NaN guard: stop, keeping the last good checkpoint (nothing from this point is saved)."""
+        if self.last_saved is not None:
+            kept = f"the last good checkpoint is {self.last_saved[0]} (step {self.last_saved[1]})"
+        else:
+            kept = "no checkpoint was written before it"
+        message = (
+            f"training diverged at step {self.step} (update {self.updates + 1}): {what} is not finite. "
+            f"Nothing from this point was saved; {kept}. Lower agent.lr, keep agent.max_grad_norm set, "
+            "or look for inf/nan in the env's rewards and observations."
+        )
+        log.error(f"non-finite {what} at step {self.step}: stopping without saving")
+        raise DivergedError(message)
+
+    def _check_finite(self) -> None:
+        """Refuse to write weights that are not finite (a checkpoint must stay a good one)."""
+        for name, net in (("q_net", self.agent.q_net), ("target_net", self.agent.target_net)):
+            if not all(bool(torch.isfinite(p).all()) for p in chain(net.parameters(), net.buffers())):
+                self._diverged(f"a weight of {name}")
 
     # ---- moments -----------------------------------------------------------------------------
     def evaluate(self, logger: RunLogger) -> bool:
@@ -109,7 +196,10 @@ class Trainer:
         cfg = self.cfg
         if self.eval_env is None:
             self.eval_env = make_env(
-                cfg.env, cfg.seed + cfg.eval.seed_offset, eval_env_count(cfg.eval.episodes), training=False
+                apply_eval_protocol(cfg.env, cfg.get("eval_protocol")),  # Atari: its frame cap and no-ops
+                cfg.seed + cfg.eval.seed_offset,
+                eval_env_count(cfg.eval.episodes),
+                training=False,
             )
         returns, lengths = run_episodes(
             self.agent, self.eval_env, cfg.eval.episodes, cfg.eval.epsilon, cfg.seed + cfg.eval.seed_offset
@@ -123,23 +213,100 @@ class Trainer:
         if self.last_eval > self.best_eval:
             self.best_eval = self.last_eval
             self.save("best.pt")
-        target = cfg.env.solved_return
+        target = cfg.eval.stop_return if cfg.eval.get("stop_return") is not None else cfg.env.solved_return
         return bool(cfg.eval.stop_on_solved and target is not None and self.last_eval >= target)
 
-    def state_dict(self) -> dict:
+    def state_dict(self, status: str = "running") -> dict:
+        """Plain data only (tensors, numbers, strings, lists, dicts): loads with weights_only=True.
+        `status` is running (a periodic save), stopped (a signal) or done (the end of the run)."""
+        np_global = np.random.get_state()
+        rng = {
+            "numpy": self.rng.bit_generator.state,
+            "python": random.getstate(),
+            "torch": torch.get_rng_state(),
+            "numpy_global": {
+                "keys": torch.from_numpy(np_global[1].astype(np.int64)), "pos": int(np_global[2]),
+                "has_gauss": int(np_global[3]), "cached_gaussian": float(np_global[4]),
+            },
+        }  # fmt: skip
+        if self.device.type == "cuda":
+            rng["torch_cuda"] = torch.cuda.get_rng_state_all()
         return {
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "agent": self.agent.state_dict(),
             "counters": {"step": self.step, "episodes": self.episodes, "updates": self.updates},
+            "status": status,
+            "schedule": {"total_steps": self.schedule_steps},
             "eval": {"best": self.best_eval, "last": self.last_eval},
-            "rng": {
-                "numpy": self.rng.bit_generator.state,
-                "python": random.getstate(),
-                "torch": torch.get_rng_state(),
-            },
+            "metrics": {k: [float(x) for x in v] for k, v in self.metrics.items()},
+            "rng": rng,
+            "env": env_state.get_state(self.env),  # None where the env cannot be saved
+            "obs": None if self.obs is None else torch.from_numpy(np.array(self.obs, copy=True)),
         }
 
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a last.pt: weights, optimizer, counters, epsilon schedule, the env mid-episode,
+        the replay buffer (when saved) and every RNG, so the run goes on as if never stopped."""
+        cfg, a = self.cfg, self.cfg.agent
+        path = self.run_dir / "checkpoints" / "last.pt"
+        for stale in remove_temp_files(path.parent):
+            log.info(f"removed {stale.name}, left by a write that was cut off")
+        try:
+            self.agent.load_state_dict(state["agent"])  # copies in place: numpy views stay valid
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise UserError(f"checkpoint {str(path)!r} does not match the networks its config builds ({e}).") from None
+        c = state["counters"]
+        self.step, self.episodes, self.updates = int(c["step"]), int(c["episodes"]), int(c["updates"])
+        self.best_eval, self.last_eval = float(state["eval"]["best"]), state["eval"]["last"]
+        self.metrics = {k: list(v) for k, v in state.get("metrics", {}).items()}
+        # epsilon keeps the decay of the run as started, even when total_steps is extended
+        self.schedule_steps = int(state.get("schedule", {}).get("total_steps", cfg.total_steps))
+        self.epsilon = LinearSchedule(
+            a.exploration_initial_eps, a.exploration_final_eps, a.exploration_fraction, self.schedule_steps
+        )
+        self.obs = self._restore_env(state)
+        if load_replay(path, state, self.buffer):
+            self._replay_step = self.step
+        else:
+            self.learning_starts = self.step + int(a.learning_starts)
+            log.warning(
+                f"{path} has no replay buffer beside it (checkpoint.save_buffer=false): the buffer refills "
+                f"from empty and updates restart after {a.learning_starts} more steps"
+            )
+        self._restore_rngs(state["rng"])
+        self.last_saved = (path, self.step)
+        log.info(f"resumed {path} at step {self.step} ({self.episodes} episodes, {self.updates} updates)")
+
+    def _restore_env(self, state: dict) -> np.ndarray:
+        obs, _ = self.env.reset(seed=self.cfg.seed)  # sets up every wrapper; the saved state overwrites it
+        reason = env_state.unsupported(self.env)
+        if reason is None and state.get("env") is not None and state.get("obs") is not None:
+            try:
+                env_state.set_state(self.env, state["env"])
+            except (KeyError, ValueError, TypeError, RuntimeError) as e:
+                raise UserError(f"the env state in the checkpoint does not fit {self.cfg.env.id} ({e}).") from None
+            return state["obs"].numpy().copy()
+        # fresh episodes from a seed of their own, not a replay of the run's first ones
+        obs, _ = self.env.reset(seed=self.cfg.seed + self.step)
+        log.warning(
+            f"the env's state was not saved ({reason or 'not in this checkpoint'}): the resumed run starts "
+            "fresh episodes, so it will not match an uninterrupted run step for step"
+        )
+        return obs
+
+    def _restore_rngs(self, rng: dict) -> None:
+        self.rng.bit_generator.state = rng["numpy"]
+        random.setstate(rng["python"])
+        torch.set_rng_state(rng["torch"])
+        if "numpy_global" in rng:
+            g = rng["numpy_global"]
+            keys = g["keys"].numpy().astype(np.uint32)
+            np.random.set_state(("MT19937", keys, g["pos"], g["has_gauss"], g["cached_gaussian"]))
+        if "torch_cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(rng["torch_cuda"])
+
     def save(self, name: str) -> Path:
+        self._check_finite()
         directory = self.run_dir / "checkpoints"
         path = save_checkpoint(self.state_dict(), directory / name)
         if name.startswith("step_"):
@@ -149,11 +316,33 @@ class Trainer:
                 stale.unlink(missing_ok=True)
         return path
 
+    def save_last(self, status: str) -> Path:
+        """last.pt, what `resume=` continues from, after the replay file it names (replay_STEP.npz).
 
-def train(cfg: DictConfig, run_dir: str | Path) -> float:
+        The order makes every crash safe: last.pt only ever names a replay file already complete, and
+        older replay files go only once the new last.pt is in place.
+        """
+        self._check_finite()
+        directory = self.run_dir / "checkpoints"
+        state = self.state_dict(status)
+        if self.cfg.checkpoint.get("save_buffer", True):
+            state["replay"] = f"replay_{self.step}.npz"
+            if self._replay_step != self.step or not (directory / state["replay"]).is_file():
+                save_arrays(replay_arrays(self.buffer, self.step), directory / state["replay"])
+                self._replay_step = self.step
+        path = save_checkpoint(state, directory / "last.pt")
+        for old in directory.glob("replay_*.npz"):
+            if old.name != state.get("replay"):
+                old.unlink(missing_ok=True)
+        self.last_saved = (path, self.step)
+        return path
+
+
+def train(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = ()) -> float:
     """Train from `cfg`, writing TensorBoard files and checkpoints into `run_dir`; return the final
-    greedy eval return (the objective sweepers optimise)."""
+    greedy eval return (the objective sweepers optimise). With `cfg.resume` set, continue that run
+    in its own dir instead; `overrides` (the command line's) may extend its total_steps."""
     start = time.perf_counter()
-    result = Trainer(cfg, run_dir).run()
+    result = Trainer(cfg, run_dir, overrides).run()
     log.info(f"wall time {time.perf_counter() - start:.1f} s")
     return result

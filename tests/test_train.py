@@ -108,7 +108,7 @@ def test_same_seed_is_deterministic_and_another_seed_is_not(run0, small_cfg_fact
 
 
 def test_stop_on_solved_ends_training_at_the_first_solving_eval(small_cfg_factory, run_dir):
-    run = Run(small_cfg_factory("eval.stop_on_solved=true", "env.solved_return=1"), run_dir)
+    run = Run(small_cfg_factory("eval.stop_on_solved=true", "env.solved_return=1", "eval.stop_return=null"), run_dir)
     assert run.trainer.step == 100  # the first eval (any CartPole return is >= 1)
     assert [step for step, _ in run.scalars["eval/mean_return"]] == [100]
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["counters"]["step"] == 100

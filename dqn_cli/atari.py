@@ -1,0 +1,208 @@
+"""Atari environments: ALE games preprocessed by gymnasium's own wrappers, as a vector env.
+
+Every knob comes from the `env` config: `env.game`, `env.num_envs`, `env.vectorization`,
+`env.max_episode_steps` (configs/env/atari.yaml) and the preprocessing protocol in `env.preset.*`
+(the env/preset group: nature | machado). Inside each sub-env the wrappers sit in this order,
+innermost first:
+
+    AtariEnv                  frameskip=1, `sticky_actions`, `full_action_space`, `max_episode_frames`
+    AtariPreprocessing        up to `noop_max` no-ops after reset, `frame_skip` with a max-pool over the
+                              last two frames, `screen_size` x `screen_size` grayscale
+    TimeLimit                 only if `max_episode_steps` is set (agent steps)
+    RecordEpisodeStatistics   the true score and length (agent steps) of each whole game
+    LifeLossTerminal          training only (`terminal_on_life_loss`): a lost life ends the agent's
+                              episode while the game goes on
+    FireOnReset               `fire_on_reset`, in games whose second action is FIRE
+    ClipReward                training only (`clip_rewards`): rewards clipped to [-1, 1]
+    FrameStackObservation     the last `frame_stack` frames, zero-padded at each episode start
+
+RecordEpisodeStatistics sits below the training-only wrappers, so `envs.finished_episodes` reports
+unclipped whole-game scores in training and evaluation alike.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+from typing import Any
+
+import ale_py
+import gymnasium as gym
+from omegaconf import DictConfig, OmegaConf
+
+from dqn_cli import env_state
+from dqn_cli.errors import UserError
+
+gym.register_envs(ale_py)
+
+SAME_STEP = gym.vector.AutoresetMode.SAME_STEP
+
+
+# ---- two wrappers that gymnasium does not ship --------------------------------------------------------
+
+
+class LifeLossTerminal(gym.Wrapper):
+    """Training only: losing a life ends the agent's episode (terminated=True), the game goes on.
+
+    The vector env's autoreset then calls reset(), which continues the same game with one no-op step
+    instead of restarting it (DeepMind's setup; baselines' EpisodicLifeEnv). Only a real game over, a
+    truncation or a seeded reset restarts the emulator. gymnasium's `terminal_on_life_loss` would
+    restart the whole game at every lost life, so the agent would never see its later lives.
+    """
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.lives, self.game_over = 0, True
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.game_over = terminated or truncated
+        lives = self.env.unwrapped.ale.lives()
+        if 0 < lives < self.lives:  # lives == 0 is the game over itself, already terminal
+            terminated = True
+        self.lives = lives
+        return obs, reward, terminated, truncated, info
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        if self.game_over or seed is not None:
+            obs, info = self.env.reset(seed=seed, options=options)
+        else:
+            obs, _, terminated, truncated, info = self.env.step(0)
+            if terminated or truncated:  # cannot happen in practice: the life was just lost
+                obs, info = self.env.reset(options=options)
+        self.lives = self.env.unwrapped.ale.lives()
+        return obs, info
+
+
+class FireOnReset(gym.Wrapper):
+    """Press FIRE once after each (re)start: Breakout and others wait for it before play begins.
+
+    Applied only to games whose action 1 is FIRE. With LifeLossTerminal inside, it also fires after
+    each lost life in training.
+    """
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        self.env.reset(seed=seed, options=options)
+        obs, _, terminated, truncated, info = self.env.step(1)
+        if terminated or truncated:
+            obs, info = self.env.reset(options=options)
+        return obs, info
+
+
+def _has_fire(env: gym.Env) -> bool:
+    meanings = env.unwrapped.get_action_meanings()
+    return len(meanings) >= 3 and meanings[1] == "FIRE"
+
+
+# the resume engineer's env_state walks wrappers layer by layer; teach it ours
+env_state.register(
+    LifeLossTerminal,
+    lambda w: {"lives": int(w.lives), "game_over": bool(w.game_over)},
+    lambda w, s: (setattr(w, "lives", s["lives"]), setattr(w, "game_over", s["game_over"])),
+)
+env_state.register(FireOnReset, lambda w: {}, lambda w, s: None)
+
+
+# ---- games ---------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def ale_games() -> tuple[str, ...]:
+    """Game names as gymnasium spells them (Pong, SpaceInvaders, ...), from the registered v5 ids."""
+    names = {m.group(1) for k in gym.registry if (m := re.fullmatch(r"ALE/(\w+)-v5", k))}
+    return tuple(sorted(names))
+
+
+def check_game(env_cfg: DictConfig) -> None:
+    """A clear UserError for an unknown `env.game` or an `env.id` the ALE does not register."""
+    game = env_cfg.get("game")
+    if game not in ale_games():
+        lower = {g.lower(): g for g in ale_games()}
+        close = difflib.get_close_matches(str(game).lower().replace("_", ""), list(lower), n=4, cutoff=0.6)
+        hint = f" Close matches: {', '.join(lower[c] for c in close)}." if close else ""
+        raise UserError(
+            f"env.game={game!r} is not an ALE game.{hint} Games are spelled as in gymnasium ids "
+            f"(CamelCase), e.g. Pong, Breakout, SpaceInvaders, MsPacman; {len(ale_games())} are available."
+        )
+    if env_cfg.id not in gym.registry:
+        raise UserError(
+            f"env.id={env_cfg.id!r} is not a registered gymnasium id for env.game={game!r}; the presets "
+            f"use {game}NoFrameskip-v4 (nature) or ALE/{game}-v5 (machado)."
+        )
+
+
+# ---- builder ---------------------------------------------------------------------------------------------
+
+
+def make_atari_env(
+    env_cfg: DictConfig, seed: int, num_envs: int, training: bool = True, render: bool = False
+) -> gym.vector.VectorEnv:
+    """Build `num_envs` preprocessed copies of `env.game` as one vector env (same-step autoreset).
+
+    Reads `env.game`, `env.id`, `env.vectorization`, `env.max_episode_steps` and the preset keys
+    `env.preset.noop_max`, `frame_skip`, `screen_size`, `frame_stack`, `sticky_actions`,
+    `full_action_space`, `max_episode_frames`, `clip_rewards`, `terminal_on_life_loss`,
+    `fire_on_reset`. `training=False` drops the training-only reward clipping and life-loss
+    terminal. `render=True` gives sub-env 0 RGB frames (`env.envs[0].render()`, sync mode).
+    """
+    check_game(env_cfg)
+    cfg = OmegaConf.to_container(env_cfg, resolve=True)
+    fns = [functools.partial(_make_one, cfg, training, render and i == 0) for i in range(num_envs)]
+    if cfg["vectorization"] == "async" and num_envs > 1 and not render:
+        env = gym.vector.AsyncVectorEnv(fns, autoreset_mode=SAME_STEP)
+    else:
+        env = gym.vector.SyncVectorEnv(fns, autoreset_mode=SAME_STEP)
+    env.action_space.seed(seed)
+    return env
+
+
+def _make_one(cfg: dict, training: bool, render: bool) -> gym.Env:
+    p = cfg["preset"]
+    env = gym.make(
+        cfg["id"],
+        frameskip=1,  # AtariPreprocessing skips frames (and max-pools), not the emulator
+        repeat_action_probability=float(p["sticky_actions"]),
+        full_action_space=bool(p["full_action_space"]),
+        max_num_frames_per_episode=int(p["max_episode_frames"]),
+        render_mode="rgb_array" if render else None,
+    )
+    env = gym.wrappers.AtariPreprocessing(
+        env,
+        noop_max=int(p["noop_max"]),
+        frame_skip=int(p["frame_skip"]),
+        screen_size=int(p["screen_size"]),
+        terminal_on_life_loss=False,  # LifeLossTerminal below does it without restarting the game
+        grayscale_obs=True,
+        scale_obs=False,  # uint8 all the way; the network scales on the device
+    )
+    if cfg.get("max_episode_steps") is not None:
+        env = gym.wrappers.TimeLimit(env, max_episode_steps=int(cfg["max_episode_steps"]))
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    if training and p["terminal_on_life_loss"]:
+        env = LifeLossTerminal(env)
+    if p["fire_on_reset"] and _has_fire(env):
+        env = FireOnReset(env)
+    if training and p["clip_rewards"]:
+        env = gym.wrappers.ClipReward(env, -1.0, 1.0)
+    return gym.wrappers.FrameStackObservation(env, int(p["frame_stack"]), padding_type="zero")
+
+
+# ---- evaluation protocols ------------------------------------------------------------------------------
+
+
+def apply_eval_protocol(env_cfg: DictConfig, protocol: DictConfig | None) -> DictConfig:
+    """The env config an evaluation under `protocol` uses: its frame cap and no-op starts replace the
+    training ones where the protocol sets them (Atari only; other envs are returned unchanged)."""
+    if protocol is None or env_cfg.kind != "atari":
+        return env_cfg
+    out = OmegaConf.create(OmegaConf.to_container(env_cfg, resolve=True))
+    for key in ("max_episode_frames", "noop_max"):
+        if protocol.get(key) is not None:
+            out.preset[key] = int(protocol[key])
+    return out
+
+
+def frames_per_second(env_cfg: DictConfig) -> float:
+    """Video frame rate that plays an episode in real time: the ALE runs at 60 Hz."""
+    return 60.0 / int(env_cfg.preset.frame_skip) if env_cfg.kind == "atari" else 30.0

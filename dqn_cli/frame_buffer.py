@@ -1,0 +1,173 @@
+"""Frame-once replay for stacked frames (Atari): each 84x84 frame is stored once, as uint8.
+
+An observation is a stack of the last K frames (K = `env.frame_stack`), so consecutive observations
+share K-1 frames and the next observation of a transition is the observation of the one after it.
+Storing only the newest frame of each observation cuts replay memory by 2K (8x for K=4): about
+7.1 KB per transition at 84x84, so a 1M buffer fits in about 7.1 GB (Dopamine's layout; SB3 keeps
+obs and next_obs, about 56 KB, or about 28 KB with `optimize_memory_usage`).
+
+Stacks are rebuilt at sample time. Slot t of a stream holds the newest frame of obs_t and a flag
+`first[t]` that marks obs_t as an episode's first observation; walking back from t stops at that
+flag and pads with zeros, exactly as `FrameStackObservation(padding_type="zero")` does, so no frame
+of the previous episode leaks in. Each vector env is its own stream (column), as in ReplayBuffer.
+
+Next observations: for a transition that goes on, the stack at t+1. `add` writes that next frame
+into slot t+1 at once, so even the newest transition is sampleable. A truncated transition's next
+observation (the env's `final_obs`) is not the next slot's, so its newest frame goes to a small ring
+of side frames; a terminated transition's next observation is masked out of the target anyway.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dqn_cli.buffers import ReplayBuffer
+
+
+class FrameStackReplay(ReplayBuffer):
+    """ReplayBuffer storage for uint8 observations of shape (K, H, W), each frame stored once.
+
+    Keeps ReplayBuffer's (T, N) layout, `_n_step` windows and hooks (`_obs_at`, `_next_obs_at`,
+    `sampleable`), so uniform and prioritized sampling work unchanged.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        obs_shape: tuple[int, ...],
+        obs_dtype: np.dtype,
+        num_envs: int = 1,
+        n_step: int = 1,
+        gamma: float = 0.99,
+    ):
+        self.stack, self.frame_shape = int(obs_shape[0]), tuple(obs_shape[1:])
+        total = max(1, capacity // num_envs) * num_envs
+        # Truncations (time limits) are rare in Atari: one per 27k steps at most with the 108k-frame
+        # cap. A slot whose side frame was overwritten becomes unsampleable, nothing worse.
+        self.side_capacity = max(64, total // 256)
+        super().__init__(capacity, obs_shape, obs_dtype, num_envs, n_step, gamma)
+
+    # ---- allocation ------------------------------------------------------------------------------
+    def estimate_nbytes(self) -> int:
+        frame = int(np.prod(self.frame_shape))
+        # frame + action (int64) + reward (float32) + terminated, truncated, first (bool) + side index (int32)
+        per_step = frame + 8 + 4 + 3 + 4
+        return self.size_per_env * self.num_envs * per_step + self.side_capacity * (frame + 8)
+
+    def _allocate_obs(self, shape: tuple[int, int]) -> None:
+        self.frames = np.zeros(shape + self.frame_shape, np.uint8)  # newest frame of obs at (t, env)
+        self.first = np.zeros(shape, bool)  # obs at (t, env) starts an episode
+        self.side_slot = np.full(shape, -1, np.int32)  # side frame of a truncated transition
+        self.side_frames = np.zeros((self.side_capacity, *self.frame_shape), np.uint8)
+        self.side_owner = np.full(self.side_capacity, -1, np.int64)  # flat t * N + env owning each side frame
+        self.side_pos = 0
+        self.prev_done = np.zeros(self.num_envs, bool)  # did each stream's last added step end its episode
+        self.fresh = True  # nothing added yet
+
+    # ---- writing ---------------------------------------------------------------------------------
+    def add(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
+        """Store one vector step; obs and next_obs are (N, K, H, W) stacks, of which one frame is kept."""
+        p, n = self.pos, self.num_envs
+        terminated, truncated = np.asarray(terminated, bool), np.asarray(truncated, bool)
+        if self.fresh:  # a zero-padded stack is an episode start; other history is unknown (unsampleable)
+            first = ~obs[:, :-1].reshape(n, -1).any(axis=1)
+            self.fresh = False
+        else:
+            first = self.prev_done
+        self.frames[p] = obs[:, -1]
+        self.first[p] = first
+        self.actions[p] = actions
+        self.rewards[p] = rewards
+        self.terminated[p] = terminated
+        self.truncated[p] = truncated
+        self.side_slot[p] = -1
+        for i in np.flatnonzero(truncated & ~terminated):
+            k = self.side_pos
+            self.side_frames[k] = next_obs[i, -1]
+            self.side_owner[k] = p * n + i
+            self.side_slot[p, i] = k
+            self.side_pos = (k + 1) % self.side_capacity
+        # The next frame of a step that goes on is the newest frame of the next slot: write it now so
+        # this transition is sampleable at once (the next add writes the same frame again).
+        going_on = ~(terminated | truncated)
+        q = (p + 1) % self.size_per_env
+        self.frames[q, going_on] = next_obs[going_on, -1]
+        self.first[q, going_on] = False
+        self.prev_done = ~going_on
+        self.pos = q
+        self.full = self.full or q == 0
+
+    # ---- reading ---------------------------------------------------------------------------------
+    def _stack_index(self, t: np.ndarray, env: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Slot of each stack position (oldest first) and whether it belongs to obs_t's episode."""
+        back = np.arange(self.stack - 1, -1, -1)  # how far back each position lies: K-1, ..., 0
+        idx = (t[:, None] - back) % self.size_per_env
+        # walking back from t, a position is valid while no later position was an episode start
+        starts = self.first[idx, env[:, None]][:, ::-1]  # newest first
+        valid_newest_first = np.ones_like(starts)
+        valid_newest_first[:, 1:] = np.logical_and.accumulate(~starts[:, :-1], axis=1)
+        return idx, valid_newest_first[:, ::-1]
+
+    def _obs_at(self, t: np.ndarray, env: np.ndarray) -> np.ndarray:
+        idx, valid = self._stack_index(t, env)
+        out = self.frames[idx, env[:, None]]
+        out[~valid] = 0
+        return out
+
+    def _next_obs_at(self, t: np.ndarray, env: np.ndarray) -> np.ndarray:
+        out = np.empty((len(t), self.stack, *self.frame_shape), np.uint8)
+        out[:, :-1] = self._obs_at(t, env)[:, 1:]
+        nxt = self.frames[(t + 1) % self.size_per_env, env]
+        cut = self.truncated[t, env] & ~self.terminated[t, env]
+        if cut.any():
+            nxt[cut] = self.side_frames[self.side_slot[t[cut], env[cut]]]
+        # a terminated transition's next obs never enters the target; obs_t's newest frame stands in
+        term = self.terminated[t, env]
+        nxt[term] = self.frames[t[term], env[term]]
+        out[:, -1] = nxt
+        return out
+
+    def sampleable(self, t: np.ndarray, env: np.ndarray) -> np.ndarray:
+        """A slot is usable when it holds a current transition, every frame of its stack is still in the
+        buffer (none overwritten by the write pointer, none from before the first add), and the next
+        observation of its (n-step) window exists."""
+        size = self.size_per_env
+        if self.full:  # slot pos is being overwritten: its frame is already the next one
+            ok = t != self.pos
+            oldest = (self.pos + 1) % size
+        else:
+            ok = t < self.pos
+            oldest = 0
+        _, valid = self._stack_index(t, env)
+        depth = valid[:, :-1].sum(axis=1)  # earlier frames the stack needs
+        ok &= depth <= (t - oldest) % size
+        last = self._n_step(t, env)[3] if self.n_step > 1 else t
+        cut = self.truncated[last, env] & ~self.terminated[last, env]
+        if cut.any():
+            k = self.side_slot[last, env]
+            side_ok = (k >= 0) & (self.side_owner[np.maximum(k, 0)] == last * self.num_envs + env)
+            ok &= ~cut | side_ok
+        return ok
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        n = self.size_per_env if self.full else self.pos
+        q = self.pos
+        return {
+            "frames": self.frames[:n], "first": self.first[:n], "side_slot": self.side_slot[:n],
+            "next_frame": self.frames[q], "next_first": self.first[q],
+            "side_frames": self.side_frames, "side_owner": self.side_owner, "side_pos": np.array(self.side_pos),
+            "prev_done": self.prev_done, "fresh": np.array(self.fresh),
+            "actions": self.actions[:n], "rewards": self.rewards[:n], "terminated": self.terminated[:n],
+            "truncated": self.truncated[:n], "pos": np.array(self.pos), "full": np.array(self.full),
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        n = len(state["actions"])
+        for key in ("frames", "first", "side_slot", "actions", "rewards", "terminated", "truncated"):
+            getattr(self, key)[:n] = state[key]
+        self.pos, self.full = int(state["pos"]), bool(state["full"])
+        self.frames[self.pos], self.first[self.pos] = state["next_frame"], state["next_first"]
+        self.side_frames[:], self.side_owner[:] = state["side_frames"], state["side_owner"]
+        self.side_pos = int(state["side_pos"])
+        self.prev_done[:], self.fresh = state["prev_done"], bool(state["fresh"])

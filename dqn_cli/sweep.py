@@ -1,0 +1,198 @@
+"""Sweep bookkeeping as Hydra callbacks: a per-job result file and the sweep's summary CSV.
+
+`train.yaml` lists both callbacks under `hydra.callbacks`, so every launcher (basic, joblib, Ray,
+submitit) and sweeper (basic, Optuna) gets them. Job-side hooks run wherever the job runs; the
+summary is written by the process that started the sweep and reads the run dirs from disk, so on a
+cluster the sweep dir must be on a shared filesystem (as it must be for the run dirs anyway).
+
+Rewrite a summary by hand, e.g. after a sweep with failed jobs: `python -m dqn_cli.sweep SWEEP_DIR`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+JOB_RESULT = "job_result.json"
+SUMMARY = "sweep_summary.csv"
+METRICS = ["final_return", "best_return", "steps", "episodes", "updates", "wall_time_s"]
+
+
+class SweepSummary(Callback):
+    """Writes `job_result.json` (status, return value, wall time) into each run dir of a multirun,
+    and `sweep_summary.csv` (one row per run: overrides, final/best eval return, steps, wall time)
+    into `hydra.sweep.dir` once the sweep ends. Single runs are left alone."""
+
+    def __init__(self, filename: str = SUMMARY):
+        self.filename = filename
+        self._start: float | None = None
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._start = time.perf_counter()
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        ok = job_return.status.name == "COMPLETED"
+        value = job_return._return_value  # the property would re-raise a failed job's exception
+        result = {
+            "job": int(config.hydra.job.num),
+            "status": job_return.status.name,
+            "overrides": list(job_return.overrides or []),
+            "return": float(value) if ok and isinstance(value, (int, float)) else None,
+            "error": None if ok else f"{type(value).__name__}: {value}",
+            "wall_time_s": round(time.perf_counter() - self._start, 3) if self._start is not None else None,
+        }
+        path = Path(config.hydra.runtime.output_dir) / JOB_RESULT
+        path.write_text(json.dumps(result, indent=2) + "\n")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = write_summary(sweep_dir, sweep_dir / self.filename)
+        if rows:
+            best = max(rows, key=lambda r: _num(r["final_return"]))
+            log.info(
+                f"sweep summary: {len(rows)} runs in {sweep_dir / self.filename}; best final return "
+                f"{best['final_return']} ({' '.join(best['overrides']) or 'no overrides'})"
+            )
+
+
+class QuietRayNotices(Callback):
+    """Hides Ray's start-up notice that token authentication is on (and where the token was saved):
+    it is Ray's default, said on every local start. Ray's warning that auth is *off* still shows."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if "ray" in str(OmegaConf.select(config, "hydra.launcher._target_", default="")).lower():
+            # a logger fetched by name before Ray imports is the one Ray's module then uses
+            logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+            if _not_auth_notice not in logger.filters:
+                logger.addFilter(_not_auth_notice)
+
+
+def _not_auth_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(
+        ("Token authentication is enabled for this Ray cluster", "Generated new authentication token")
+    )
+
+
+# ---- the summary -------------------------------------------------------------------------------
+
+
+def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One dict per run dir under `sweep_dir` (any depth, found by `.hydra/overrides.yaml`), sorted
+    by job number: job, status, overrides, final/best eval return, steps, episodes, updates, wall
+    time, run_dir. Values come from `job_result.json` and `checkpoints/last.pt`; missing ones are ''."""
+    rows = []
+    for overrides_file in Path(sweep_dir).rglob(".hydra/overrides.yaml"):
+        run_dir = overrides_file.parent.parent
+        row: dict[str, Any] = {m: "" for m in METRICS}
+        row.update(job="", status="", overrides=[str(o) for o in OmegaConf.load(overrides_file)], run_dir=str(run_dir))
+        result_file = run_dir / JOB_RESULT
+        if result_file.is_file():
+            result = json.loads(result_file.read_text())
+            row.update(job=result["job"], status=result["status"], wall_time_s=result["wall_time_s"] or "")
+            if result["return"] is not None:
+                row["final_return"] = result["return"]
+        else:
+            hydra_file = run_dir / ".hydra" / "hydra.yaml"
+            if hydra_file.is_file():
+                row["job"] = OmegaConf.load(hydra_file).hydra.job.num
+        state = _last_checkpoint(run_dir)
+        if state is not None:
+            counters, evals = state.get("counters", {}), state.get("eval", {})
+            row.update(steps=counters.get("step", ""), episodes=counters.get("episodes", ""))
+            row.update(updates=counters.get("updates", ""))
+            if row["final_return"] == "" and evals.get("last") is not None:
+                row["final_return"] = evals["last"]
+            if evals.get("best") is not None and math.isfinite(evals["best"]):
+                row["best_return"] = evals["best"]
+            if not row["status"]:
+                row["status"] = "COMPLETED"
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["job"] if isinstance(r["job"], int) else math.inf, r["run_dir"]))
+
+
+def write_summary(sweep_dir: str | Path, path: str | Path) -> list[dict[str, Any]]:
+    """Write the CSV of `collect_runs(sweep_dir)` to `path`: columns job, status, one column per
+    override key (`seed`, `agent.lr`, ...), then the metrics and run_dir. Returns the rows."""
+    rows = collect_runs(sweep_dir)
+    if not rows:
+        log.warning(f"sweep summary: no run dirs under {sweep_dir}")
+        return rows
+    keys: list[str] = []
+    for row in rows:
+        for key in _override_values(row["overrides"]):
+            if key not in keys:
+                keys.append(key)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["job", "status", *keys, *METRICS, "run_dir"])
+        for row in rows:
+            values = _override_values(row["overrides"])
+            writer.writerow(
+                [
+                    row["job"],
+                    row["status"],
+                    *(values.get(k, "") for k in keys),
+                    *(row[m] for m in METRICS),
+                    row["run_dir"],
+                ]
+            )
+    return rows
+
+
+def _override_values(overrides: list[str]) -> dict[str, str]:
+    """`["seed=1", "+x.y=2", "~z"]` -> {"seed": "1", "x.y": "2", "z": "<deleted>"}."""
+    out = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        out[key.lstrip("+~")] = value if sep else "<deleted>"
+    return out
+
+
+def _last_checkpoint(run_dir: Path) -> dict | None:
+    path = run_dir / "checkpoints" / "last.pt"
+    if not path.is_file():
+        return None
+    from dqn_cli.checkpoint import load_checkpoint
+    from dqn_cli.errors import UserError
+
+    try:
+        return load_checkpoint(path)
+    except UserError as e:
+        log.warning(f"sweep summary: skipping {path}: {e}")
+        return None
+
+
+def _num(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) else -math.inf
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0] in ("-h", "--help"):
+        print("usage: python -m dqn_cli.sweep SWEEP_DIR   (writes SWEEP_DIR/sweep_summary.csv)", file=sys.stderr)
+        return 2
+    sweep_dir = Path(argv[0])
+    if not sweep_dir.is_dir():
+        print(f"error: {sweep_dir} is not a directory", file=sys.stderr)
+        return 2
+    rows = write_summary(sweep_dir, sweep_dir / SUMMARY)
+    print(f"{len(rows)} runs -> {sweep_dir / SUMMARY}")
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,346 @@
+"""Atari support: preprocessing presets, vector envs, frame-once replay on real games, a short Pong
+training run, the nature eval protocol with video, and clear refusals of bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from dqn_cli.buffers import ReplayBuffer, make_buffer
+from dqn_cli.config import validate_eval, validate_train
+from dqn_cli.envs import finished_episodes, make_env, real_next_obs
+from dqn_cli.errors import UserError
+from dqn_cli.frame_buffer import FrameStackReplay
+
+# A Pong run that finishes in seconds: tiny buffer, early updates, episodes cut at 1,000 frames.
+SMALL_ATARI = (
+    "device=cpu",
+    "torch_threads=1",  # pytest runs without dqn's OMP_WAIT_POLICY=PASSIVE
+    "total_steps=300",
+    "buffer.capacity=1000",
+    "agent.learning_starts=64",
+    "agent.target_update_interval=100",
+    "agent.exploration_fraction=0.5",
+    "env.preset.max_episode_frames=1000",
+    "eval.interval=0",
+    "eval.episodes=1",
+    "checkpoint.interval=0",
+    "log.interval=100",
+    "log.progress=false",
+)
+
+
+@pytest.fixture(scope="session")
+def atari_cfg(compose_cfg):
+    """`atari_cfg("env.num_envs=2")` -> the full Pong train config with these overrides."""
+    return lambda *overrides: compose_cfg("train", ["env=pong", *overrides])
+
+
+def random_steps(env, steps: int, seed: int = 0):
+    """Yield (obs, actions, rewards, real next obs, terminated, truncated, infos) of random play."""
+    rng = np.random.default_rng(seed)
+    obs, _ = env.reset(seed=seed)
+    for _ in range(steps):
+        actions = rng.integers(0, env.single_action_space.n, env.num_envs)
+        next_obs, rewards, terminated, truncated, infos = env.step(actions)
+        yield (
+            obs,
+            actions,
+            rewards,
+            real_next_obs(next_obs, infos, terminated | truncated),
+            terminated,
+            truncated,
+            infos,
+        )
+        obs = next_obs
+
+
+# ---- configs ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["env=pong"],
+        ["env=breakout"],
+        ["env=atari", "env.game=SpaceInvaders"],
+        ["env=pong", "env/preset=machado"],
+        ["env=breakout", "env/preset=nature", "eval_protocol=nature"],
+        ["env=cartpole", "eval_protocol=nature"],
+    ],
+)
+def test_atari_configs_compose_resolve_and_validate(overrides, compose_cfg):
+    cfg = compose_cfg("train", overrides)
+    OmegaConf.resolve(cfg)
+    validate_train(cfg)
+    if "cartpole" not in overrides[0]:
+        assert cfg.network.name == "nature_cnn"  # the env preset picks the Nature CNN
+        assert cfg.env.kind == "atari" and cfg.env.id in (f"{cfg.env.game}NoFrameskip-v4", f"ALE/{cfg.env.game}-v5")
+
+
+def test_presets_switch_protocol(atari_cfg):
+    nature, machado = atari_cfg().env.preset, atari_cfg("env/preset=machado").env.preset
+    assert (nature.noop_max, nature.sticky_actions, nature.terminal_on_life_loss) == (30, 0.0, True)
+    assert (machado.noop_max, machado.sticky_actions, machado.terminal_on_life_loss) == (0, 0.25, False)
+    assert atari_cfg("env/preset=machado").env.id == "ALE/Pong-v5"
+
+
+@pytest.mark.parametrize("protocol", ["greedy", "nature"])
+def test_eval_configs_validate(protocol, compose_cfg):
+    cfg = compose_cfg("eval", ["checkpoint=x.pt", f"eval_protocol={protocol}", "video=true"])
+    validate_eval(cfg)
+    assert cfg.epsilon == {"greedy": 0.0, "nature": 0.05}[protocol]
+
+
+def test_atari_without_a_game_asks_for_env_game(compose_cfg):
+    with pytest.raises(UserError, match=r"env.game is required"):
+        validate_train(compose_cfg("train", ["env=atari"]))
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("env.preset.sticky_actions=1.5", "env.preset.sticky_actions"),
+        ("env.preset.frame_skip=0", "env.preset.frame_skip"),
+        ("env.vectorization=threads", "env.vectorization"),
+        ("eval_protocol.epsilon=-1", "eval_protocol.epsilon"),
+    ],
+)
+def test_bad_atari_values_name_the_key(override, key, atari_cfg):
+    with pytest.raises(UserError, match=key.replace(".", r"\.")):
+        validate_train(atari_cfg(override))
+
+
+def test_cuda_graphs_without_compile_or_gpu_is_refused(atari_cfg):
+    with pytest.raises(UserError, match="cuda_graphs=true"):
+        validate_train(atari_cfg("cuda_graphs=true", "compile=false"))
+
+
+# ---- preprocessing ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["nature", "machado"])
+def test_observations_are_stacked_84x84_uint8_frames(preset, atari_cfg):
+    env = make_env(atari_cfg(f"env/preset={preset}").env, seed=0)
+    assert env.single_observation_space.shape == (4, 84, 84)
+    assert env.single_observation_space.dtype == np.uint8
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (1, 4, 84, 84) and obs.dtype == np.uint8
+    assert not obs[0, :3].any() and obs[0, 3].any()  # zero padding before the first frame
+    obs = list(random_steps(env, 20))[-1][0]
+    assert 0 <= obs.min() and obs.max() <= 255 and obs[0, 0].any()
+    assert len(np.unique(obs)) > 2  # grayscale, not binarised
+    env.close()
+
+
+def test_training_clips_rewards_and_ends_episodes_at_lost_lives_but_scores_whole_games(compose_cfg):
+    cfg = compose_cfg("train", ["env=breakout", "env.num_envs=2"])
+    env = make_env(cfg.env, seed=0, training=True)
+    ends, games = 0, []
+    for *_, rewards, _, terminated, truncated, infos in random_steps(env, 700):
+        assert np.all(np.abs(rewards) <= 1)
+        ends += int((terminated | truncated).sum())
+        games += list(finished_episodes(infos))
+    env.close()
+    assert games, "no whole game finished"
+    assert ends >= 3 * len(games)  # five lives per Breakout game: several episode ends per game
+    assert all(length > 100 for _, length in games)  # whole games, not single lives
+
+    eval_env = make_env(cfg.env, seed=0, num_envs=1, training=False)
+    ends, games = 0, []
+    for *_, terminated, truncated, infos in random_steps(eval_env, 400):
+        ends += int((terminated | truncated).sum())
+        games += list(finished_episodes(infos))
+    eval_env.close()
+    assert ends == len(games) >= 1  # evaluation episodes are whole games
+
+
+def test_unknown_game_is_a_clear_error(compose_cfg):
+    with pytest.raises(UserError, match=r"env.game='SpaceInvader' is not an ALE game\. Close matches: SpaceInvaders"):
+        make_env(compose_cfg("train", ["env=atari", "env.game=SpaceInvader"]).env, seed=0)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_vector_envs_step_n_games_with_same_step_autoreset(mode, atari_cfg):
+    cfg = atari_cfg("env.num_envs=2", f"env.vectorization={mode}", "env.preset.max_episode_frames=200")
+    env = make_env(cfg.env, seed=0)
+    assert env.num_envs == 2
+    saw_end = False
+    for obs, _, _, real_next, terminated, truncated, infos in random_steps(env, 60):
+        assert obs.shape == (2, 4, 84, 84)
+        for i in np.flatnonzero(terminated | truncated):
+            saw_end = True
+            np.testing.assert_array_equal(real_next[i], infos["final_obs"][i])
+    env.close()
+    assert saw_end  # 200 frames = 50 steps: every game was truncated once
+
+
+# ---- frame-once replay on real games ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("game, n_envs", [("Breakout", 2), ("Pong", 1)])
+def test_frame_once_replay_matches_the_env_stacks_across_lives_and_streams(game, n_envs, compose_cfg):
+    cfg = compose_cfg("train", ["env=atari", f"env.game={game}", f"env.num_envs={n_envs}"])
+    cfg.env.preset.max_episode_frames = 1600  # Pong: truncations every 400 steps
+    env = make_env(cfg.env, seed=1)
+    capacity = 300 * n_envs  # 900 steps: the ring wraps
+    frames = FrameStackReplay(capacity, (4, 84, 84), np.uint8, n_envs, 1, 0.99)
+    naive = ReplayBuffer(capacity, (4, 84, 84), np.uint8, n_envs, 1, 0.99)
+    ends = 0
+    for obs, actions, rewards, real_next, terminated, truncated, _ in random_steps(env, 900, seed=1):
+        frames.add(obs, actions, rewards, real_next, terminated, truncated)
+        naive.add(obs, actions, rewards, real_next, terminated, truncated)
+        ends += int((terminated | truncated).sum())
+    env.close()
+    assert ends >= 2
+    t, e = np.meshgrid(np.arange(frames.size_per_env), np.arange(n_envs), indexing="ij")
+    t, e = t.ravel(), e.ravel()
+    ok = frames.sampleable(t, e)
+    assert ok.sum() >= (300 - 4) * n_envs
+    got, want = frames._gather(t[ok], e[ok]), naive._gather(t[ok], e[ok])
+    np.testing.assert_array_equal(got.obs, want.obs)
+    live = got.terminated == 0
+    np.testing.assert_array_equal(got.next_obs[live], want.next_obs[live])
+
+
+def test_trainer_refuses_a_buffer_that_cannot_fit(run_dir, atari_cfg):
+    from dqn_cli.trainer import Trainer
+
+    with pytest.raises(UserError, match=r"buffer.capacity=2000000000 needs [\d.]+ GiB but only"):
+        Trainer(atari_cfg(*SMALL_ATARI, "buffer.capacity=2000000000"), run_dir)
+
+
+def test_frame_buffer_is_chosen_for_atari_and_estimates_its_bytes():
+    buf = make_buffer(OmegaConf.create({"kind": "uniform", "capacity": 1000}), (4, 84, 84), np.uint8, 2)
+    assert isinstance(buf, FrameStackReplay) and buf.size_per_env == 500
+
+
+# ---- training and evaluation ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pong_run(tmp_path_factory, atari_cfg):
+    """A few-hundred-step Pong training run (CI-sized): its run dir and final eval."""
+    from dqn_cli.trainer import Trainer
+
+    run_dir = tmp_path_factory.mktemp("pong")
+    trainer = Trainer(atari_cfg(*SMALL_ATARI), run_dir)
+    assert isinstance(trainer.buffer, FrameStackReplay)
+    final = trainer.run()
+    return run_dir, trainer, final
+
+
+def test_short_pong_training_run(pong_run):
+    run_dir, trainer, final = pong_run
+    assert trainer.step == 300 and trainer.updates > 0
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    assert np.isfinite(final) and -21 <= final <= 21
+
+
+def test_eval_nature_protocol_writes_scores_video_and_tensorboard(pong_run, tmp_path, compose_cfg):
+    from dqn_cli.evaluate import evaluate
+
+    run_dir, trainer, _ = pong_run
+    cfg = compose_cfg(
+        "eval",
+        [
+            f"checkpoint={run_dir / 'checkpoints' / 'last.pt'}",
+            "eval_protocol=nature",
+            "eval_protocol.max_episode_frames=800",  # a short cap keeps the test quick
+            "episodes=2",
+            "video=true",
+            f"output={tmp_path / 'eval.json'}",
+            "device=cpu",
+        ],
+    )
+    result = evaluate(cfg)
+    assert result["protocol"] == "nature" and result["epsilon"] == 0.05 and len(result["returns"]) == 2
+    assert all(length <= 200 for length in result["lengths"])  # 800 frames / frame_skip 4
+    video = Path(result["video"])
+    assert video.parent == run_dir / "videos" and video.suffix == ".mp4" and video.stat().st_size > 1000
+    assert json.loads((tmp_path / "eval.json").read_text())["mean_return"] == result["mean_return"]
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    (scalar,) = events.Scalars("eval_nature/mean_return")
+    assert scalar.step == trainer.step and scalar.value == pytest.approx(result["mean_return"])
+
+
+# ---- command line: bad input exits 2 with one paragraph, no traceback -------------------------------------
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dqn_cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("train", "env=atari", "env.game=Pongg"), "env.game='Pongg' is not an ALE game"),
+        (("train", "env=cartpole", "network=nature_cnn"), "network=nature_cnn needs image observations"),
+        (("train", "env=pong", "buffer.capacity=2000000000"), "buffer.capacity=2000000000 needs"),
+    ],
+)
+def test_cli_bad_input_exits_2_without_traceback(args, message, tmp_path):
+    proc = run_cli(*args, f"hydra.run.dir={tmp_path / 'run'}", "log.progress=false", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cli_device_cuda_without_gpu_exits_2(tmp_path):
+    proc = run_cli("train", "env=pong", "device=cuda", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---- GPU path (skipped without a GPU) --------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_device_auto_picks_cuda_and_trains_pong(run_dir, atari_cfg):
+    from dqn_cli.trainer import Trainer
+
+    trainer = Trainer(atari_cfg(*SMALL_ATARI, "device=auto"), run_dir)
+    assert trainer.device.type == "cuda"
+    trainer.run()
+    assert trainer.updates > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_compiled_cuda_graph_update_matches_eager(run_dir, atari_cfg):
+    from dqn_cli.accel import compile_agent
+    from dqn_cli.agent import make_agent
+    from dqn_cli.buffers import Batch
+
+    cfg = atari_cfg("device=cuda")
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    eager = make_agent(cfg, (4, 84, 84), 6, device)
+    torch.manual_seed(0)
+    graphed = compile_agent(make_agent(cfg, (4, 84, 84), 6, device), cuda_graphs=True)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        batch = Batch(
+            obs=rng.integers(0, 256, (32, 4, 84, 84), dtype=np.uint8),
+            actions=rng.integers(0, 6, 32),
+            rewards=rng.normal(size=32).astype(np.float32),
+            next_obs=rng.integers(0, 256, (32, 4, 84, 84), dtype=np.uint8),
+            terminated=np.zeros(32, np.float32),
+            discounts=np.full(32, 0.99, np.float32),
+        )
+        a, b = eager.update(batch), graphed.update(batch)
+        assert a["td_loss"] == pytest.approx(b["td_loss"], rel=1e-3)

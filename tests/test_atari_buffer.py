@@ -1,0 +1,210 @@
+"""Frame-once replay (dqn_cli/frame_buffer.py): stacks rebuilt at sample time equal the stacks the env
+gave, at episode starts, across the write pointer and per vector stream; memory estimate and refusal."""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from dqn_cli.buffers import ReplayBuffer, make_buffer
+from dqn_cli.errors import UserError
+from dqn_cli.frame_buffer import FrameStackReplay
+
+K, H, W = 4, 6, 5  # small frames: the layout does not depend on their size
+
+
+class StackedStreams:
+    """N synthetic episode streams that stack frames like FrameStackObservation(padding_type="zero").
+
+    Episodes have random lengths and end by termination or truncation; every frame is distinct and
+    nonzero, so a frame leaking from another step or episode changes the stack.
+    """
+
+    def __init__(self, n: int, rng: np.random.Generator, p_end: float = 0.08):
+        self.n, self.rng, self.p_end = n, rng, p_end
+        self.stacks = [self._fresh() for _ in range(n)]
+
+    def _frame(self) -> np.ndarray:
+        return self.rng.integers(1, 256, (H, W), dtype=np.uint8)
+
+    def _fresh(self) -> deque:
+        stack = deque([np.zeros((H, W), np.uint8)] * (K - 1), maxlen=K)
+        stack.append(self._frame())
+        return stack
+
+    def obs(self) -> np.ndarray:
+        return np.stack([np.stack(s) for s in self.stacks])
+
+    def step(self):
+        """One vector step: (obs, actions, rewards, real next obs, terminated, truncated)."""
+        obs = self.obs()
+        end = self.rng.random(self.n) < self.p_end
+        terminated = end & (self.rng.random(self.n) < 0.5)
+        truncated = end & ~terminated
+        real_next = np.empty_like(obs)
+        for i, stack in enumerate(self.stacks):
+            stack.append(self._frame())
+            real_next[i] = np.stack(stack)
+            if end[i]:
+                self.stacks[i] = self._fresh()  # same-step autoreset: the next obs starts a new episode
+        actions = self.rng.integers(0, 6, self.n)
+        rewards = self.rng.normal(size=self.n).astype(np.float32)
+        return obs, actions, rewards, real_next, terminated, truncated
+
+
+def fill_both(capacity: int, n: int, steps: int, n_step: int = 1, seed: int = 0, p_end: float = 0.08):
+    rng = np.random.default_rng(seed)
+    frames = FrameStackReplay(capacity, (K, H, W), np.uint8, n, n_step, 0.9)
+    naive = ReplayBuffer(capacity, (K, H, W), np.uint8, n, n_step, 0.9)
+    streams = StackedStreams(n, rng, p_end)
+    for _ in range(steps):
+        step = streams.step()
+        frames.add(*step)
+        naive.add(*step)
+    return frames, naive
+
+
+def all_slots(buf: ReplayBuffer) -> tuple[np.ndarray, np.ndarray]:
+    filled = buf.size_per_env if buf.full else buf.pos
+    t, env = np.meshgrid(np.arange(filled), np.arange(buf.num_envs), indexing="ij")
+    return t.ravel(), env.ravel()
+
+
+def assert_same_batches(frames: FrameStackReplay, naive: ReplayBuffer) -> int:
+    t, env = all_slots(frames)
+    ok = frames.sampleable(t, env)
+    t, env = t[ok], env[ok]
+    got, want = frames._gather(t, env), naive._gather(t, env)
+    np.testing.assert_array_equal(got.obs, want.obs)
+    np.testing.assert_array_equal(got.actions, want.actions)
+    np.testing.assert_array_equal(got.rewards, want.rewards)
+    np.testing.assert_array_equal(got.terminated, want.terminated)
+    np.testing.assert_array_equal(got.discounts, want.discounts)
+    live = got.terminated == 0  # a terminated transition's next obs never enters the target
+    np.testing.assert_array_equal(got.next_obs[live], want.next_obs[live])
+    return int(ok.sum())
+
+
+@pytest.mark.parametrize("n_envs", [1, 3])
+@pytest.mark.parametrize("n_step", [1, 3])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rebuilt_stacks_equal_naive_stacking_across_wraps_and_streams(n_envs, n_step, seed):
+    # capacity 60 per stream, 250 steps: the ring wraps four times over episodes of random length
+    frames, naive = fill_both(60 * n_envs, n_envs, 250, n_step=n_step, seed=seed)
+    usable = assert_same_batches(frames, naive)
+    # only the slot under the write pointer and stacks reaching back across it are lost
+    assert usable >= (60 - K) * n_envs
+
+
+def test_rebuilt_stacks_before_the_buffer_wraps():
+    frames, naive = fill_both(1000, 2, 150)
+    assert assert_same_batches(frames, naive) == 300  # every slot, the newest included
+
+
+def test_episode_start_pads_with_zeros_not_the_previous_episode():
+    frames, _ = fill_both(200, 1, 120, p_end=0.2)
+    starts = np.flatnonzero(frames.first[: frames.pos, 0])
+    assert len(starts) > 5
+    obs = frames._obs_at(starts, np.zeros(len(starts), int))
+    assert not obs[:, :-1].any() and obs[:, -1].all()
+    second = starts[starts + 1 < frames.pos] + 1
+    second = second[~frames.first[second, 0]]  # skip one-step episodes
+    obs = frames._obs_at(second, np.zeros(len(second), int))
+    assert not obs[:, :-2].any() and obs[:, -2:].all()
+
+
+def test_truncated_next_obs_comes_from_the_side_store_and_evicted_slots_are_skipped():
+    frames, naive = fill_both(3000, 1, 2000, p_end=0.3)
+    truncated = np.flatnonzero(frames.truncated[: frames.pos, 0] & ~frames.terminated[: frames.pos, 0])
+    assert len(truncated) > frames.side_capacity  # more truncations than side frames: the oldest are gone
+    env = np.zeros(len(truncated), int)
+    ok = frames.sampleable(truncated, env)
+    assert ok.sum() == frames.side_capacity and not ok[: len(truncated) - frames.side_capacity].any()
+    got, want = frames._next_obs_at(truncated[ok], env[ok]), naive._next_obs_at(truncated[ok], env[ok])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_sample_draws_only_full_transitions():
+    frames, _ = fill_both(40, 2, 100)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        batch = frames.sample(16, rng)
+        assert batch.obs.shape == (16, K, H, W) and batch.obs.dtype == np.uint8
+        t, env = np.divmod(batch.indices, 2)
+        assert frames.sampleable(t, env).all()
+
+
+def test_state_dict_round_trip_continues_identically():
+    a, _ = fill_both(50, 2, 80, seed=3)
+    b = FrameStackReplay(50, (K, H, W), np.uint8, 2, 1, 0.9)
+    b.load_state_dict({k: np.array(v) for k, v in a.state_dict().items()})
+    streams = StackedStreams(2, np.random.default_rng(9))
+    for _ in range(30):
+        step = streams.step()
+        a.add(*step)
+        b.add(*step)
+    t, env = all_slots(a)
+    np.testing.assert_array_equal(a.sampleable(t, env), b.sampleable(t, env))
+    ok = a.sampleable(t, env)
+    np.testing.assert_array_equal(a._gather(t[ok], env[ok]).obs, b._gather(t[ok], env[ok]).obs)
+
+
+# ---- layout choice, memory ----------------------------------------------------------------------------
+
+
+def test_make_buffer_picks_frame_once_storage_for_uint8_stacks():
+    cfg = OmegaConf.create({"kind": "uniform", "capacity": 1000})
+    assert isinstance(make_buffer(cfg, (4, 84, 84), np.uint8, 1), FrameStackReplay)
+    assert type(make_buffer(cfg, (4,), np.float32, 1)) is ReplayBuffer
+
+
+def test_prioritized_replay_samples_from_frame_once_storage():
+    frames, _ = fill_both(100, 2, 90)
+    pytest.importorskip("dqn_cli.prioritized")
+    cfg = OmegaConf.create({"kind": "prioritized", "capacity": 100, "alpha": 0.6, "beta0": 0.4, "eps": 1e-6})
+    buf = make_buffer(cfg, (K, H, W), np.uint8, 2)
+    assert isinstance(buf.storage, FrameStackReplay)
+    streams = StackedStreams(2, np.random.default_rng(0))
+    for _ in range(90):
+        buf.add(*streams.step())
+    batch = buf.sample(8, np.random.default_rng(0))
+    assert batch.obs.shape == (8, K, H, W) and batch.weights is not None
+    t, env = np.divmod(batch.indices, 2)
+    assert buf.storage.sampleable(t, env).all()
+
+
+def test_estimate_is_under_7500_bytes_per_transition_at_84x84():
+    small = FrameStackReplay(1000, (4, 84, 84), np.uint8, 1)
+    assert small.estimate_nbytes() >= 1000 * 84 * 84
+    for capacity in (100_000, 1_000_000):  # estimated without allocating
+        buf = FrameStackReplay.__new__(FrameStackReplay)
+        buf.stack, buf.frame_shape, buf.side_capacity = 4, (84, 84), max(64, capacity // 256)
+        buf.size_per_env, buf.num_envs = capacity, 1
+        assert 84 * 84 <= buf.estimate_nbytes() / capacity <= 7500
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
+def test_measured_memory_per_transition_is_under_7500_bytes():
+    n = 20_000  # RSS growth over a fill, as scripts/bench_atari.py measures it
+    before = rss_bytes()
+    buf = FrameStackReplay(n, (4, 84, 84), np.uint8, 1)
+    obs = np.random.default_rng(0).integers(0, 256, (1, 4, 84, 84), dtype=np.uint8)
+    zeros = np.zeros(1, bool)
+    for _ in range(n):
+        buf.add(obs, np.zeros(1, np.int64), np.zeros(1, np.float32), obs, zeros, zeros)
+    grown = rss_bytes() - before
+    assert grown / n <= 7500, f"{grown / n:.0f} bytes per transition"
+
+
+def test_a_buffer_larger_than_memory_is_refused_before_allocation():
+    with pytest.raises(UserError, match=r"buffer.capacity=1000000000 needs .* GiB but only"):
+        FrameStackReplay(10**9, (4, 84, 84), np.uint8, 1)

@@ -1,0 +1,595 @@
+"""Reliability: exact resume, graceful stops on SIGINT/SIGTERM, kills during checkpoint writes, hostile
+checkpoint and replay files, the NaN guard and the checks a resume makes.
+
+In-process runs use the shrunk 300-step config from conftest; the CLI tests start `python -m dqn_cli`
+in a subprocess and signal or SIGKILL it at a known moment.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SHRINK
+
+from dqn_cli import env_state
+from dqn_cli.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from dqn_cli.errors import UserError
+from dqn_cli.signals import Aborted, StopSignals, TrainingStoppedError
+from dqn_cli.trainer import DivergedError, Trainer
+
+HALF = 153  # the run stops here: between two checkpoints and two log lines, mid-episode
+
+
+# ---- helpers ---------------------------------------------------------------------------------------
+
+
+def stop_at(trainer: Trainer, step: int, signum: int = signal.SIGINT) -> None:
+    """Deliver a real `signum` to this process during the env step that reaches `step`."""
+    inner, fired = trainer.env.step, []
+
+    def step_fn(actions):
+        if not fired and trainer.step + trainer.env.num_envs >= step:
+            fired.append(True)
+            signal.raise_signal(signum)
+        return inner(actions)
+
+    trainer.env.step = step_fn
+
+
+def run_stopped(cfg, run_dir: Path, step: int = HALF, signum: int = signal.SIGINT) -> TrainingStoppedError:
+    trainer = Trainer(cfg, run_dir)
+    stop_at(trainer, step, signum)
+    with pytest.raises(TrainingStoppedError) as info:
+        trainer.run()
+    return info.value
+
+
+def assert_same(a, b, path: str = "") -> None:
+    """Every tensor equal (bitwise), every number and string equal, through nested dicts and lists."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            if k not in ("elapsed", "time_queue"):  # wall-clock episode timers
+                assert_same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{path}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    else:
+        assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), f"{path}: {a!r} != {b!r}"
+
+
+def final_state(run_dir: Path) -> dict:
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    del state["config"]  # the resumed run's config also records resume=RUN_DIR
+    return state
+
+
+def replay(run_dir: Path) -> dict[str, np.ndarray]:
+    (path,) = (run_dir / "checkpoints").glob("replay_*.npz")
+    with np.load(path, allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), purge_orphaned_data=True)
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+# ---- resume is exact ----------------------------------------------------------------------------------
+
+CASES = {
+    "cartpole": (),
+    "cartpole-2envs-nstep-double-dueling": ("env.num_envs=2", "agent.n_step=3", "agent.double=true",
+                                            "network.dueling=true"),
+    "acrobot-prioritized": ("env=acrobot", "buffer=prioritized"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("overrides", CASES.values(), ids=CASES.keys())
+def test_resume_from_half_way_equals_uninterrupted_run(tmp_path, small_cfg_factory, overrides):
+    cfg = small_cfg_factory(*overrides)
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    Trainer(cfg, whole).run()
+
+    stop = run_stopped(cfg, part)
+    assert stop.exit_code == 130 and f"resume with: dqn train resume={part}" in str(stop)
+    stopped = load_checkpoint(part / "checkpoints" / "last.pt")
+    assert stopped["status"] == "stopped" and HALF <= stopped["counters"]["step"] < 300
+    assert stopped["replay"] == f"replay_{stopped['counters']['step']}.npz"
+
+    Trainer(small_cfg_factory(*overrides, f"resume={part}"), "unused").run()
+
+    a, b = final_state(whole), final_state(part)
+    assert a["counters"]["step"] == 300 and a["status"] == "done"
+    assert_same(a, b)  # networks, optimizer, counters, epsilon schedule, RNGs, env mid-episode, obs
+    ra, rb = replay(whole), replay(part)
+    assert ra.keys() == rb.keys() and all(np.array_equal(ra[k], rb[k]) for k in ra)
+    # TensorBoard: the resumed run's curves continue at the right steps, with nothing doubled
+    sa, sb = scalars(whole), scalars(part)
+    assert sa.keys() == sb.keys() and {"losses/td_loss", "charts/epsilon", "eval/mean_return"} <= sa.keys()
+    for tag in sa.keys() - {"charts/SPS"}:  # steps per second is wall-clock
+        assert sa[tag] == sb[tag], tag
+
+
+def test_resume_extends_total_steps_and_keeps_the_epsilon_schedule(tmp_path, small_cfg_factory):
+    run = tmp_path / "run"
+    Trainer(small_cfg_factory(), run).run()  # finishes at 300; epsilon decays over 0.5 * 300
+    trainer = Trainer(small_cfg_factory(f"resume={run}"), "unused", overrides=["total_steps=400"])
+    assert trainer.step == 300 and trainer.cfg.total_steps == 400
+    # epsilon still decays over 0.5 * 300 steps, as the run began, not re-stretched over 400
+    assert trainer.epsilon(100) == pytest.approx(1.0 - (1.0 - 0.04) * 100 / 150)
+    trainer.run()
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["counters"]["step"] == 400 and state["schedule"]["total_steps"] == 300
+    assert sorted(p.name for p in (run / "checkpoints").glob("replay_*")) == ["replay_400.npz"]
+
+
+def test_resume_without_saved_buffer_refills_before_learning(tmp_path, small_cfg_factory, caplog):
+    run = tmp_path / "run"
+    run_stopped(small_cfg_factory("checkpoint.save_buffer=false"), run)
+    assert not list((run / "checkpoints").glob("replay_*"))
+    caplog.set_level(logging.WARNING)
+    trainer = Trainer(small_cfg_factory(f"resume={run}"), "unused")
+    assert trainer.learning_starts == trainer.step + 32 and len(trainer.buffer) == 0
+    assert "no replay buffer" in caplog.text
+    trainer.run()
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["counters"]["step"] == 300
+
+
+def test_resume_where_env_state_cannot_be_saved_starts_fresh_episodes(tmp_path, small_cfg_factory, monkeypatch, caplog):
+    run = tmp_path / "run"
+    run_stopped(small_cfg_factory(), run)
+    monkeypatch.setattr(env_state, "unsupported", lambda env: "a test env")
+    caplog.set_level(logging.WARNING)
+    Trainer(small_cfg_factory(f"resume={run}"), "unused").run()
+    assert "env's state was not saved (a test env)" in caplog.text
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["counters"]["step"] == 300
+
+
+def test_keep_last_prunes_step_checkpoints_and_old_replay_files(tmp_path, small_cfg_factory):
+    run = tmp_path / "run"
+    Trainer(small_cfg_factory("checkpoint.interval=50", "checkpoint.keep_last=2"), run).run()
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["best.pt", "last.pt", "replay_300.npz", "step_250.pt", "step_300.pt"]
+
+
+# ---- env state --------------------------------------------------------------------------------------
+
+
+def _roundtrip(state: dict, tmp_path: Path) -> dict:
+    path = save_checkpoint({"env": state}, tmp_path / "env.pt")
+    return load_checkpoint(path)["env"]  # through weights_only=True: plain data only
+
+
+def _continue_equal(a, b, n_actions: int, steps: int) -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(steps):
+        actions = rng.integers(0, n_actions, a.num_envs)
+        for x, y in zip(a.step(actions)[:4], b.step(actions)[:4], strict=True):
+            assert np.array_equal(x, y)
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Acrobot-v1", "MountainCar-v0"])
+def test_env_state_continues_classic_envs_mid_episode(tmp_path, env_id):
+    from omegaconf import OmegaConf
+
+    from dqn_cli.envs import make_env
+
+    cfg = OmegaConf.create({"kind": "classic", "id": env_id, "num_envs": 2, "max_episode_steps": None})
+    a, b = make_env(cfg, 0), make_env(cfg, 0)
+    a.reset(seed=0)
+    _continue_equal(a, a, 2, 0)
+    for actions in np.random.default_rng(0).integers(0, 2, (137, 2)):
+        a.step(actions)
+    b.reset(seed=99)
+    env_state.set_state(b, _roundtrip(env_state.get_state(a), tmp_path))
+    _continue_equal(a, b, 2, 400)  # across episode ends and time limits
+
+
+def test_env_state_continues_an_atari_env(tmp_path, compose_cfg):
+    """dqn_cli's own Atari stack (nature preset: no-op starts, life loss, FIRE, clipping, frame stack)
+    continues bitwise from a saved state, across lost lives and game overs."""
+    from dqn_cli.envs import make_env
+
+    cfg = compose_cfg("train", ["env=breakout", "env.num_envs=2"])
+    a, b = make_env(cfg.env, 0), make_env(cfg.env, 0)
+    assert env_state.unsupported(a) is None
+    a.reset(seed=0)
+    for actions in np.random.default_rng(0).integers(0, 4, (150, 2)):
+        a.step(actions)
+    b.reset(seed=5)
+    env_state.set_state(b, _roundtrip(env_state.get_state(a), tmp_path))
+    _continue_equal(a, b, 4, 300)
+
+
+def test_env_state_reports_an_unknown_wrapper():
+    import gymnasium as gym
+
+    class Counting(gym.Wrapper):
+        pass
+
+    env = gym.vector.SyncVectorEnv([lambda: Counting(gym.make("CartPole-v1"))])
+    assert "Counting has no saved-state handler" in env_state.unsupported(env)
+    assert env_state.get_state(env) is None
+
+
+# ---- signals ----------------------------------------------------------------------------------------
+
+
+def test_stop_signals_flag_first_abort_on_second_and_restore_handlers():
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with StopSignals() as stop:
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.requested and stop.signum == signal.SIGTERM
+        with pytest.raises(Aborted) as info:
+            signal.raise_signal(signal.SIGINT)
+        assert isinstance(info.value, KeyboardInterrupt) and info.value.signum == signal.SIGINT
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_in_process_writes_a_resumable_checkpoint(tmp_path, small_cfg_factory, signum):
+    run = tmp_path / "run"
+    stop = run_stopped(small_cfg_factory(), run, signum=signum)
+    assert stop.exit_code == 128 + signum
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["status"] == "stopped" and state["counters"]["step"] == HALF
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def dqn(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dqn_cli", *args]
+
+
+# A `dqn` whose checkpoint writer can be slowed down: the Nth atomic write of a file whose name starts
+# with $SLOW_PREFIX writes half its bytes, prints FAULT and sleeps, so the test can signal it mid-write.
+SLOW_WRITER = """
+import os, sys, time
+from pathlib import Path
+import dqn_cli.checkpoint as ck
+real, prefix, nth, seen = ck.atomic_write, os.environ["SLOW_PREFIX"], int(os.environ["SLOW_NTH"]), [0]
+def atomic_write(path, write):
+    if Path(path).name.startswith(prefix):
+        seen[0] += 1
+        if seen[0] == nth:
+            def half(f):
+                write(f)
+                f.flush()
+                f.truncate(f.tell() // 2)
+                f.flush()
+                os.fsync(f.fileno())
+                print(f"FAULT: writing {Path(path).name}", flush=True)
+                time.sleep(300)
+            return real(path, half)
+    return real(path, write)
+ck.atomic_write = atomic_write
+from dqn_cli.cli import main
+sys.argv = ["dqn", *sys.argv[1:]]
+main()
+"""
+
+
+def start(args: list[str], env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
+    )
+
+
+def wait_for(proc: subprocess.Popen, pattern: str, timeout: float = 120) -> str:
+    """Read the child's output until a line matches `pattern`; return everything read."""
+    seen, deadline = "", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen += line
+        if re.search(pattern, line):
+            return seen
+    proc.kill()
+    raise AssertionError(f"no line matching {pattern!r} from the child; it wrote:\n{seen}")
+
+
+def finish(proc: subprocess.Popen, seen: str = "", timeout: float = 120) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    return seen + out
+
+
+def cli_overrides(run: Path, *extra: str) -> list[str]:
+    return [*SHRINK, f"hydra.run.dir={run}", *extra]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_cli_signal_checkpoints_prints_resume_and_exits_128_plus_signal(tmp_path, signum):
+    run = tmp_path / "run"
+    proc = start(dqn("train", *cli_overrides(run, "total_steps=10000000", "eval.interval=0", "checkpoint.interval=0")))
+    seen = wait_for(proc, r"training CartPole-v1")
+    time.sleep(1.0)  # well into the loop
+    os.kill(proc.pid, signum)
+    out = finish(proc, seen)
+    assert proc.returncode == 128 + signum, out
+    assert f"{signal.Signals(signum).name} received" in out
+    assert f"resume with: dqn train resume={run}" in out
+    assert "Traceback" not in out
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    step = state["counters"]["step"]
+    assert state["status"] == "stopped" and 0 < step < 10_000_000
+    assert (run / "checkpoints" / f"replay_{step}.npz").is_file()
+
+    # the printed command continues the run in place, here with a new end
+    proc = start(dqn("train", f"resume={run}", f"total_steps={step + 100}"))
+    out = finish(proc)
+    assert proc.returncode == 0, out
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["counters"]["step"] == step + 100
+    assert len(list(run.glob("events.out.tfevents.*"))) == 2  # one per session, in the same dir
+    assert "resumed" in (run / "train.log").read_text()
+
+
+def test_cli_second_ctrl_c_aborts_at_once(tmp_path):
+    run = tmp_path / "run"
+    args = cli_overrides(run, "total_steps=10000000", "eval.interval=0", "checkpoint.interval=0")
+    proc = start([sys.executable, "-c", SLOW_WRITER, "train", *args], {"SLOW_PREFIX": "last.pt", "SLOW_NTH": "1"})
+    seen = wait_for(proc, r"training CartPole-v1")
+    os.kill(proc.pid, signal.SIGINT)  # the checkpoint it then writes hangs half-way
+    seen += wait_for(proc, r"FAULT: writing last\.pt")
+    t = time.monotonic()
+    os.kill(proc.pid, signal.SIGINT)
+    out = finish(proc, seen, timeout=30)
+    assert time.monotonic() - t < 10
+    assert proc.returncode == 130, out
+    assert "aborted by SIGINT" in out and "Traceback" not in out
+    assert not list((run / "checkpoints").glob(".*.tmp"))  # the half-written temp file is removed
+    assert not (run / "checkpoints" / "last.pt").exists()  # and nothing half-written took its place
+
+
+# ---- SIGKILL during a checkpoint write ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", ["replay_", "step_", "last.pt"])
+def test_sigkill_during_a_write_keeps_the_previous_checkpoint(tmp_path, small_cfg_factory, prefix):
+    """Kill -9 in the middle of the second checkpoint (step 200): step 100's last.pt and replay stay
+    loadable, and resuming from them ends bitwise equal to a run never interrupted."""
+    run, whole = tmp_path / "run", tmp_path / "whole"
+    proc = start(
+        [sys.executable, "-c", SLOW_WRITER, "train", *cli_overrides(run)], {"SLOW_PREFIX": prefix, "SLOW_NTH": "2"}
+    )
+    seen = wait_for(proc, r"FAULT: writing")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, seen
+
+    checkpoints = run / "checkpoints"
+    assert list(checkpoints.glob(f".{prefix}*.tmp")), "the kill did not land inside the write"
+    state = load_checkpoint(checkpoints / "last.pt")
+    assert state["counters"]["step"] == 100 and state["status"] == "running"
+    assert (checkpoints / state["replay"]).is_file()
+
+    proc = start(dqn("train", f"resume={run}"))
+    out = finish(proc)
+    assert proc.returncode == 0, out
+    assert not list(checkpoints.glob(".*.tmp"))  # the resume cleared the dead writer's temp file
+
+    Trainer(small_cfg_factory(), whole).run()  # the same run, never interrupted, in this process
+    assert_same(final_state(whole), final_state(run))
+
+
+# ---- hostile and damaged files ----------------------------------------------------------------------
+
+
+class MakesDirWhenUnpickled:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+@pytest.fixture
+def stopped_run(tmp_path, small_cfg_factory) -> Path:
+    run = tmp_path / "run"
+    run_stopped(small_cfg_factory(), run)
+    return run
+
+
+def resume(small_cfg_factory, run: Path) -> Trainer:
+    return Trainer(small_cfg_factory(f"resume={run}"), "unused")
+
+
+def test_resume_refuses_a_malicious_checkpoint_without_running_it(tmp_path, small_cfg_factory, stopped_run):
+    marker = tmp_path / "pwned"
+    torch.save({"format": FORMAT, "agent": MakesDirWhenUnpickled(marker)}, stopped_run / "checkpoints" / "last.pt")
+    with pytest.raises(UserError, match=r"checkpoints/last\.pt' was refused by the safe loader"):
+        resume(small_cfg_factory, stopped_run)
+    assert not marker.exists()
+
+
+def test_resume_refuses_a_malicious_replay_file_without_running_it(tmp_path, small_cfg_factory, stopped_run):
+    marker = tmp_path / "pwned"
+    (path,) = (stopped_run / "checkpoints").glob("replay_*.npz")
+    arrays = replay(stopped_run)
+    arrays["obs"] = np.array([MakesDirWhenUnpickled(marker)], dtype=object)  # np.savez pickles this
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(UserError, match=rf"replay file '.*{path.name}' cannot be read: array 'obs'"):
+        resume(small_cfg_factory, stopped_run)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty", "text", "foreign"])
+def test_resume_names_a_damaged_checkpoint(small_cfg_factory, stopped_run, damage):
+    path = stopped_run / "checkpoints" / "last.pt"
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "text":
+        path.write_text("not a checkpoint\n")
+    else:
+        torch.save({"q_net": torch.zeros(3)}, path)
+    with pytest.raises(UserError, match=r"checkpoints/last\.pt'"):
+        resume(small_cfg_factory, stopped_run)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty", "missing", "other_step", "wrong_shape"])
+def test_resume_names_a_damaged_replay_file(small_cfg_factory, stopped_run, damage):
+    (path,) = (stopped_run / "checkpoints").glob("replay_*.npz")
+    arrays = replay(stopped_run)
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "missing":
+        path.unlink()
+    elif damage == "other_step":
+        np.savez(path, **{**arrays, "dqn_cli_step": np.array(7)})
+    else:
+        np.savez(path, **{**arrays, "obs": arrays["obs"][:, :, :2]})
+    with pytest.raises(UserError, match=rf"replay file '.*{path.name}'"):
+        resume(small_cfg_factory, stopped_run)
+
+
+def test_cli_eval_and_resume_refuse_a_malicious_checkpoint(tmp_path):
+    marker, run = tmp_path / "pwned", tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    evil = run / "checkpoints" / "last.pt"
+    torch.save({"format": FORMAT, "agent": MakesDirWhenUnpickled(marker)}, evil)
+    for args in (["eval", f"checkpoint={evil}"], ["train", f"resume={run}"]):
+        proc = subprocess.run(dqn(*args), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "refused by the safe loader" in proc.stderr and str(evil) in proc.stderr
+        assert "Traceback" not in proc.stderr + proc.stdout
+    assert not marker.exists()
+
+
+# ---- NaN guard --------------------------------------------------------------------------------------
+
+
+def poison_at(trainer: Trainer, step: int) -> None:
+    """Fill the first layer of the online network with NaN during the env step that reaches `step`."""
+    inner = trainer.env.step
+
+    def step_fn(actions):
+        if trainer.step + trainer.env.num_envs == step:
+            with torch.no_grad():
+                next(trainer.agent.q_net.parameters()).fill_(float("nan"))
+        return inner(actions)
+
+    trainer.env.step = step_fn
+
+
+@pytest.mark.parametrize("learning", [True, False], ids=["loss", "weights-before-checkpoint"])
+def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, small_cfg_factory, learning):
+    run = tmp_path / "run"
+    # without learning the NaN weights are only caught when checkpoint 200 would save them
+    cfg = small_cfg_factory(*(() if learning else ("agent.learning_starts=1000", "buffer.capacity=1000")))
+    trainer = Trainer(cfg, run)
+    poison_at(trainer, 150)
+    with pytest.raises(DivergedError) as info:
+        trainer.run()
+    message = str(info.value)
+    assert info.value.exit_code == 3
+    step = 150 if learning else 200
+    assert f"diverged at step {step}" in message and "not finite" in message
+    assert f"last good checkpoint is {run / 'checkpoints' / 'last.pt'} (step 100)" in message
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["counters"]["step"] == 100
+    for name in ("last.pt", "best.pt", "step_100.pt"):
+        weights = load_checkpoint(run / "checkpoints" / name)["agent"]["q_net"].values()
+        assert all(torch.isfinite(w).all() for w in weights), name
+    assert not (run / "checkpoints" / "step_200.pt").exists()
+    # the run resumes from that good checkpoint
+    resume(small_cfg_factory, run).run()
+
+
+# ---- what a resume accepts --------------------------------------------------------------------------
+
+
+def test_resume_needs_a_run_dir_with_last_pt(tmp_path, small_cfg_factory):
+    with pytest.raises(UserError, match=r"resume='.*nope' is not a directory"):
+        resume(small_cfg_factory, tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"resume='.*empty' holds no checkpoints/last\.pt"):
+        resume(small_cfg_factory, tmp_path / "empty")
+
+
+@pytest.mark.parametrize(
+    "overrides, refused",
+    [
+        (["agent.lr=0.5"], "agent.lr=0.5 (the run has agent.lr="),
+        (["env=acrobot"], "env=acrobot (the run used env=cartpole)"),
+        (["seed=1", "total_steps=600"], "seed=1 (the run has seed=0)"),
+        (["+foo=1"], "+foo=1 (no such key in the run's config)"),
+    ],
+)
+def test_resume_refuses_changes_to_the_run(small_cfg_factory, stopped_run, overrides, refused):
+    with pytest.raises(UserError, match="only total_steps and log.progress may change") as info:
+        Trainer(small_cfg_factory(f"resume={stopped_run}"), "unused", overrides=overrides)
+    assert refused in str(info.value)
+
+
+def test_resume_accepts_repeated_values_and_total_steps(small_cfg_factory, stopped_run):
+    same = ["env=cartpole", "seed=0", "agent.batch_size=16", "network.hidden_sizes=[16,16]", "log.progress=false"]
+    trainer = Trainer(small_cfg_factory(f"resume={stopped_run}"), "unused", overrides=[*same, "total_steps=500"])
+    assert trainer.cfg.total_steps == 500 and trainer.step == HALF
+
+
+def test_resume_refuses_a_finished_run_unless_extended(tmp_path, small_cfg_factory):
+    run = tmp_path / "run"
+    Trainer(small_cfg_factory(), run).run()
+    with pytest.raises(UserError, match=r"nothing left to train; extend it with total_steps=N \(N > 300\)"):
+        resume(small_cfg_factory, run)
+    with pytest.raises(UserError, match=r"nothing left to train"):
+        Trainer(small_cfg_factory(f"resume={run}"), "unused", overrides=["total_steps=200"])
+
+
+# ---- validation gaps ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["device=gpu"], "device='gpu' is invalid: it must be one of auto, cpu, cuda or cuda:N."),
+        (["seed=4294967296"], "seed=4294967296 is invalid: it must be an integer in [0, 4294967295]."),
+        (["seed=4294967295"], "eval.seed_offset=10000 with seed=4294967295 gives evaluation seed"),
+        (["log.progress=1"], "log.progress=1 is invalid: it must be one of auto, True, False."),
+        (["~agent.gamma"], "agent.gamma is missing; every train config needs it (a number in [0, 1])."),
+        (["~network.hidden_sizes"], "network.hidden_sizes is missing"),
+        (
+            ["checkpoint.save_buffer=sometimes"],
+            "checkpoint.save_buffer='sometimes' is invalid: it must be true or false.",
+        ),
+        (["resume=7"], "resume=7 is invalid: it must be a string or null."),
+    ],
+)
+def test_validation_names_key_value_and_what_is_allowed(small_cfg_factory, overrides, expected):
+    from dqn_cli.config import validate_train
+
+    with pytest.raises(UserError) as info:
+        validate_train(small_cfg_factory(*overrides))
+    assert expected in str(info.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda_is_an_error_before_anything_is_built(small_cfg_factory, tmp_path, monkeypatch):
+    import dqn_cli.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "make_env", lambda *a, **k: pytest.fail("built an env"))
+    with pytest.raises(UserError, match=r"device='cuda' was asked for, but torch finds no CUDA GPU"):
+        Trainer(small_cfg_factory("device=cuda"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

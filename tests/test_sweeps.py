@@ -1,0 +1,248 @@
+"""Sweeps end to end, each `dqn train -m` in a subprocess with 2 (or 3) tiny CartPole jobs: the joblib,
+submitit_local and Ray launchers, the Optuna sweeper, sweep_summary.csv, HParams and the plot script."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from dqn_cli.checkpoint import load_checkpoint
+from dqn_cli.sweep import SUMMARY, QuietRayNotices, write_summary
+
+REPO = Path(__file__).resolve().parents[1]
+_SCRIPT = Path(sys.executable).with_name("dqn")
+DQN = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "dqn_cli"]
+
+# 300 steps with a few updates and one final eval: a job takes ~1 s beyond its process start-up.
+TINY = [
+    "env=cartpole", "total_steps=300", "device=cpu", "buffer.capacity=500", "agent.batch_size=16",
+    "agent.learning_starts=100", "eval.interval=0", "eval.episodes=2", "eval.stop_on_solved=false",
+    "checkpoint.interval=0", "log.interval=100", "log.progress=false",
+]  # fmt: skip
+
+
+def multirun(sweep_dir: Path, *overrides: str, env: dict | None = None, timeout: float = 300):
+    """`dqn train -m TINY... OVERRIDES...` into `sweep_dir`; returns the finished process."""
+    full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | (env or {})
+    cmd = [*DQN, "train", "-m", *TINY, f"hydra.sweep.dir={sweep_dir}", *overrides]
+    return subprocess.run(
+        cmd, cwd=sweep_dir.parent, env=full_env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def check_ok(proc: subprocess.CompletedProcess) -> str:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    return out
+
+
+def read_summary(sweep_dir: Path) -> list[dict[str, str]]:
+    with open(sweep_dir / SUMMARY, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_run_dirs(sweep_dir: Path, n: int) -> list[Path]:
+    """`n` run dirs 0..n-1, each with its overrides, TensorBoard curves, a checkpoint and a job result."""
+    run_dirs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [p.name for p in run_dirs] == [str(i) for i in range(n)]
+    for run_dir in run_dirs:
+        assert (run_dir / ".hydra" / "overrides.yaml").is_file()
+        assert list(run_dir.glob("events.out.tfevents.*")), run_dir
+        assert (run_dir / "checkpoints" / "last.pt").is_file(), run_dir
+        assert (run_dir / "job_result.json").is_file(), run_dir
+    return run_dirs
+
+
+# ---- joblib: run dirs, summary, HParams, plot ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def joblib_sweep(tmp_path_factory) -> Path:
+    sweep_dir = tmp_path_factory.mktemp("joblib") / "sweep"
+    check_ok(multirun(sweep_dir, "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"))
+    return sweep_dir
+
+
+def test_joblib_multirun_writes_one_run_dir_per_job(joblib_sweep):
+    run_dirs = assert_run_dirs(joblib_sweep, 2)
+    seeds = [OmegaConf.load(d / ".hydra" / "config.yaml").seed for d in run_dirs]
+    assert seeds == [0, 1]
+    assert (joblib_sweep / "multirun.yaml").is_file()
+
+
+def test_sweep_summary_has_a_row_per_run(joblib_sweep):
+    rows = read_summary(joblib_sweep)
+    assert [r["job"] for r in rows] == ["0", "1"] and [r["seed"] for r in rows] == ["0", "1"]
+    assert list(rows[0])[:3] == ["job", "status", "env"]  # then one column per override key
+    for row in rows:
+        state = load_checkpoint(Path(row["run_dir"]) / "checkpoints" / "last.pt")
+        assert row["status"] == "COMPLETED" and row["env"] == "cartpole" and row["total_steps"] == "300"
+        assert float(row["final_return"]) == pytest.approx(state["eval"]["last"])  # what `train` returned
+        assert float(row["best_return"]) == pytest.approx(state["eval"]["best"])
+        assert float(row["best_return"]) >= float(row["final_return"]) > 0
+        assert int(row["steps"]) == 300 and int(row["episodes"]) > 0 and int(row["updates"]) > 0
+        assert float(row["wall_time_s"]) > 0
+
+
+def test_summary_can_be_rewritten_by_hand(joblib_sweep, tmp_path):
+    rows = write_summary(joblib_sweep, tmp_path / "again.csv")
+    assert len(rows) == 2
+    assert (tmp_path / "again.csv").read_text() == (joblib_sweep / SUMMARY).read_text()
+
+
+def test_each_run_records_hparams_for_tensorboard(joblib_sweep):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    acc = EventAccumulator(str(joblib_sweep / "1"))
+    acc.Reload()
+    content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+    start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+    assert start.hparams["seed"].number_value == 1
+    assert start.hparams["agent.lr"].number_value > 0 and start.hparams["env.id"].string_value == "CartPole-v1"
+    experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+    assert {m.name.tag for m in experiment.metric_infos} == {"hparams/final_return", "hparams/best_return"}
+    assert {"hparams/final_return", "hparams/best_return"} <= set(acc.Tags()["scalars"])
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_plot_script_draws_a_png_of_the_requested_size(joblib_sweep, tmp_path):
+    out = tmp_path / "curves.png"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "plot_runs.py"), str(joblib_sweep), "-o", str(out),
+         "--size", "6", "4", "--dpi", "50"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    check_ok(proc)
+    assert "(n=2)" in proc.stdout  # both seeds in one setting
+    assert png_size(out) == (300, 200)
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(out)
+    assert pixels.shape[:2] == (200, 300) and pixels.std() > 0.01  # something was drawn
+
+
+# ---- Optuna ---------------------------------------------------------------------------------------
+
+
+def test_optuna_search_writes_results_and_resumes_from_sqlite(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    db = tmp_path / "search.db"
+    search = ["hparams_search=cartpole_optuna", f"hydra.sweeper.storage=sqlite:///{db}", "hydra.sweeper.sampler.seed=0"]
+    check_ok(multirun(tmp_path / "first", *search, "hydra.sweeper.n_trials=3"))
+
+    results = OmegaConf.load(tmp_path / "first" / "optimization_results.yaml")
+    # TINY's agent.batch_size=16 on the command line pins that searched key; the others are searched
+    assert set(results.best_params) == {"agent.lr", "agent.target_update_interval", "agent.exploration_fraction"}
+    rows = read_summary(tmp_path / "first")
+    assert len(rows) == 3 and len(assert_run_dirs(tmp_path / "first", 3)) == 3
+    assert {r["agent.batch_size"] for r in rows} == {"16"} and len({r["agent.lr"] for r in rows}) == 3
+    assert results.best_value == pytest.approx(max(float(r["final_return"]) for r in rows))  # the train return
+
+    check_ok(multirun(tmp_path / "second", *search, "hydra.sweeper.n_trials=1"))
+    study = optuna.load_study(study_name="cartpole_dqn", storage=f"sqlite:///{db}")
+    assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
+
+
+# ---- submitit (local executor) ---------------------------------------------------------------------
+
+
+def test_submitit_local_multirun(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep_dir = tmp_path / "sweep"
+    check_ok(multirun(sweep_dir, "seed=0,1", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"))
+    assert_run_dirs(sweep_dir, 2)
+    assert [r["status"] for r in read_summary(sweep_dir)] == ["COMPLETED", "COMPLETED"]
+
+
+# ---- Ray: a local cluster on 127.0.0.1 -------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_cluster():
+    """A one-node Ray cluster on 127.0.0.1 (`ray start --head --block`), stopped afterwards; yields
+    (address, env) where env lets a driver join it."""
+    pytest.importorskip("ray")
+    ray_bin = Path(sys.executable).with_name("ray")
+    if not ray_bin.exists():
+        pytest.skip("the ray command is not installed next to this interpreter")
+    port = _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    env = {
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # node IP = loopback, not the host's address
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",  # Ray's default auth, with a throwaway token (nothing in ~/.ray)
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+    }
+    log_path = Path(temp_dir) / "ray_start.log"
+    with open(log_path, "w") as log_file:
+        head = subprocess.Popen(
+            [str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
+             "--object-store-memory=100000000", f"--temp-dir={temp_dir}"],
+            env=os.environ | env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while "Ray runtime started" not in log_path.read_text():
+            if head.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"ray start failed:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}", env
+    finally:
+        head.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
+        try:
+            head.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)  # the session that start_new_session gave it
+            head.wait(timeout=10)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_ray_multirun_on_a_local_cluster(ray_cluster, tmp_path):
+    address, env = ray_cluster
+    sweep_dir = tmp_path / "sweep"
+    # address: null in ray_cluster.yaml, so Ray reads RAY_ADDRESS
+    proc = multirun(sweep_dir, "seed=0,1", "hydra/launcher=ray_cluster", env=env | {"RAY_ADDRESS": address})
+    out = check_ok(proc)
+    assert f"Connecting to existing Ray cluster at address: {address}" in out
+    assert_run_dirs(sweep_dir, 2)
+    assert [r["status"] for r in read_summary(sweep_dir)] == ["COMPLETED", "COMPLETED"]
+
+
+def test_ray_auth_notice_is_filtered_but_other_ray_warnings_are_not(caplog):
+    cfg = OmegaConf.create({"hydra": {"launcher": {"_target_": "hydra_plugins.hydra_ray_launcher.RayLauncher"}}})
+    QuietRayNotices().on_multirun_start(cfg)
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        logger.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled ...")
+        logger.info("Generated new authentication token and saved to /root/.ray/auth_token")
+        logger.warning("Token authentication is disabled for this Ray cluster. Anyone with network access ...")
+    assert [r.getMessage().split(".")[0] for r in caplog.records] == [
+        "Token authentication is disabled for this Ray cluster"
+    ]
