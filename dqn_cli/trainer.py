@@ -73,6 +73,7 @@ class Trainer:
         self.step = self.episodes = self.updates = 0
         self.best_eval = -math.inf
         self.last_eval: float | None = None
+        self.last_eval_step: int | None = None
         self.obs: np.ndarray | None = None  # what the next step acts on (saved: episodes continue)
         self.metrics: dict[str, list[float]] = {}  # update metrics since the last log line
         self.schedule_steps = int(cfg.total_steps)  # epsilon decays over a fraction of this
@@ -84,63 +85,21 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def run(self) -> float:
-        cfg, a, n = self.cfg, self.cfg.agent, self.env.num_envs
+        """Train until total_steps (or a solving eval), then evaluate and write last.pt.
+
+        Ctrl-C / SIGTERM only raise a flag: the step in flight finishes, last.pt is written, and a
+        TrainingStoppedError says how to resume.
+        """
+        cfg = self.cfg
         logger = RunLogger(self.run_dir, cfg.log, cfg.total_steps, self.step)
-        train_now, sync_now = Every(a.train_freq), Every(a.target_update_interval)
-        log_now, eval_now = Every(cfg.log.interval), Every(cfg.eval.interval)
-        checkpoint_now = Every(cfg.checkpoint.interval)
-        metrics = self.metrics
         steps = f"from step {self.step} to {cfg.total_steps}" if self.step else f"for {cfg.total_steps} steps"
-        obs = self.obs if self.obs is not None else self.env.reset(seed=cfg.seed)[0]
-        solved = False
-        # Ctrl-C / SIGTERM only raise a flag: the step in flight finishes, then last.pt is written
         with StopSignals() as stop:
             log.info(f"training {cfg.env.id} {steps} on {self.device}; run dir {self.run_dir}")
             try:
-                while self.step < cfg.total_steps and not solved and not stop.requested:
-                    epsilon = self.epsilon(self.step)
-                    actions = self.agent.act(obs, epsilon, self.rng)
-                    next_obs, rewards, terminated, truncated, infos = self.env.step(actions)
-                    done = terminated | truncated
-                    # store s' as the env left it: on an episode end that is final_obs, not the reset obs
-                    self.buffer.add(obs, actions, rewards, real_next_obs(next_obs, infos, done), terminated, truncated)
-                    self.obs = obs = next_obs
-                    before, self.step = self.step, self.step + n
-                    if done.any():
-                        for ret, length in finished_episodes(infos):
-                            self.episodes += 1
-                            logger.episode(self.step, ret, length)
-
-                    if self.step > self.learning_starts and train_now(before, self.step):
-                        if isinstance(self.buffer, PrioritizedReplay):  # importance-weight beta anneals to 1
-                            self.buffer.set_progress(self.step / cfg.total_steps)
-                        for _ in range(a.gradient_steps):
-                            batch = self.buffer.sample(a.batch_size, self.rng)
-                            result = self.agent.update(batch)
-                            for k, v in result.items():
-                                metrics.setdefault(k, []).append(v)
-                            if not all(math.isfinite(v) for v in result.values()):  # NaN guard
-                                self._diverged(", ".join(f"{k}={v}" for k, v in result.items()))
-                            if batch.weights is not None:  # prioritized replay: new priorities from |TD|
-                                self.buffer.update_priorities(batch.indices, self.agent.td_abs)
-                            self.updates += 1
-                    if sync_now(before, self.step):
-                        self.agent.sync_target()
-                    if log_now(before, self.step):
-                        scalars = {f"losses/{k}": float(np.mean(v)) for k, v in metrics.items()}
-                        scalars.update({"charts/epsilon": epsilon, "charts/SPS": logger.steps_per_second(self.step)})
-                        logger.scalars(self.step, scalars)
-                        metrics.clear()
-                    if eval_now(before, self.step):
-                        solved = self.evaluate(logger)
-                    if checkpoint_now(before, self.step):
-                        self.save(f"step_{self.step}.pt")
-                        self.save_last("running")
-                    logger.progress(self.step)
-
+                solved = self._loop(logger, stop)
                 if self.step < cfg.total_steps and not solved:  # the loop ended on a stop signal
                     raise self._stopped(stop)
-                if self.last_eval is None or not (solved or eval_now(self.step - n, self.step)):
+                if not solved and self.last_eval_step != self.step:
                     self.evaluate(logger)
                 self.save_last("done")
                 logger.hparams(self.step, cfg, {"final_return": self.last_eval, "best_return": self.best_eval})
@@ -159,6 +118,64 @@ class Trainer:
         )
         log.info(f"checkpoint: {self.run_dir / 'checkpoints' / 'last.pt'}")
         return float(self.last_eval)
+
+    def _loop(self, logger: RunLogger, stop: StopSignals) -> bool:
+        """DQN's loop; returns True when an evaluation solved the env (stop_on_solved)."""
+        cfg, a, n = self.cfg, self.cfg.agent, self.env.num_envs
+        # plain ints: an OmegaConf lookup costs microseconds, too many for a per-step check
+        total_steps, batch_size, gradient_steps = int(cfg.total_steps), int(a.batch_size), int(a.gradient_steps)
+        train_now, sync_now = Every(a.train_freq), Every(a.target_update_interval)
+        log_now, eval_now = Every(cfg.log.interval), Every(cfg.eval.interval)
+        checkpoint_now = Every(cfg.checkpoint.interval)
+        obs = self.obs if self.obs is not None else self.env.reset(seed=cfg.seed)[0]
+        while self.step < total_steps and not stop.requested:
+            epsilon = self.epsilon(self.step)
+            actions = self.agent.act(obs, epsilon, self.rng)
+            next_obs, rewards, terminated, truncated, infos = self.env.step(actions)
+            done = terminated | truncated
+            # store s' as the env left it: on an episode end that is final_obs, not the reset obs
+            self.buffer.add(obs, actions, rewards, real_next_obs(next_obs, infos, done), terminated, truncated)
+            self.obs = obs = next_obs
+            before, self.step = self.step, self.step + n
+            if done.any():
+                for ret, length in finished_episodes(infos):
+                    self.episodes += 1
+                    logger.episode(self.step, ret, length)
+
+            if self.step > self.learning_starts and train_now(before, self.step):
+                for _ in range(gradient_steps):
+                    self._learn(batch_size)
+            if sync_now(before, self.step):
+                self.agent.sync_target()
+            if log_now(before, self.step):
+                self._log_scalars(logger, epsilon)
+            if eval_now(before, self.step) and self.evaluate(logger):
+                return True
+            if checkpoint_now(before, self.step):
+                self.save(f"step_{self.step}.pt")
+                self.save_last("running")
+            logger.progress(self.step)
+        return False
+
+    def _learn(self, batch_size: int) -> None:
+        """One gradient step on a replay batch, with the NaN guard and priority feedback."""
+        if isinstance(self.buffer, PrioritizedReplay):  # importance-weight beta anneals to 1
+            self.buffer.set_progress(self.step / self.cfg.total_steps)
+        batch = self.buffer.sample(batch_size, self.rng)
+        result = self.agent.update(batch)
+        for k, v in result.items():
+            self.metrics.setdefault(k, []).append(v)
+        if not all(math.isfinite(v) for v in result.values()):  # NaN guard
+            self._diverged(", ".join(f"{k}={v}" for k, v in result.items()))
+        if batch.weights is not None:  # prioritized replay: new priorities from |TD|
+            self.buffer.update_priorities(batch.indices, self.agent.td_abs)
+        self.updates += 1
+
+    def _log_scalars(self, logger: RunLogger, epsilon: float) -> None:
+        scalars = {f"losses/{k}": float(np.mean(v)) for k, v in self.metrics.items()}
+        scalars.update({"charts/epsilon": epsilon, "charts/SPS": logger.steps_per_second(self.step)})
+        logger.scalars(self.step, scalars)
+        self.metrics.clear()
 
     def _stopped(self, stop: StopSignals) -> TrainingStoppedError:
         """Write last.pt after a stop signal and build the message that tells how to go on."""
@@ -204,7 +221,7 @@ class Trainer:
         returns, lengths = run_episodes(
             self.agent, self.eval_env, cfg.eval.episodes, cfg.eval.epsilon, cfg.seed + cfg.eval.seed_offset
         )
-        self.last_eval = float(returns.mean())
+        self.last_eval, self.last_eval_step = float(returns.mean()), self.step
         logger.scalars(
             self.step,
             {"eval/mean_return": self.last_eval, "eval/std_return": float(returns.std()),
