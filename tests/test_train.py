@@ -114,6 +114,16 @@ def test_stop_on_solved_ends_training_at_the_first_solving_eval(small_cfg_factor
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["counters"]["step"] == 100
 
 
+def test_stop_return_overrides_the_solved_return(small_cfg_factory, run_dir):
+    # a stop_return below every CartPole return stops at the first eval, whatever env.solved_return says
+    run = Run(small_cfg_factory("eval.stop_on_solved=true", "env.solved_return=1000", "eval.stop_return=1"), run_dir)
+    assert run.trainer.step == 100
+    # and with stop_return unset, an unreachable solved_return never stops the run
+    other = Run(small_cfg_factory("eval.stop_on_solved=true", "env.solved_return=1000", "eval.stop_return=null"),
+                run_dir.parent / "other")  # fmt: skip
+    assert other.trainer.step == other.trainer.cfg.total_steps
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
