@@ -233,7 +233,8 @@ def _check(cfg: DictConfig, rules: dict[str, Rule]) -> list[str]:
         elif rule is None:
             group = key.split(".")[0] + "." if "." in key else ""
             known = sorted(k for k in rules if k.startswith(group)) if group else sorted(rules)
-            problems.append(f"{key} is not a known key (known{' in ' + group[:-1] if group else ''}: {', '.join(known)}).")
+            where = f" in {group[:-1]}" if group else ""
+            problems.append(f"{key} is not a known key (known{where}: {', '.join(known)}).")
         elif value == "???":
             problems.append(f"{key} is required; set it with {key}=..., it must be {rule.describe()}.")
         elif not rule.ok(value):
