@@ -63,8 +63,10 @@ class Rule:
         if self.kind == "choice":  # same type too: 1 == True, but log.progress=1 is a mistake
             return any(v == c and type(v) is type(c) for c in self.choices)
         if self.kind == "int_list":
-            return isinstance(v, (list, ListConfig)) and len(v) > 0 and all(
-                isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v
+            return (
+                isinstance(v, (list, ListConfig))
+                and len(v) > 0
+                and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
             )
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return False
