@@ -176,6 +176,8 @@ def markdown(rows: list[dict], summary: dict, judged: dict, with_sb3: bool) -> s
     if with_sb3:
         head += " SB3 wall s | SB3 CPU s | SB3 eval |"
         rule += " ---: | ---: | ---: |"
+    head += " load (1 min) |"
+    rule += " ---: |"
     lines = [head, rule]
     for row in rows:
         o = row["ours"]
@@ -183,6 +185,7 @@ def markdown(rows: list[dict], summary: dict, judged: dict, with_sb3: bool) -> s
         if with_sb3:
             s = row["sb3"]
             line += f" {wall_cell(s)} | {fmt(s['cpu_s'])} | {fmt(s['eval'])} |"
+        line += f" {row['loadavg_1m']:.1f} |"
         if o["rc"] != 0 or (with_sb3 and row["sb3"]["rc"] != 0):
             line += " (a run failed or timed out, see logs/)"
         lines.append(line)
@@ -192,6 +195,7 @@ def markdown(rows: list[dict], summary: dict, judged: dict, with_sb3: bool) -> s
     if with_sb3:
         s = summary["sb3"]
         tail += f" **{fmt(s['median_wall_s'])}** | {fmt(s['median_cpu_s'])} | **{s['solved']}/{s['runs']}** |"
+    tail += " |"
     lines.append(tail)
     lines.append("")
     lines += verdict_lines(summary, judged, with_sb3)
