@@ -4,15 +4,16 @@
     python scripts/bench_per_speed.py --skip-synthetic --trainer-rounds 2
 
 1. The trainer: `dqn train env=pong` (the Nature preset: Nature CNN, batch 32, train_freq 4,
-   1M-slot frame-once replay, one torch thread) with `buffer=uniform` and `buffer=prioritized`,
-   short runs (`--learning-starts` random steps, then `--train-steps` training steps) taking
-   turns. Steps/s of the training phase comes from the `charts/SPS` scalars: the mean rate since
-   the start at two log points gives the time of each, and the rate between them.
+   1M-slot frame-once replay, the preset's torch threads) with `buffer=uniform` and
+   `buffer=prioritized`, short runs (`--learning-starts` random steps, then `--train-steps`
+   training steps) taking turns. Steps/s of the training phase comes from the `charts/SPS`
+   scalars: the mean rate since the start at two log points gives the time of each, and the rate
+   between them.
 2. Synthetic: the trainer's inner loop without an environment: store one uint8 (4, 84, 84)
    observation per step (random bytes) with a random action in the frame-once replay the Atari
-   preset uses, every 4 steps sample 32, do one Nature-CNN update
-   and (prioritized) write back the priorities. No emulator or acting time dilutes the replay
-   cost, so this ratio is a lower bound on what a real run keeps.
+   preset uses, every 4 steps sample 32, do one Nature-CNN update and (prioritized) write back the
+   priorities. No emulator or acting time dilutes the replay cost, so this ratio is a lower bound
+   on what a real run keeps.
 
 The two buffers take turns round by round so that load from other processes hits both alike.
 """
