@@ -92,9 +92,9 @@ class Trainer:
         """
         cfg = self.cfg
         steps = f"from step {self.step} to {cfg.total_steps}" if self.step else f"for {cfg.total_steps} steps"
-        log.info(f"training {cfg.env.id} {steps} on {self.device}; run dir {self.run_dir}")
-        logger = RunLogger(self.run_dir, cfg.log, cfg.total_steps, self.step)  # starts the progress bar
         with StopSignals() as stop:
+            log.info(f"training {cfg.env.id} {steps} on {self.device}; run dir {self.run_dir}")
+            logger = RunLogger(self.run_dir, cfg.log, cfg.total_steps, self.step)  # opens the progress bar
             try:
                 solved = self._loop(logger, stop)
                 if self.step < cfg.total_steps and not solved:  # the loop ended on a stop signal
