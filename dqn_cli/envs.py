@@ -74,14 +74,14 @@ def _check_spaces(env: gym.vector.VectorEnv, env_id: str) -> None:
         raise UserError(f"env.id={env_id!r} has {obs_space} observations; a Box observation space is needed.")
 
 
-def finished_episodes(infos: dict) -> Iterator[tuple[float, int]]:
-    """Yield (return, length) of each episode that ended in this vector step."""
+def finished_episodes(infos: dict) -> Iterator[tuple[int, float, int]]:
+    """Yield (env index, return, length) of each episode that ended in this vector step."""
     final = infos.get("final_info")
     if not final or "episode" not in final:
         return
     ep, mask = final["episode"], final["_episode"]
     for i in np.flatnonzero(mask):
-        yield float(ep["r"][i]), int(ep["l"][i])
+        yield int(i), float(ep["r"][i]), int(ep["l"][i])
 
 
 def real_next_obs(next_obs: np.ndarray, infos: dict, done: np.ndarray) -> np.ndarray:

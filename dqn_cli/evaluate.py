@@ -14,7 +14,7 @@ from dqn_cli.agent import DQNAgent, make_agent
 from dqn_cli.atari import apply_eval_protocol, frames_per_second
 from dqn_cli.checkpoint import load_checkpoint
 from dqn_cli.config import validate_eval, validate_train
-from dqn_cli.envs import make_env
+from dqn_cli.envs import finished_episodes, make_env
 from dqn_cli.errors import UserError
 from dqn_cli.utils import set_seed, setup_torch
 from dqn_cli.video import EpisodeVideo, run_dir_of
@@ -47,13 +47,11 @@ def run_episodes(
         video.capture(env)
     while (done_count < quota).any():
         obs, _, _, _, infos = env.step(agent.act(obs, epsilon, rng))
-        final = infos.get("final_info", {})
-        if "episode" in final:
-            for i in np.flatnonzero(final["_episode"]):
-                if done_count[i] < quota[i]:
-                    returns.append(float(final["episode"]["r"][i]))
-                    lengths.append(int(final["episode"]["l"][i]))
-                    done_count[i] += 1
+        for i, ret, length in finished_episodes(infos):
+            if done_count[i] < quota[i]:
+                returns.append(ret)
+                lengths.append(length)
+                done_count[i] += 1
         if video is not None and done_count[0] < quota[0]:
             video.capture(env)
     return np.array(returns), np.array(lengths)

@@ -138,7 +138,7 @@ class Trainer:
             self.obs = obs = next_obs
             before, self.step = self.step, self.step + n
             if done.any():
-                for ret, length in finished_episodes(infos):
+                for _, ret, length in finished_episodes(infos):
                     self.episodes += 1
                     logger.episode(self.step, ret, length)
 

@@ -151,7 +151,7 @@ def test_training_clips_rewards_and_ends_episodes_at_lost_lives_but_scores_whole
     env.close()
     assert games, "no whole game finished"
     assert ends >= 3 * len(games)  # five lives per Breakout game: several episode ends per game
-    assert all(length > 100 for _, length in games)  # whole games, not single lives
+    assert all(length > 100 for *_, length in games)  # whole games, not single lives
 
     eval_env = make_env(cfg.env, seed=0, num_envs=1, training=False)
     ends, games = 0, []
