@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -18,9 +19,13 @@ class DQNAgent:
 
     Reads `agent.lr`, `adam_eps`, `loss`, `max_grad_norm`, `tau` and `double` (default false).
     The discount (`agent.gamma`, and gamma**n with `agent.n_step`) arrives in each batch.
+
+    `shards` > 1 (CPU only, see `update_shards`) splits each update's batch across that many threads,
+    each computing the gradient of its rows' share of the loss; the gradients are summed in a fixed
+    order, so the update is the same full-batch step (up to float rounding) and stays deterministic.
     """
 
-    def __init__(self, q_net: nn.Module, n_actions: int, agent_cfg: DictConfig, device: torch.device):
+    def __init__(self, q_net: nn.Module, n_actions: int, agent_cfg: DictConfig, device: torch.device, shards: int = 1):
         self.device = device
         self.n_actions = n_actions
         self.q_net = q_net.to(device)
@@ -36,6 +41,11 @@ class DQNAgent:
         numpy_policy = getattr(self.q_net, "numpy_policy", None)
         self._greedy_numpy = numpy_policy() if device.type == "cpu" and numpy_policy else None
         self.td_abs: np.ndarray | None = None  # |TD error| of the last update, for priorities
+        self.shards = shards
+        self._pool = None
+        if shards > 1:  # each shard thread: the intra-op threads of the calling thread, denormals flushed
+            threads = torch.get_num_threads()
+            self._pool = ThreadPoolExecutor(shards - 1, "dqn-update", _init_shard_thread, (threads,))
 
     def greedy(self, obs: np.ndarray) -> np.ndarray:
         """argmax_a Q(obs, a) for a batch of observations."""
@@ -64,9 +74,26 @@ class DQNAgent:
 
     def update(self, batch: Batch) -> dict[str, float]:
         """One gradient step on the TD error of `batch`; returns loss and mean Q."""
-        obs, next_obs = self._tensor(batch.obs), self._tensor(batch.next_obs)
-        actions, rewards = self._tensor(batch.actions), self._tensor(batch.rewards)
-        terminated, discounts = self._tensor(batch.terminated), self._tensor(batch.discounts)
+        fields = (batch.obs, batch.next_obs, batch.actions, batch.rewards, batch.terminated, batch.discounts)
+        tensors = [self._tensor(x) for x in fields]
+        tensors.append(None if batch.weights is None else self._tensor(batch.weights))
+        self.optimizer.zero_grad(set_to_none=True)
+        if self._pool is None:
+            loss, q, td = self._td_loss(tensors, len(batch.actions))
+            loss.backward()
+        else:
+            loss, q, td = self._sharded_backward(tensors, len(batch.actions))
+        if self.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.q_net.parameters(), float(self.max_grad_norm))
+        self.optimizer.step()
+        if batch.weights is not None:
+            self.td_abs = td.abs().cpu().numpy()
+        return {"td_loss": loss.item(), "q_values": q.mean().item()}
+
+    def _td_loss(self, tensors: list, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The TD loss of these rows as their share of the batch mean (sum / batch_size), with
+        Q(s, a) and the TD errors y - Q(s, a) (detached)."""
+        obs, next_obs, actions, rewards, terminated, discounts, weights = tensors
         with torch.no_grad():
             if self.double:
                 # double DQN: the online network picks a* = argmax_a' Q(s', a'; theta), the target scores it
@@ -80,18 +107,31 @@ class DQNAgent:
             target = rewards + discounts * (1.0 - terminated) * next_q
         # Q(s, a; theta) for the actions actually taken
         q = self.q_net(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
-        if batch.weights is None:
-            loss = self.loss_fn(q, target)
-        else:  # prioritized replay: importance weights correct the sampling bias
-            loss = (self._tensor(batch.weights) * self.loss_fn(q, target, reduction="none")).mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(self.q_net.parameters(), float(self.max_grad_norm))
-        self.optimizer.step()
-        if batch.weights is not None:
-            self.td_abs = (target - q).abs().detach().cpu().numpy()
-        return {"td_loss": loss.item(), "q_values": q.mean().item()}
+        losses = self.loss_fn(q, target, reduction="none")
+        if weights is not None:  # prioritized replay: importance weights correct the sampling bias
+            losses = weights * losses
+        return losses.sum() / batch_size, q.detach(), (target - q).detach()
+
+    def _sharded_backward(self, tensors: list, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """Data-parallel backward on the CPU: shard i's rows go to thread i (the caller is shard 0),
+        and the gradients land in `.grad` summed in shard order."""
+        params = [p for p in self.q_net.parameters() if p.requires_grad]
+
+        def shard(rows: slice) -> tuple:
+            loss, q, td = self._td_loss([t if t is None else t[rows] for t in tensors], batch_size)
+            return loss.detach(), q, td, torch.autograd.grad(loss, params)
+
+        bounds = np.linspace(0, batch_size, self.shards + 1).astype(int)
+        rows = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+        futures = [self._pool.submit(shard, r) for r in rows[1:]]
+        parts = [shard(rows[0])] + [f.result() for f in futures]
+        grads = list(parts[0][3])
+        for part in parts[1:]:
+            torch._foreach_add_(grads, part[3])
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        losses, qs, tds, _ = zip(*parts, strict=True)
+        return sum(losses), torch.cat(qs), torch.cat(tds)
 
     @torch.no_grad()
     def sync_target(self) -> None:
@@ -118,8 +158,35 @@ class DQNAgent:
             self.optimizer.load_state_dict(state["optimizer"])
 
 
-def make_agent(cfg: DictConfig, obs_shape: tuple[int, ...], n_actions: int, device: torch.device) -> DQNAgent:
-    """Build the Q-network (`network` group) and the agent around it (`agent` group)."""
+def _init_shard_thread(threads: int) -> None:
+    torch.set_num_threads(threads)  # per thread: OpenMP and MKL keep their thread counts per caller
+    torch.set_flush_denormal(True)  # per thread too (the MXCSR register)
+
+
+MIN_SHARD_ROWS = 16  # below this a conv net's per-row cost climbs; fewer, wider shards are faster
+
+
+def update_shards(threads: int, batch_size: int, device: torch.device) -> int:
+    """How many threads share a CPU update: `torch_threads`, as long as each gets 16+ rows.
+
+    On 2 cores the Nature CNN update (batch 32) runs ~10% faster as two 16-row halves on one thread
+    each than as one batch over 2 intra-op threads (and acting on one observation is fastest on one
+    thread). Each shard runs threads // shards intra-op threads (`make_agent` sets them).
+    """
+    if device.type != "cpu":
+        return 1
+    return max(1, min(threads, batch_size // MIN_SHARD_ROWS))
+
+
+def make_agent(
+    cfg: DictConfig, obs_shape: tuple[int, ...], n_actions: int, device: torch.device, update_threads: int = 1
+) -> DQNAgent:
+    """Build the Q-network (`network` group) and the agent around it (`agent` group). A trainer passes
+    `update_threads` (its `torch_threads`): on the CPU they are shared out between the update's shards
+    (`update_shards`), which also sets the calling thread's intra-op threads."""
     from dqn_cli.networks import make_network
 
-    return DQNAgent(make_network(cfg.network, obs_shape, n_actions), n_actions, cfg.agent, device)
+    shards = update_shards(update_threads, int(cfg.agent.batch_size), device)
+    if shards > 1:
+        torch.set_num_threads(update_threads // shards)  # the intra-op threads of each shard, the caller's too
+    return DQNAgent(make_network(cfg.network, obs_shape, n_actions), n_actions, cfg.agent, device, shards)

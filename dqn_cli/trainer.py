@@ -60,7 +60,7 @@ class Trainer:
         self.rng = set_seed(cfg.seed)
         self.env = make_env(cfg.env, cfg.seed)
         obs_space, n_actions = self.env.single_observation_space, int(self.env.single_action_space.n)
-        self.agent = make_agent(cfg, obs_space.shape, n_actions, self.device)
+        self.agent = make_agent(cfg, obs_space.shape, n_actions, self.device, int(cfg.torch_threads))
         accelerate(self.agent, compile=bool(cfg.get("compile")), cuda_graphs=bool(cfg.get("cuda_graphs")))
         self.buffer = make_buffer(
             cfg.buffer, obs_space.shape, obs_space.dtype, self.env.num_envs, cfg.agent.n_step, cfg.agent.gamma

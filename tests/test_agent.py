@@ -245,3 +245,85 @@ def test_state_dict_round_trip(mlp_agent, small_cfg):
         assert torch.equal(a, b)
     obs = np.random.default_rng(0).normal(size=(100, 4)).astype(np.float32)
     np.testing.assert_array_equal(other.greedy(obs), mlp_agent.greedy(obs))  # the numpy views follow the load
+
+
+# ---- data-parallel CPU updates ----------------------------------------------------------------------------
+
+
+def _pixel_batch(n: int, weights: bool) -> Batch:
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (2, n, 4, 84, 84), dtype=np.uint8)
+    return Batch(
+        obs=frames[0], next_obs=frames[1], actions=rng.integers(0, 3, n), rewards=rng.normal(size=n).astype(np.float32),
+        terminated=(rng.random(n) < 0.3).astype(np.float32), discounts=np.full(n, 0.99, np.float32),
+        weights=rng.uniform(0.2, 1.0, n).astype(np.float32) if weights else None,
+    )  # fmt: skip
+
+
+def _cnn_agents(shards: tuple[int, ...], **cfg) -> list[DQNAgent]:
+    from dqn_cli.networks import NatureCNN
+
+    agents = []
+    for n in shards:
+        torch.manual_seed(0)
+        agents.append(DQNAgent(NatureCNN((4, 84, 84), 3, hidden=64), 3, agent_cfg(**cfg), CPU, shards=n))
+    return agents
+
+
+@pytest.mark.parametrize("shards", [2, 3], ids=["2-shards", "3-uneven-shards"])
+@pytest.mark.parametrize("prioritized", [False, True], ids=["uniform", "weighted"])
+def test_sharded_update_is_the_full_batch_step(shards, prioritized):
+    """Splitting the batch across threads gives the same step as one full-batch backward."""
+    whole, split = _cnn_agents((1, shards), double=True, max_grad_norm=1.0, lr=1e-3)
+    assert split._pool is not None and whole._pool is None
+    batch = _pixel_batch(20, prioritized)
+    for step in range(3):
+        a, b = whole.update(batch), split.update(batch)
+        assert b["td_loss"] == pytest.approx(a["td_loss"], rel=1e-5)
+        assert b["q_values"] == pytest.approx(a["q_values"], rel=1e-5, abs=1e-7)
+        if prioritized:
+            np.testing.assert_allclose(split.td_abs, whole.td_abs, rtol=1e-5, atol=1e-6)
+        if step == 0:  # the clipped gradients the optimizer stepped on
+            for p, q in zip(whole.q_net.parameters(), split.q_net.parameters(), strict=True):
+                scale = p.grad.abs().max().item()
+                torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5 * scale)
+    # Adam's steps are +-lr for the largest gradients; rounding may move a near-zero one a little
+    for p, q in zip(whole.q_net.parameters(), split.q_net.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-4)
+
+
+def test_sharded_update_is_deterministic():
+    first, second = _cnn_agents((2, 2))
+    batch = _pixel_batch(32, weights=False)
+    for _ in range(2):
+        assert first.update(batch) == second.update(batch)
+    for p, q in zip(first.q_net.parameters(), second.q_net.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize(
+    ("threads", "batch", "device", "expected"),
+    [
+        (1, 32, "cpu", 1),
+        (2, 32, "cpu", 2),
+        (4, 32, "cpu", 2),
+        (2, 16, "cpu", 1),
+        (8, 256, "cpu", 8),
+        (2, 32, "cuda", 1),
+    ],  # fmt: skip
+)
+def test_update_shards_give_each_thread_16_rows(threads, batch, device, expected):
+    from dqn_cli.agent import update_shards
+
+    assert update_shards(threads, batch, torch.device(device)) == expected
+
+
+def test_make_agent_shares_the_threads_between_shards(small_cfg):
+    before = torch.get_num_threads()
+    try:
+        small_cfg.agent.batch_size = 32
+        assert make_agent(small_cfg, (4,), 3, CPU).shards == 1  # evaluation: no update threads
+        agent = make_agent(small_cfg, (4,), 3, CPU, update_threads=4)
+        assert agent.shards == 2 and torch.get_num_threads() == 2  # 4 threads: 2 shards x 2 intra-op threads
+    finally:
+        torch.set_num_threads(before)

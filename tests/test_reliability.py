@@ -99,6 +99,7 @@ CASES = {
     "cartpole-2envs-nstep-double-dueling": ("env.num_envs=2", "agent.n_step=3", "agent.double=true",
                                             "network.dueling=true"),
     "acrobot-prioritized": ("env=acrobot", "buffer=prioritized"),
+    "cartpole-sharded-update": ("torch_threads=2", "agent.batch_size=32"),  # 2 threads, 16 rows each
 }  # fmt: skip
 
 
