@@ -8,7 +8,8 @@ Speed: PongNoFrameskip-v4 with the Nature settings on both sides (no-op starts, 
 max-pool, 84x84 grayscale, 4-frame stack, clipped rewards, life loss = terminal; 1 env, batch 32,
 train_freq 4, gradient_steps 1, Adam lr 1e-4, buffer 100,000, learning_starts 1,000). Each peer
 runs in a fresh process. Ours is the real `Trainer` of `dqn train env=pong` (torch_threads=2 from
-configs/env/atari.yaml, OMP_WAIT_POLICY=PASSIVE as `dqn` sets it); SB3 is `DQN("CnnPolicy", ...)` on
+configs/env/atari.yaml: the update as two 16-row shards on a thread each; OMP_WAIT_POLICY=PASSIVE as
+`dqn` sets it); SB3 is `DQN("CnnPolicy", ...)` on
 `make_atari_env` + `VecFrameStack(4)` with torch's default threads (SB3 never sets them). Rows at
 1 thread on both sides show the per-thread efficiency alone. Training steps/s = env steps from
 learning_starts to the end over the wall time between them (acting, storing, updating; no start-up,
@@ -72,9 +73,9 @@ def child_ours(args: argparse.Namespace) -> dict:
         trainer = Trainer(cfg, run_dir)
         stamps = _stamp_env_steps(trainer.env, (LEARNING_STARTS, total))
         trainer.run()
-    import torch
-
-    return _result("ours", stamps, args.measure_steps, torch.get_num_threads(), cfg.agent.batch_size)
+    # torch_threads, not torch.get_num_threads(): with 2 threads the update runs as two 16-row shards
+    # of one intra-op thread each, so the calling thread itself reports 1
+    return _result("ours", stamps, args.measure_steps, int(cfg.torch_threads), cfg.agent.batch_size)
 
 
 def child_sb3(args: argparse.Namespace) -> dict:
