@@ -22,7 +22,7 @@ from dqn_cli.frame_buffer import FrameStackReplay
 # A Pong run that finishes in seconds: tiny buffer, early updates, episodes cut at 1,000 frames.
 SMALL_ATARI = (
     "device=cpu",
-    "torch_threads=1",  # pytest runs without dqn's OMP_WAIT_POLICY=PASSIVE
+    "torch_threads=2",  # the preset's: two 16-row update shards of one intra-op thread each
     "total_steps=300",
     "buffer.capacity=1000",
     "agent.learning_starts=64",
@@ -240,6 +240,7 @@ def pong_run(tmp_path_factory, atari_cfg):
 def test_short_pong_training_run(pong_run):
     run_dir, trainer, final = pong_run
     assert trainer.step == 300 and trainer.updates > 0
+    assert trainer.agent.shards == 2  # the update ran as two 16-row halves on two threads
     assert (run_dir / "checkpoints" / "last.pt").is_file()
     assert np.isfinite(final) and -21 <= final <= 21
 
