@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import random
+import sys
 
 import numpy as np
 import torch
@@ -28,6 +31,7 @@ def setup_torch(device: str, threads: int) -> torch.device:
         raise UserError(f"device={device!r} is unknown; allowed: auto, cpu, cuda (or cuda:N).")
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
+    keep_freed_memory()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -36,6 +40,32 @@ def setup_torch(device: str, threads: int) -> torch.device:
             f"(torch {torch.__version__}). Use device=cpu or device=auto."
         )
     return torch.device(device)
+
+
+# glibc's mallopt parameters; the largest mmap threshold glibc accepts on 64-bit is 32 MiB
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 << 20
+TRIM_THRESHOLD = 1 << 30
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc reuse freed blocks of up to 32 MiB instead of returning them to the OS.
+
+    A conv net's CPU update allocates and frees the same multi-MB temporaries every step (the
+    float copy of a uint8 batch, activations, im2col buffers). By default glibc serves those with
+    fresh mmaps, and the page faults of touching them cost ~15% of a Nature CNN update (33 -> 28 ms
+    per batch of 32 on one core); kept in the heap, they are reused. Allocations above 32 MiB (the
+    replay buffer) are still mmapped, and at most 1 GiB of freed heap is kept before it is trimmed.
+    Returns False where it does not apply (not glibc).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other libcs have no mallopt
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 class Every:
