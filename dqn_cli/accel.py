@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 def accelerate(agent: DQNAgent, compile: bool = False, cuda_graphs: bool = False) -> DQNAgent:
     """Channels-last conv weights, then `compile_agent` if asked. The trainer passes the top-level
     `compile` and `cuda_graphs` keys."""
-    for net in (agent.q_net, agent.target_net):
+    for net in agent.networks():
         if any(p.dim() == 4 for p in net.parameters()):  # same Parameter objects: the optimizer keeps them
             net.to(memory_format=torch.channels_last)
     if compile:
@@ -36,7 +36,7 @@ def accelerate(agent: DQNAgent, compile: bool = False, cuda_graphs: bool = False
 def compile_agent(agent: DQNAgent, cuda_graphs: bool = False) -> DQNAgent:
     """Compile `agent`'s networks in place (mode reduce-overhead, i.e. CUDA graphs, with `cuda_graphs`)."""
     mode = "reduce-overhead" if cuda_graphs else "default"
-    for net in (agent.q_net, agent.target_net):
+    for net in {id(n): n for n in (agent.q_compute, agent.target_compute)}.values():  # the ones that run
         net.compile(mode=mode, dynamic=False)
     agent._greedy_numpy = None  # act through the compiled module
     if cuda_graphs:

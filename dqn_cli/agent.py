@@ -23,13 +23,32 @@ class DQNAgent:
     `shards` > 1 (CPU only, see `update_shards`) splits each update's batch across that many threads,
     each computing the gradient of its rows' share of the loss; the gradients are summed in a fixed
     order, so the update is the same full-batch step (up to float rounding) and stays deterministic.
+
+    `precision="bf16-mixed"`: `q_net` and `target_net` keep the fp32 master weights (what the
+    optimizer steps and checkpoints hold); bf16 copies of them (`q_compute`, `target_compute`) run
+    every forward and backward pass, are refreshed after each optimizer step and target sync, and
+    their gradients reach the master weights as fp32. With fp32 the compute nets are the masters.
     """
 
-    def __init__(self, q_net: nn.Module, n_actions: int, agent_cfg: DictConfig, device: torch.device, shards: int = 1):
+    def __init__(
+        self,
+        q_net: nn.Module,
+        n_actions: int,
+        agent_cfg: DictConfig,
+        device: torch.device,
+        shards: int = 1,
+        precision: str = "fp32",
+    ):
         self.device = device
         self.n_actions = n_actions
         self.q_net = q_net.to(device)
         self.target_net = copy.deepcopy(self.q_net).requires_grad_(False)
+        self.mixed = precision != "fp32"
+        if self.mixed:
+            self.q_compute = copy.deepcopy(self.q_net).to(PRECISIONS[precision])
+            self.target_compute = copy.deepcopy(self.target_net).to(PRECISIONS[precision])
+        else:
+            self.q_compute, self.target_compute = self.q_net, self.target_net
         self.loss_fn = {"huber": F.smooth_l1_loss, "mse": F.mse_loss}[agent_cfg.loss]
         self.max_grad_norm = agent_cfg.max_grad_norm
         self.tau = float(agent_cfg.tau)
@@ -37,7 +56,7 @@ class DQNAgent:
         self.optimizer = torch.optim.Adam(
             self.q_net.parameters(), lr=float(agent_cfg.lr), eps=float(agent_cfg.adam_eps), fused=True
         )
-        # Acting on the CPU goes through numpy views of the weights: no per-step tensor churn.
+        # Acting on the CPU goes through numpy views of the (fp32) weights: no per-step tensor churn.
         numpy_policy = getattr(self.q_net, "numpy_policy", None)
         self._greedy_numpy = numpy_policy() if device.type == "cpu" and numpy_policy else None
         self.td_abs: np.ndarray | None = None  # |TD error| of the last update, for priorities
@@ -52,7 +71,7 @@ class DQNAgent:
         if self._greedy_numpy is not None:
             return self._greedy_numpy(obs)
         with torch.no_grad():
-            q = self.q_net(torch.as_tensor(obs, device=self.device))
+            q = self.q_compute(torch.as_tensor(obs, device=self.device))
         return q.argmax(dim=1).cpu().numpy()
 
     def act(self, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
@@ -78,14 +97,16 @@ class DQNAgent:
         tensors = [self._tensor(x) for x in fields]
         tensors.append(None if batch.weights is None else self._tensor(batch.weights))
         self.optimizer.zero_grad(set_to_none=True)
-        if self._pool is None:
+        if self._pool is None and not self.mixed:
             loss, q, td = self._td_loss(tensors, len(batch.actions))
             loss.backward()
         else:
-            loss, q, td = self._sharded_backward(tensors, len(batch.actions))
+            loss, q, td = self._backward_to_master(tensors, len(batch.actions))
         if self.max_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.q_net.parameters(), float(self.max_grad_norm))
         self.optimizer.step()
+        if self.mixed:
+            _copy_weights(self.q_compute, self.q_net)
         if batch.weights is not None:
             self.td_abs = td.abs().cpu().numpy()
         return {"td_loss": loss.item(), "q_values": q.mean().item()}
@@ -97,38 +118,38 @@ class DQNAgent:
         with torch.no_grad():
             if self.double:
                 # double DQN: the online network picks a* = argmax_a' Q(s', a'; theta), the target scores it
-                best = self.q_net(next_obs).argmax(dim=1, keepdim=True)
-                next_q = self.target_net(next_obs).gather(1, best).squeeze(1)
+                best = self.q_compute(next_obs).argmax(dim=1, keepdim=True)
+                next_q = self.target_compute(next_obs).float().gather(1, best).squeeze(1)
             else:
                 # max_a' Q(s', a'; theta-): the frozen target network scores the next state
-                next_q = self.target_net(next_obs).max(dim=1).values
+                next_q = self.target_compute(next_obs).float().max(dim=1).values
             # y = r + gamma^k * Q(s'), k rewards summed (n-step); no bootstrap past a termination
             # (a truncation keeps it: s' is then the last real state of the window)
             target = rewards + discounts * (1.0 - terminated) * next_q
         # Q(s, a; theta) for the actions actually taken
-        q = self.q_net(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
+        q = self.q_compute(obs).float().gather(1, actions.unsqueeze(1)).squeeze(1)
         losses = self.loss_fn(q, target, reduction="none")
         if weights is not None:  # prioritized replay: importance weights correct the sampling bias
             losses = weights * losses
         return losses.sum() / batch_size, q.detach(), (target - q).detach()
 
-    def _sharded_backward(self, tensors: list, batch_size: int) -> tuple[torch.Tensor, ...]:
-        """Data-parallel backward on the CPU: shard i's rows go to thread i (the caller is shard 0),
-        and the gradients land in `.grad` summed in shard order."""
-        params = [p for p in self.q_net.parameters() if p.requires_grad]
+    def _backward_to_master(self, tensors: list, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """Gradients of the compute net, as fp32, in the master weights' `.grad`. With shards, shard
+        i's rows go to thread i (the caller is shard 0) and the gradients are summed in shard order."""
+        params = [p for p in self.q_compute.parameters() if p.requires_grad]
 
         def shard(rows: slice) -> tuple:
             loss, q, td = self._td_loss([t if t is None else t[rows] for t in tensors], batch_size)
-            return loss.detach(), q, td, torch.autograd.grad(loss, params)
+            return loss.detach(), q, td, [g.float() for g in torch.autograd.grad(loss, params)]
 
         bounds = np.linspace(0, batch_size, self.shards + 1).astype(int)
         rows = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
-        futures = [self._pool.submit(shard, r) for r in rows[1:]]
+        futures = [self._pool.submit(shard, r) for r in rows[1:]]  # none with one shard
         parts = [shard(rows[0])] + [f.result() for f in futures]
-        grads = list(parts[0][3])
+        grads = parts[0][3]
         for part in parts[1:]:
             torch._foreach_add_(grads, part[3])
-        for p, g in zip(params, grads, strict=True):
+        for p, g in zip([p for p in self.q_net.parameters() if p.requires_grad], grads, strict=True):
             p.grad = g
         losses, qs, tds, _ = zip(*parts, strict=True)
         return sum(losses), torch.cat(qs), torch.cat(tds)
@@ -143,6 +164,13 @@ class DQNAgent:
             torch._foreach_lerp_(target, online, self.tau)
         for b_t, b_o in zip(self.target_net.buffers(), self.q_net.buffers(), strict=True):
             b_t.copy_(b_o)
+        if self.mixed:
+            _copy_weights(self.target_compute, self.target_net)
+
+    def networks(self) -> list[nn.Module]:
+        """Every distinct network the agent holds: the masters, then the compute copies if any."""
+        nets = [self.q_net, self.target_net, self.q_compute, self.target_compute]
+        return [net for i, net in enumerate(nets) if all(net is not other for other in nets[:i])]
 
     def state_dict(self) -> dict:
         return {
@@ -156,6 +184,25 @@ class DQNAgent:
         self.target_net.load_state_dict(state["target_net"])
         if "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
+        self.refresh_compute()
+
+    def refresh_compute(self) -> None:
+        """Copy the master weights into the compute nets (bf16-mixed; nothing to do in fp32). Call
+        after changing q_net or target_net's weights from outside."""
+        if self.mixed:
+            _copy_weights(self.q_compute, self.q_net)
+            _copy_weights(self.target_compute, self.target_net)
+
+
+PRECISIONS = {"fp32": torch.float32, "bf16-mixed": torch.bfloat16}  # the `precision` key: compute dtypes
+
+
+@torch.no_grad()
+def _copy_weights(compute: nn.Module, master: nn.Module) -> None:
+    """compute <- master, cast to the compute net's dtype (its layout kept)."""
+    torch._foreach_copy_(list(compute.parameters()), list(master.parameters()))
+    for b_c, b_m in zip(compute.buffers(), master.buffers(), strict=True):
+        b_c.copy_(b_m)
 
 
 def _init_shard_thread(threads: int) -> None:
@@ -181,12 +228,13 @@ def update_shards(threads: int, batch_size: int, device: torch.device) -> int:
 def make_agent(
     cfg: DictConfig, obs_shape: tuple[int, ...], n_actions: int, device: torch.device, update_threads: int = 1
 ) -> DQNAgent:
-    """Build the Q-network (`network` group) and the agent around it (`agent` group). A trainer passes
-    `update_threads` (its `torch_threads`): on the CPU they are shared out between the update's shards
-    (`update_shards`), which also sets the calling thread's intra-op threads."""
+    """Build the Q-network (`network` group) and the agent around it (`agent` group, top-level
+    `precision`). A trainer passes `update_threads` (its `torch_threads`): on the CPU they are shared
+    out between the update's shards (`update_shards`), which also sets the caller's intra-op threads."""
     from dqn_cli.networks import make_network
 
     shards = update_shards(update_threads, int(cfg.agent.batch_size), device)
     if shards > 1:
         torch.set_num_threads(update_threads // shards)  # the intra-op threads of each shard, the caller's too
-    return DQNAgent(make_network(cfg.network, obs_shape, n_actions), n_actions, cfg.agent, device, shards)
+    net = make_network(cfg.network, obs_shape, n_actions)
+    return DQNAgent(net, n_actions, cfg.agent, device, shards, cfg.get("precision", "fp32"))

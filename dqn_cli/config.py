@@ -150,6 +150,7 @@ TRAIN_RULES: dict[str, Rule] = {
     **EVAL_PROTOCOL_RULES,
     "compile": BOOL,
     "cuda_graphs": BOOL,
+    "precision": Choice("fp32", "bf16-mixed"),
     "network.name": Choice("mlp", "nature_cnn"),
     "network.hidden_sizes": Rule("int_list"),
     "network.activation": Choice("relu", "tanh", "elu"),

@@ -89,6 +89,7 @@ def evaluate(cfg: DictConfig) -> dict:
     agent = make_agent(train_cfg, env.single_observation_space.shape, int(env.single_action_space.n), device)
     try:
         agent.q_net.load_state_dict(state["agent"]["q_net"])
+        agent.refresh_compute()
     except (KeyError, RuntimeError) as e:
         raise UserError(
             f"checkpoint={cfg.checkpoint!r} does not match the network its config describes ({type(e).__name__})."

@@ -60,7 +60,7 @@ class MLP(nn.Module):
         self.activation = activation
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.layers(obs.flatten(1).float())
+        return self.layers(obs.flatten(1).to(next(self.parameters()).dtype))  # fp32, or bf16 compute copies
 
     def numpy_policy(self):
         """A greedy-action function in plain numpy over views of this module's CPU weights.
@@ -110,8 +110,8 @@ class NatureCNN(nn.Module):
         self.head = DuelingHead(stream(1), stream(n_actions)) if dueling else stream(n_actions)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        # uint8 frames travel to the device as bytes and are scaled there.
-        return self.head(self.conv(obs.float() / 255.0))
+        # uint8 frames travel to the device as bytes and are scaled there, in the weights' dtype
+        return self.head(self.conv(obs.to(self.conv[0].weight.dtype) / 255.0))
 
 
 def make_network(net_cfg: DictConfig, obs_shape: tuple[int, ...], n_actions: int) -> nn.Module:
