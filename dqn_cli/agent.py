@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -12,6 +13,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from dqn_cli.buffers import Batch
+
+log = logging.getLogger(__name__)
 
 
 class DQNAgent:
@@ -237,4 +240,17 @@ def make_agent(
     if shards > 1:
         torch.set_num_threads(update_threads // shards)  # the intra-op threads of each shard, the caller's too
     net = make_network(cfg.network, obs_shape, n_actions)
-    return DQNAgent(net, n_actions, cfg.agent, device, shards, cfg.get("precision", "fp32"))
+    precision = cfg.get("precision", "fp32")
+    if precision != "fp32" and not native_bf16(device):
+        log.warning(
+            f"precision={precision}: this {device.type.upper()} has no native bf16 arithmetic (on CPUs: "
+            "AVX512-BF16 or AMX), so bf16 runs emulated and slower than fp32. precision=fp32 is faster here."
+        )
+    return DQNAgent(net, n_actions, cfg.agent, device, shards, precision)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 natively: CUDA GPUs from Ampere on, CPUs with AVX512-BF16/AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -6,16 +6,18 @@
 
 Speed: PongNoFrameskip-v4 with the Nature settings on both sides (no-op starts, frame skip 4 with
 max-pool, 84x84 grayscale, 4-frame stack, clipped rewards, life loss = terminal; 1 env, batch 32,
-train_freq 4, gradient_steps 1, Adam lr 1e-4, buffer 100,000, learning_starts 1,000). Each peer
-runs in a fresh process. Ours is the real `Trainer` of `dqn train env=pong` (torch_threads=2 from
+train_freq 4, gradient_steps 1, Adam lr 1e-4, buffer 100,000, learning_starts 1,000). Each peer runs
+in a fresh process. Ours is the real `Trainer` of `dqn train env=pong` (torch_threads=2 from
 configs/env/atari.yaml: the update as two 16-row shards on a thread each; OMP_WAIT_POLICY=PASSIVE as
-`dqn` sets it); SB3 is `DQN("CnnPolicy", ...)` on
-`make_atari_env` + `VecFrameStack(4)` with torch's default threads (SB3 never sets them). Rows at
-1 thread on both sides show the per-thread efficiency alone. Training steps/s = env steps from
-learning_starts to the end over the wall time between them (acting, storing, updating; no start-up,
-no evaluation); steps per CPU-second divide by the process's CPU time instead, which depends less
-on what else runs on the machine. Rounds alternate the peers so machine noise hits all alike; the
-table reports medians and the 1-minute load average seen during the runs.
+`dqn` sets it); SB3 is `DQN("CnnPolicy", ...)` on `make_atari_env` + `VecFrameStack(4)` with torch's
+default threads (SB3 never sets them). Rows at 1 thread on both sides show the per-thread efficiency
+alone. The "ours, bf16-mixed" row is the same run with `precision=bf16-mixed` (bf16 forward/backward
+over fp32 master weights; fast on CPUs with AVX512-BF16/AMX), an opt-in that changes the numerics,
+so it is reported beside the fp32 ratio. Training steps/s = env steps from learning_starts to the
+end over the wall time between them (acting, storing, updating; no start-up, no evaluation); steps
+per CPU-second divide by the process's CPU time instead, which depends less on what else runs on the
+machine. Rounds alternate the peers so machine noise hits all alike; the table reports medians and
+the 1-minute load average seen during the runs.
 
 Memory: process RSS growth while a buffer fills with N transitions of 4x84x84 uint8 observations,
 divided by N: ours (dqn_cli.frame_buffer.FrameStackReplay), SB3's ReplayBuffer with and without
@@ -67,6 +69,8 @@ def child_ours(args: argparse.Namespace) -> dict:
     ]  # fmt: skip
     if args.threads:
         overrides.append(f"torch_threads={args.threads}")
+    if args.precision:
+        overrides.append(f"precision={args.precision}")
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     with tempfile.TemporaryDirectory() as run_dir:
@@ -195,6 +199,7 @@ def main_report(args: argparse.Namespace) -> None:
     peers = {
         "ours": ["_ours"],
         "sb3": ["_sb3"],
+        "ours, bf16-mixed": ["_ours", "--precision", "bf16-mixed"],
         "ours @ 1 thread": ["_ours", "--threads", "1"],
         "sb3 @ 1 thread": ["_sb3", "--threads", "1"],
     }
@@ -218,12 +223,14 @@ def main_report(args: argparse.Namespace) -> None:
 
     median, median_cpu = med("steps_per_s"), med("steps_per_cpu_s")
     ratio = median["ours"] / median["sb3"] if median["ours"] and median["sb3"] else None
+    bf16 = median["ours, bf16-mixed"]
+    ratio_bf16 = bf16 / median["sb3"] if bf16 and median["sb3"] else None
     results = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "settings": {"env": ENV_ID, "buffer": BUFFER, "learning_starts": LEARNING_STARTS,
                      "measure_steps": args.measure_steps, "rounds": args.rounds, "batch_size": 32, "train_freq": 4},
         "speed": speed, "median_steps_per_s": median, "median_steps_per_cpu_s": median_cpu,
-        "ratio_ours_over_sb3": ratio, "memory": memory,
+        "ratio_ours_over_sb3": ratio, "ratio_ours_bf16_mixed_over_sb3": ratio_bf16, "memory": memory,
     }  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     loads = [x["loadavg_1min_at_end"] for v in speed.values() for x in v]
@@ -255,6 +262,8 @@ def main_report(args: argparse.Namespace) -> None:
             md.append(f"| {layout} | {b:,.0f} | {b * 1e6 / 2**30:.1f} GiB |")
     (out / "results.md").write_text("\n".join(md) + "\n")
     print("\n" + "\n".join(md))
+    if ratio_bf16 is not None:
+        print(f"\nours with precision=bf16-mixed / SB3 (default threads): {ratio_bf16:.2f}x")
     if ratio is not None:
         print(f"\nours / SB3 (default threads): {ratio:.2f}x (goal >= 2x); "
               f"ours {memory['ours']['bytes_per_transition'] if memory.get('ours') else float('nan'):.0f} "
@@ -272,6 +281,7 @@ def main() -> None:
     parser.add_argument("--out", help="results folder (default: a new temp dir)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="child: torch threads (0 = the peer's default)")
+    parser.add_argument("--precision", default="", help="child ours: the precision key (default: the config's)")
     parser.add_argument("--layout", choices=["ours", "sb3", "sb3-optimized"], default="ours")
     args = parser.parse_args()
     if args.quick:

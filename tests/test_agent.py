@@ -327,3 +327,89 @@ def test_make_agent_shares_the_threads_between_shards(small_cfg):
         assert agent.shards == 2 and torch.get_num_threads() == 2  # 4 threads: 2 shards x 2 intra-op threads
     finally:
         torch.set_num_threads(before)
+
+
+# ---- bf16-mixed precision ---------------------------------------------------------------------------------
+
+
+def _precision_agents(*precisions: str, shards: int = 1, **cfg) -> list[DQNAgent]:
+    from dqn_cli.networks import NatureCNN
+
+    agents = []
+    for precision in precisions:
+        torch.manual_seed(0)
+        net = NatureCNN((4, 84, 84), 3, hidden=64)
+        agents.append(DQNAgent(net, 3, agent_cfg(**cfg), CPU, shards=shards, precision=precision))
+    return agents
+
+
+def _flat(tensors) -> torch.Tensor:
+    return torch.cat([t.detach().float().flatten() for t in tensors])
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_bf16_mixed_update_follows_the_fp32_step(shards):
+    """bf16 forward/backward: the same loss to bf16's ~3 digits and a gradient pointing the same way."""
+    fp32, mixed = _precision_agents("fp32", "bf16-mixed", shards=shards, double=True, max_grad_norm=10.0)
+    batch = _pixel_batch(32, weights=False)
+    a, b = fp32.update(batch), mixed.update(batch)
+    assert b["td_loss"] == pytest.approx(a["td_loss"], rel=2e-2)
+    assert b["q_values"] == pytest.approx(a["q_values"], rel=2e-2, abs=1e-3)
+    g32 = _flat(p.grad for p in fp32.q_net.parameters())
+    g16 = _flat(p.grad for p in mixed.q_net.parameters())
+    assert torch.nn.functional.cosine_similarity(g32, g16, dim=0) > 0.99
+    assert (g16.norm() / g32.norm()).item() == pytest.approx(1.0, abs=0.02)
+
+
+def test_bf16_mixed_keeps_fp32_masters_and_refreshes_the_compute_copies():
+    (agent,) = _precision_agents("bf16-mixed", tau=1.0)
+    batch = _pixel_batch(8, weights=False)
+    before = [p.detach().clone() for p in agent.q_net.parameters()]
+    agent.update(batch)
+
+    def assert_copy(compute, master):
+        for c, m in zip(compute.parameters(), master.parameters(), strict=True):
+            assert m.dtype == torch.float32 and c.dtype == torch.bfloat16
+            assert torch.equal(c, m.to(torch.bfloat16))
+
+    # the optimizer stepped the fp32 masters by less than bf16 could represent, and the copy follows
+    assert all(p.grad.dtype == torch.float32 for p in agent.q_net.parameters())
+    assert any(not torch.equal(p, q) for p, q in zip(agent.q_net.parameters(), before, strict=True))
+    assert_copy(agent.q_compute, agent.q_net)
+    assert not torch.equal(_flat(agent.target_net.parameters()), _flat(agent.q_net.parameters()))
+    agent.sync_target()
+    assert_copy(agent.target_compute, agent.target_net)
+    assert torch.equal(_flat(agent.target_net.parameters()), _flat(agent.q_net.parameters()))
+
+    # checkpoints hold the fp32 masters; loading them refreshes a fresh agent's compute copies
+    state = agent.state_dict()
+    assert all(t.dtype == torch.float32 for t in state["q_net"].values())
+    (other,) = _precision_agents("bf16-mixed", tau=1.0)
+    torch.manual_seed(5)
+    for p in other.q_compute.parameters():  # stale copies that must not survive the load
+        p.data.normal_()
+    other.load_state_dict(state)
+    assert_copy(other.q_compute, agent.q_net)
+    assert_copy(other.target_compute, agent.target_net)
+    obs = _pixel_batch(16, weights=False).obs
+    np.testing.assert_array_equal(other.greedy(obs), agent.greedy(obs))
+
+
+def test_bf16_mixed_acts_with_the_compute_copy():
+    """Greedy actions of a conv net come from the bf16 copy that the updates train."""
+    (agent,) = _precision_agents("bf16-mixed")
+    obs = _pixel_batch(16, weights=False).obs
+    with torch.no_grad():
+        q = agent.q_compute(torch.from_numpy(obs))
+        assert q.dtype == torch.bfloat16
+        np.testing.assert_array_equal(agent.greedy(obs), q.argmax(dim=1).numpy())
+    (fp32,) = _precision_agents("fp32")
+    assert fp32.q_compute is fp32.q_net and fp32.target_compute is fp32.target_net  # no copies in fp32
+
+
+def test_bf16_mixed_sharded_update_is_deterministic():
+    first, second = _precision_agents("bf16-mixed", "bf16-mixed", shards=2)
+    batch = _pixel_batch(32, weights=False)
+    for _ in range(2):
+        assert first.update(batch) == second.update(batch)
+    assert torch.equal(_flat(first.q_net.parameters()), _flat(second.q_net.parameters()))

@@ -276,6 +276,34 @@ def test_eval_nature_protocol_writes_scores_video_and_tensorboard(pong_run, tmp_
     assert scalar.step == trainer.step and scalar.value == pytest.approx(result["mean_return"])
 
 
+def test_bf16_mixed_pong_run_checkpoints_fp32_and_evaluates_with_the_trained_weights(
+    tmp_path, atari_cfg, compose_cfg, monkeypatch
+):
+    import dqn_cli.evaluate as evaluate_module
+    from dqn_cli.checkpoint import load_checkpoint
+    from dqn_cli.trainer import Trainer
+
+    trainer = Trainer(atari_cfg(*SMALL_ATARI, "total_steps=200", "precision=bf16-mixed"), tmp_path / "run")
+    assert np.isfinite(trainer.run()) and trainer.updates > 0
+    assert trainer.agent.shards == 2 and next(trainer.agent.q_compute.parameters()).dtype == torch.bfloat16
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert {t.dtype for t in state["agent"]["q_net"].values()} == {torch.float32}  # the masters
+
+    seen = {}
+
+    def capture(agent, env, *args):  # the agent `dqn eval` rebuilt, instead of playing episodes
+        seen["agent"] = agent
+        return np.zeros(1), np.zeros(1, int)
+
+    monkeypatch.setattr(evaluate_module, "run_episodes", capture)
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.pt"
+    evaluate_module.evaluate(compose_cfg("eval", [f"checkpoint={checkpoint}", "episodes=1", "device=cpu"]))
+    obs = trainer.buffer.sample(32, np.random.default_rng(0)).obs
+    np.testing.assert_array_equal(seen["agent"].greedy(obs), trainer.agent.greedy(obs))
+    for c, m in zip(seen["agent"].q_compute.parameters(), trainer.agent.q_net.parameters(), strict=True):
+        assert torch.equal(c, m.to(torch.bfloat16))
+
+
 # ---- command line: bad input exits 2 with one paragraph, no traceback -------------------------------------
 
 

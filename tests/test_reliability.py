@@ -100,6 +100,7 @@ CASES = {
                                             "network.dueling=true"),
     "acrobot-prioritized": ("env=acrobot", "buffer=prioritized"),
     "cartpole-sharded-update": ("torch_threads=2", "agent.batch_size=32"),  # 2 threads, 16 rows each
+    "cartpole-bf16-mixed": ("precision=bf16-mixed", "torch_threads=2", "agent.batch_size=32"),
 }  # fmt: skip
 
 
