@@ -90,8 +90,9 @@ class DQNAgent:
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(x)
-        if self.device.type == "cuda":
-            t = t.pin_memory().to(self.device, non_blocking=True)
+        if self.device.type == "cuda":  # one copy into dense pinned memory (frame stacks arrive as strided views)
+            pinned = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            t = pinned.copy_(t).to(self.device, non_blocking=True)
         return t
 
     def update(self, batch: Batch) -> dict[str, float]:

@@ -126,13 +126,18 @@ class ReplayBuffer:
     def _next_obs_at(self, t: np.ndarray, env: np.ndarray) -> np.ndarray:
         return self.next_obs[t, env]
 
+    def _obs_pair(self, t: np.ndarray, last: np.ndarray, env: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """obs at t and the next obs of `last` (t itself unless the n-step window runs on)."""
+        return self._obs_at(t, env), self._next_obs_at(last, env)
+
     def _gather(self, t: np.ndarray, env: np.ndarray, weights: np.ndarray | None = None) -> Batch:
         rewards, terminated, discounts, last = self._n_step(t, env)
+        obs, next_obs = self._obs_pair(t, last, env)
         return Batch(
-            obs=self._obs_at(t, env),
+            obs=obs,
             actions=self.actions[t, env],
             rewards=rewards,
-            next_obs=self._next_obs_at(last, env),
+            next_obs=next_obs,
             terminated=terminated,
             discounts=discounts,
             weights=weights,

@@ -114,18 +114,33 @@ class FrameStackReplay(ReplayBuffer):
         out[~valid] = 0
         return out
 
-    def _next_obs_at(self, t: np.ndarray, env: np.ndarray) -> np.ndarray:
-        out = np.empty((len(t), self.stack, *self.frame_shape), np.uint8)
-        out[:, :-1] = self._obs_at(t, env)[:, 1:]
-        nxt = self.frames[(t + 1) % self.size_per_env, env]
+    def _window(self, t: np.ndarray, env: np.ndarray) -> np.ndarray:
+        """K+1 frames per transition, gathered in one pass: obs_t is [:, :K], its next obs [:, 1:].
+
+        Both share obs_t's zero padding: a transition that goes on has no episode start at t+1.
+        The extra frame is the newest of obs_{t+1}, a truncation's side frame, or, after a
+        termination (whose next obs never enters the target), obs_t's own newest frame.
+        """
+        k, n = self.stack, self.num_envs
+        idx, valid = self._stack_index(t, env)
+        slots = np.empty((len(t), k + 1), np.int64)
+        slots[:, :k] = idx
+        slots[:, k] = np.where(self.terminated[t, env], t, (t + 1) % self.size_per_env)
+        out = np.take(self.frames.reshape(-1, *self.frame_shape), slots * n + env[:, None], axis=0)
+        out[:, :k][~valid] = 0
         cut = self.truncated[t, env] & ~self.terminated[t, env]
         if cut.any():
-            nxt[cut] = self.side_frames[self.side_slot[t[cut], env[cut]]]
-        # a terminated transition's next obs never enters the target; obs_t's newest frame stands in
-        term = self.terminated[t, env]
-        nxt[term] = self.frames[t[term], env[term]]
-        out[:, -1] = nxt
+            out[cut, k] = self.side_frames[self.side_slot[t[cut], env[cut]]]
         return out
+
+    def _next_obs_at(self, t: np.ndarray, env: np.ndarray) -> np.ndarray:
+        return self._window(t, env)[:, 1:]
+
+    def _obs_pair(self, t: np.ndarray, last: np.ndarray, env: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.n_step == 1:  # one-step targets (last is t): obs and next obs come from one window
+            window = self._window(t, env)
+            return window[:, :-1], window[:, 1:]
+        return self._obs_at(t, env), self._next_obs_at(last, env)
 
     def sampleable(self, t: np.ndarray, env: np.ndarray) -> np.ndarray:
         """A slot is usable when it holds a current transition, every frame of its stack is still in the

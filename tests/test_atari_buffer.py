@@ -100,6 +100,14 @@ def test_rebuilt_stacks_equal_naive_stacking_across_wraps_and_streams(n_envs, n_
     assert usable >= (60 - K) * n_envs
 
 
+def test_one_step_batches_gather_each_stack_once():
+    """obs and next obs of a one-step batch are two views of one (K+1)-frame gather per transition."""
+    frames, naive = fill_both(200, 2, 150)
+    batch = frames.sample(16, np.random.default_rng(0))
+    assert np.shares_memory(batch.obs, batch.next_obs)
+    assert batch.obs.base is batch.next_obs.base and batch.obs.base.shape == (16, K + 1, H, W)
+
+
 def test_rebuilt_stacks_before_the_buffer_wraps():
     frames, naive = fill_both(1000, 2, 150)
     assert assert_same_batches(frames, naive) == 300  # every slot, the newest included
