@@ -11,7 +11,7 @@ in a fresh process. Ours is the real `Trainer` of `dqn train env=pong` (torch_th
 configs/env/atari.yaml: the update as two 16-row shards on a thread each; OMP_WAIT_POLICY=PASSIVE as
 `dqn` sets it); SB3 is `DQN("CnnPolicy", ...)` on `make_atari_env` + `VecFrameStack(4)` with torch's
 default threads (SB3 never sets them). Rows at 1 thread on both sides show the per-thread efficiency
-alone. The "ours, bf16-mixed" row is the same run with `precision=bf16-mixed` (bf16 forward/backward
+alone. The "ours bf16-mixed" row is the same run with `precision=bf16-mixed` (bf16 forward/backward
 over fp32 master weights; fast on CPUs with AVX512-BF16/AMX), an opt-in that changes the numerics,
 so it is reported beside the fp32 ratio. Training steps/s = env steps from learning_starts to the
 end over the wall time between them (acting, storing, updating; no start-up, no evaluation); steps
@@ -75,7 +75,7 @@ def child_ours(args: argparse.Namespace) -> dict:
         cfg = compose(config_name="train", overrides=overrides)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(cfg, run_dir)
-        stamps = _stamp_env_steps(trainer.env, (LEARNING_STARTS, total))
+        stamps = _stamp_env_steps(trainer.env, _marks(args.measure_steps))
         trainer.run()
     # torch_threads, not torch.get_num_threads(): with 2 threads the update runs as two 16-row shards
     # of one intra-op thread each, so the calling thread itself reports 1
@@ -96,10 +96,11 @@ def child_sb3(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     total = LEARNING_STARTS + args.measure_steps
     stamps: dict[int, float] = {}
+    marks = set(_marks(args.measure_steps))
 
     class Stamp(BaseCallback):
         def _on_step(self) -> bool:
-            if self.num_timesteps in (LEARNING_STARTS, total):
+            if self.num_timesteps in marks:
                 stamps[self.num_timesteps] = (time.perf_counter(), time.process_time())
             return True
 
@@ -115,7 +116,15 @@ def child_sb3(args: argparse.Namespace) -> dict:
     return _result("sb3", stamps, args.measure_steps, torch.get_num_threads(), 32)
 
 
-def _stamp_env_steps(env, marks: tuple[int, int]) -> dict[int, tuple[float, float]]:
+WINDOW = 2000  # steps/s is also reported per window of this many steps, to show a trend over the run
+
+
+def _marks(steps: int) -> list[int]:
+    """Env-step counts to time: learning_starts, every WINDOW steps after it, and the end."""
+    return sorted({*range(LEARNING_STARTS, LEARNING_STARTS + steps, WINDOW), LEARNING_STARTS + steps})
+
+
+def _stamp_env_steps(env, marks: list[int]) -> dict[int, tuple[float, float]]:
     """Record (wall, CPU) times when the env has been stepped marks[i] times (1 env: steps = env steps)."""
     stamps: dict[int, tuple[float, float]] = {}
     step, count = env.step, [0]
@@ -133,9 +142,12 @@ def _stamp_env_steps(env, marks: tuple[int, int]) -> dict[int, tuple[float, floa
 
 def _result(peer: str, stamps: dict, steps: int, threads: int, batch: int) -> dict:
     (wall0, cpu0), (wall1, cpu1) = stamps[LEARNING_STARTS], stamps[LEARNING_STARTS + steps]
+    marks = sorted(stamps)
+    windows = [round((b - a) / (stamps[b][0] - stamps[a][0]), 1) for a, b in zip(marks[:-1], marks[1:], strict=True)]
     return {"peer": peer, "steps": steps, "seconds": wall1 - wall0, "steps_per_s": steps / (wall1 - wall0),
             "cpu_seconds": cpu1 - cpu0, "steps_per_cpu_s": steps / (cpu1 - cpu0), "torch_threads": threads,
-            "batch_size": batch, "loadavg_1min_at_end": os.getloadavg()[0]}  # fmt: skip
+            "batch_size": batch, "loadavg_1min_at_end": os.getloadavg()[0],
+            "steps_per_s_by_window": windows}  # fmt: skip
 
 
 def child_memory(args: argparse.Namespace) -> dict:
@@ -199,10 +211,16 @@ def main_report(args: argparse.Namespace) -> None:
     peers = {
         "ours": ["_ours"],
         "sb3": ["_sb3"],
-        "ours, bf16-mixed": ["_ours", "--precision", "bf16-mixed"],
+        "ours bf16-mixed": ["_ours", "--precision", "bf16-mixed"],
         "ours @ 1 thread": ["_ours", "--threads", "1"],
         "sb3 @ 1 thread": ["_sb3", "--threads", "1"],
     }
+    if args.peers:
+        wanted = [p.strip() for p in args.peers.split(",")]
+        unknown = [p for p in wanted if p not in peers]
+        if unknown or "ours" not in wanted or "sb3" not in wanted:
+            sys.exit(f"--peers must name ours and sb3, from: {', '.join(peers)} (got {args.peers!r})")
+        peers = {name: argv for name, argv in peers.items() if name in wanted}
     speed: dict[str, list[dict]] = {name: [] for name in peers}
     for r in range(args.rounds):
         for name, argv in peers.items():
@@ -223,7 +241,7 @@ def main_report(args: argparse.Namespace) -> None:
 
     median, median_cpu = med("steps_per_s"), med("steps_per_cpu_s")
     ratio = median["ours"] / median["sb3"] if median["ours"] and median["sb3"] else None
-    bf16 = median["ours, bf16-mixed"]
+    bf16 = median.get("ours bf16-mixed")
     ratio_bf16 = bf16 / median["sb3"] if bf16 and median["sb3"] else None
     results = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
@@ -254,6 +272,10 @@ def main_report(args: argparse.Namespace) -> None:
             f"| {name} | {runs[0]['torch_threads']} | {median[name]:.1f} | {rounds} | {vs} "
             f"| {median_cpu[name]:.1f} | {vs_cpu} |"
         )
+    if args.measure_steps > WINDOW:
+        md += ["", f"Training steps/s in each window of {WINDOW:,} steps, every round (a trend shows a slowdown):", ""]
+        for name, runs in speed.items():
+            md += [f"- {name}: " + "; ".join(", ".join(f"{w:.0f}" for w in x["steps_per_s_by_window"]) for x in runs)]
     md += ["", f"Replay memory, RSS growth over a fill of {args.fill:,} transitions (4x84x84 uint8):", ""]
     md += ["| layout | bytes / transition | 1M transitions |", "| --- | --- | --- |"]
     for layout, res in memory.items():
@@ -281,6 +303,7 @@ def main() -> None:
     parser.add_argument("--out", help="results folder (default: a new temp dir)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="child: torch threads (0 = the peer's default)")
+    parser.add_argument("--peers", default="", help="comma-separated subset of the peers (ours and sb3 at least)")
     parser.add_argument("--precision", default="", help="child ours: the precision key (default: the config's)")
     parser.add_argument("--layout", choices=["ours", "sb3", "sb3-optimized"], default="ours")
     args = parser.parse_args()
