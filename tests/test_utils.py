@@ -102,5 +102,5 @@ def test_keep_freed_memory_stops_the_page_faults_of_a_cnn_update():
         return float(out.stdout.split()[-1])
 
     kept, default = faults("keep"), faults("default")
-    assert kept < 50, (kept, default)
-    assert default > kept  # the measurement sees faults at all: without the setting there are more
+    # measured: 0-90 kept against 2,700-5,000 by default (the heap's state at start varies)
+    assert default > 1000 and kept < default / 10, (kept, default)
