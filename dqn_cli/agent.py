@@ -173,8 +173,8 @@ class DQNAgent:
 
     def networks(self) -> list[nn.Module]:
         """Every distinct network the agent holds: the masters, then the compute copies if any."""
-        nets = [self.q_net, self.target_net, self.q_compute, self.target_compute]
-        return [net for i, net in enumerate(nets) if all(net is not other for other in nets[:i])]
+        nets = (self.q_net, self.target_net, self.q_compute, self.target_compute)
+        return list({id(net): net for net in nets}.values())  # in fp32 the compute nets are the masters
 
     def state_dict(self) -> dict:
         return {
