@@ -85,11 +85,25 @@ def replay(run_dir: Path) -> dict[str, np.ndarray]:
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the run dir's event files, file after file in the order they were written.
+
+    Files are ordered by the creation time and writer number in their names, compared as numbers:
+    a directory listing compares them as text, and two writers of one test process made in the same
+    second can sort as ...pid.10 before ...pid.9.
+    """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run_dir), purge_orphaned_data=True)
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    def written(path: Path) -> tuple[int, int]:
+        parts = path.name.split(".")  # events.out.tfevents.TIME.HOST.PID.N
+        return int(parts[3]), int(parts[-1])
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(run_dir.glob("events.out.tfevents.*"), key=written):
+        acc = EventAccumulator(str(path))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return out
 
 
 # ---- resume is exact ----------------------------------------------------------------------------------
