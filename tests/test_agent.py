@@ -260,14 +260,17 @@ def _pixel_batch(n: int, weights: bool) -> Batch:
     )  # fmt: skip
 
 
-def _cnn_agents(shards: tuple[int, ...], **cfg) -> list[DQNAgent]:
+def _cnn_agent(shards: int = 1, precision: str = "fp32", **cfg) -> DQNAgent:
+    """A small Nature-CNN agent, the same initial weights every time."""
     from dqn_cli.networks import NatureCNN
 
-    agents = []
-    for n in shards:
-        torch.manual_seed(0)
-        agents.append(DQNAgent(NatureCNN((4, 84, 84), 3, hidden=64), 3, agent_cfg(**cfg), CPU, shards=n))
-    return agents
+    torch.manual_seed(0)
+    net = NatureCNN((4, 84, 84), 3, hidden=64)
+    return DQNAgent(net, 3, agent_cfg(**cfg), CPU, shards=shards, precision=precision)
+
+
+def _cnn_agents(shards: tuple[int, ...], **cfg) -> list[DQNAgent]:
+    return [_cnn_agent(n, **cfg) for n in shards]
 
 
 @pytest.mark.parametrize("shards", [2, 3], ids=["2-shards", "3-uneven-shards"])
@@ -333,14 +336,7 @@ def test_make_agent_shares_the_threads_between_shards(small_cfg):
 
 
 def _precision_agents(*precisions: str, shards: int = 1, **cfg) -> list[DQNAgent]:
-    from dqn_cli.networks import NatureCNN
-
-    agents = []
-    for precision in precisions:
-        torch.manual_seed(0)
-        net = NatureCNN((4, 84, 84), 3, hidden=64)
-        agents.append(DQNAgent(net, 3, agent_cfg(**cfg), CPU, shards=shards, precision=precision))
-    return agents
+    return [_cnn_agent(shards, precision, **cfg) for precision in precisions]
 
 
 def _flat(tensors) -> torch.Tensor:
@@ -372,7 +368,7 @@ def test_bf16_mixed_keeps_fp32_masters_and_refreshes_the_compute_copies():
             assert m.dtype == torch.float32 and c.dtype == torch.bfloat16
             assert torch.equal(c, m.to(torch.bfloat16))
 
-    # the optimizer stepped the fp32 masters by less than bf16 could represent, and the copy follows
+    # the optimizer stepped the fp32 masters (fp32 gradients), and the bf16 copy follows them
     assert all(p.grad.dtype == torch.float32 for p in agent.q_net.parameters())
     assert any(not torch.equal(p, q) for p, q in zip(agent.q_net.parameters(), before, strict=True))
     assert_copy(agent.q_compute, agent.q_net)
