@@ -3,53 +3,118 @@
 Always: conv nets keep their weights channels-last (NHWC), oneDNN's native conv layout on CPU and
 cuDNN's fast one on GPU; the update's conv passes then skip layout conversions (~15% faster on CPU).
 `compile=true` compiles the online and target networks in place (`nn.Module.compile`, so state-dict
-keys and checkpoints are unchanged). `cuda_graphs=true` (CUDA only, checked in config.py) compiles
-them with mode="reduce-overhead": inductor records the forward and backward kernels of the update
-as CUDA graphs and replays them, so one update is a few graph launches instead of dozens of kernel
-launches. Each update and each action starts a new graph "step" so a replay never overwrites an
-output that is still being read.
+keys and checkpoints are unchanged). `cuda_graphs=true` (CUDA only, checked in config.py) records
+the whole update (forward, TD loss, backward, gradient clipping, Adam, bf16 refresh) as one CUDA
+graph (`GraphedUpdate`): an update is then a few host-to-GPU copies and one graph launch instead
+of ~80 kernel launches from Python.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import torch
 
-from dqn_cli.agent import DQNAgent
+from dqn_cli.agent import DQNAgent, pinned
+from dqn_cli.buffers import Batch
 
 log = logging.getLogger(__name__)
 
 
 def accelerate(agent: DQNAgent, compile: bool = False, cuda_graphs: bool = False) -> DQNAgent:
-    """Channels-last conv weights, then `compile_agent` if asked. The trainer passes the top-level
-    `compile` and `cuda_graphs` keys."""
+    """Channels-last conv weights, then `compile_agent` and `GraphedUpdate` if asked. The trainer
+    passes the top-level `compile` and `cuda_graphs` keys."""
     for net in agent.networks():
         if any(p.dim() == 4 for p in net.parameters()):  # same Parameter objects: the optimizer keeps them
             net.to(memory_format=torch.channels_last)
     if compile:
-        compile_agent(agent, cuda_graphs)
-    return agent
-
-
-def compile_agent(agent: DQNAgent, cuda_graphs: bool = False) -> DQNAgent:
-    """Compile `agent`'s networks in place (mode reduce-overhead, i.e. CUDA graphs, with `cuda_graphs`)."""
-    mode = "reduce-overhead" if cuda_graphs else "default"
-    for net in {id(n): n for n in (agent.q_compute, agent.target_compute)}.values():  # the ones that run
-        net.compile(mode=mode, dynamic=False)
-    agent._greedy_numpy = None  # act through the compiled module
+        compile_agent(agent)
     if cuda_graphs:
-        agent.update = _new_graph_step(agent.update)
-        agent.greedy = _new_graph_step(agent.greedy)
-    log.info(f"torch.compile (mode={mode}) on {agent.device}: the first updates are slow while it compiles")
+        agent.graphed = GraphedUpdate(agent)
     return agent
 
 
-def _new_graph_step(fn):
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        torch.compiler.cudagraph_mark_step_begin()
-        return fn(*args, **kwargs)
+def compile_agent(agent: DQNAgent) -> DQNAgent:
+    """Compile `agent`'s networks in place (torch.compile's default mode)."""
+    for net in {id(n): n for n in (agent.q_compute, agent.target_compute)}.values():  # the ones that run
+        net.compile(dynamic=False)
+    agent._greedy_numpy = None  # act through the compiled module
+    log.info(f"torch.compile on {agent.device}: the first updates are slow while it compiles")
+    return agent
 
-    return wrapped
+
+class GraphedUpdate:
+    """`agent.step` recorded once as a CUDA graph and replayed for every later batch.
+
+    The batch is copied (uint8 frames, through pinned memory) into static input tensors that the
+    graph reads; the graph writes the loss, mean Q and TD errors into static outputs, which each
+    call clones. Recording follows PyTorch's whole-network capture recipe: a few warm-up steps on a
+    side stream (lazy cuBLAS/cuDNN set-up, Adam's state), then the capture. The warm-up steps change
+    the weights and Adam's state, so both are put back afterwards: the first replayed update is the
+    run's first update. Weights changed in place later (target sync, `load_state_dict` of the
+    networks) are seen by the graph; a new optimizer state (`load_state_dict`) calls `reset`, and a
+    batch of another shape (or with/without importance weights) records a new graph.
+    """
+
+    WARMUP_STEPS = 3
+
+    def __init__(self, agent: DQNAgent):
+        if agent.device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device")
+        self.agent = agent
+        self.reset()
+
+    def reset(self) -> None:
+        self.graph, self.key, self.inputs, self.outputs = None, None, [], ()
+
+    def __call__(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        fields = [batch.obs, batch.next_obs, batch.actions, batch.rewards, batch.terminated, batch.discounts]
+        if batch.weights is not None:
+            fields.append(batch.weights)
+        key = tuple((x.shape, x.dtype) for x in fields)
+        if key != self.key:
+            self._record(fields, key)
+        for static, x in zip(self.inputs, fields, strict=True):
+            static.copy_(pinned(torch.from_numpy(x)), non_blocking=True)
+        self.graph.replay()
+        loss, q_mean, td = (t.clone() for t in self.outputs)
+        return loss, q_mean, td
+
+    def _record(self, fields: list, key: tuple) -> None:
+        agent, device = self.agent, self.agent.device
+        self.reset()
+        self.inputs = [torch.from_numpy(x).to(device) for x in fields]
+        args = self.inputs + [None] * (7 - len(self.inputs))  # weights: None without prioritized replay
+        saved = _snapshot(agent)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP_STEPS):
+                agent.step(args)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        agent.optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph):
+            self.outputs = agent.step(args)
+        _restore(agent, saved)
+        self.graph, self.key = graph, key
+        log.info(f"recorded the update as a CUDA graph on {device} (batch shapes {[k[0] for k in key]})")
+
+
+def _snapshot(agent: DQNAgent) -> tuple[list[torch.Tensor], dict]:
+    params = [p.detach().clone() for p in agent.q_net.parameters()]
+    state = {p: {k: v.clone() for k, v in s.items() if torch.is_tensor(v)} for p, s in agent.optimizer.state.items()}
+    return params, state
+
+
+@torch.no_grad()
+def _restore(agent: DQNAgent, saved: tuple[list[torch.Tensor], dict]) -> None:
+    """Put back the weights and Adam state from before the warm-up, in place (the graph holds these
+    tensors). Adam state that the warm-up created is zeroed: Adam's own initial state."""
+    params, state = saved
+    torch._foreach_copy_(list(agent.q_net.parameters()), params)
+    for p, s in agent.optimizer.state.items():
+        for k, v in s.items():
+            if torch.is_tensor(v):
+                v.copy_(state[p][k]) if p in state else v.zero_()
+    agent.refresh_compute()

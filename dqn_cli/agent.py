@@ -57,12 +57,17 @@ class DQNAgent:
         self.tau = float(agent_cfg.tau)
         self.double = bool(agent_cfg.get("double", False))
         self.optimizer = torch.optim.Adam(
-            self.q_net.parameters(), lr=float(agent_cfg.lr), eps=float(agent_cfg.adam_eps), fused=True
+            self.q_net.parameters(),
+            lr=float(agent_cfg.lr),
+            eps=float(agent_cfg.adam_eps),
+            fused=True,
+            capturable=device.type == "cuda",  # its step count stays on the GPU: a CUDA graph can replay it
         )
         # Acting on the CPU goes through numpy views of the (fp32) weights: no per-step tensor churn.
         numpy_policy = getattr(self.q_net, "numpy_policy", None)
         self._greedy_numpy = numpy_policy() if device.type == "cpu" and numpy_policy else None
         self.td_abs: np.ndarray | None = None  # |TD error| of the last update, for priorities
+        self.graphed = None  # accel.GraphedUpdate with cuda_graphs=true: the whole update as one CUDA graph
         self.shards = shards
         self._pool = None
         if shards > 1:  # each shard thread: the intra-op threads of the calling thread, denormals flushed
@@ -91,29 +96,43 @@ class DQNAgent:
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(x)
         if self.device.type == "cuda":  # one copy into dense pinned memory (frame stacks arrive as strided views)
-            pinned = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-            t = pinned.copy_(t).to(self.device, non_blocking=True)
+            t = pinned(t).to(self.device, non_blocking=True)
         return t
 
     def update(self, batch: Batch) -> dict[str, float]:
         """One gradient step on the TD error of `batch`; returns loss and mean Q."""
-        fields = (batch.obs, batch.next_obs, batch.actions, batch.rewards, batch.terminated, batch.discounts)
-        tensors = [self._tensor(x) for x in fields]
-        tensors.append(None if batch.weights is None else self._tensor(batch.weights))
+        return {k: v.item() for k, v in self.learn(batch).items()}
+
+    def learn(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """`update` without waiting for the device: loss and mean Q as 0-dim tensors on it. On a GPU
+        the caller can go on (sample the next batch) while the kernels run."""
+        if self.graphed is not None:
+            loss, q_mean, td = self.graphed(batch)
+        else:
+            fields = (batch.obs, batch.next_obs, batch.actions, batch.rewards, batch.terminated, batch.discounts)
+            tensors = [self._tensor(x) for x in fields]
+            tensors.append(None if batch.weights is None else self._tensor(batch.weights))
+            loss, q_mean, td = self.step(tensors)
+        if batch.weights is not None:
+            self.td_abs = td.abs().cpu().numpy()
+        return {"td_loss": loss, "q_values": q_mean}
+
+    def step(self, tensors: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The update on device tensors (obs, next_obs, actions, rewards, terminated, discounts,
+        weights or None): gradient, clipping, optimizer step, compute-copy refresh. Returns the loss,
+        mean Q and TD errors, detached. This is what `cuda_graphs=true` records as one CUDA graph."""
         self.optimizer.zero_grad(set_to_none=True)
         if self._pool is None and not self.mixed:
-            loss, q, td = self._td_loss(tensors, len(batch.actions))
+            loss, q, td = self._td_loss(tensors, len(tensors[2]))
             loss.backward()
         else:
-            loss, q, td = self._backward_to_master(tensors, len(batch.actions))
+            loss, q, td = self._backward_to_master(tensors, len(tensors[2]))
         if self.max_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.q_net.parameters(), float(self.max_grad_norm))
         self.optimizer.step()
         if self.mixed:
             _copy_weights(self.q_compute, self.q_net)
-        if batch.weights is not None:
-            self.td_abs = td.abs().cpu().numpy()
-        return {"td_loss": loss.item(), "q_values": q.mean().item()}
+        return loss.detach(), q.mean(), td
 
     def _td_loss(self, tensors: list, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The TD loss of these rows as their share of the batch mean (sum / batch_size), with
@@ -187,7 +206,9 @@ class DQNAgent:
         self.q_net.load_state_dict(state["q_net"])
         self.target_net.load_state_dict(state["target_net"])
         if "optimizer" in state:
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.optimizer.load_state_dict(state["optimizer"])  # new state tensors: a recorded graph is stale
+            if self.graphed is not None:
+                self.graphed.reset()
         self.refresh_compute()
 
     def refresh_compute(self) -> None:
@@ -196,6 +217,11 @@ class DQNAgent:
         if self.mixed:
             _copy_weights(self.q_compute, self.q_net)
             _copy_weights(self.target_compute, self.target_net)
+
+
+def pinned(t: torch.Tensor) -> torch.Tensor:
+    """A dense copy of `t` in page-locked memory, which a non-blocking host-to-GPU copy needs."""
+    return torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t)
 
 
 PRECISIONS = {"fp32": torch.float32, "bf16-mixed": torch.bfloat16}  # the `precision` key: compute dtypes

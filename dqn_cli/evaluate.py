@@ -72,6 +72,7 @@ def evaluate(cfg: DictConfig) -> dict:
     device = setup_torch(cfg.device, cfg.torch_threads)
     state = load_checkpoint(cfg.checkpoint, map_location=device)
     train_cfg = OmegaConf.create(state["config"])
+    train_cfg.cuda_graphs = False  # a training switch: evaluation makes no updates, on any device
     try:
         validate_train(train_cfg)
     except UserError as e:

@@ -53,3 +53,101 @@ def test_cuda_training_run_writes_checkpoints_loadable_on_cpu(small_cfg_factory,
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location="cpu")
     assert state["counters"]["step"] == 300
     assert all(t.device.type == "cpu" for t in state["agent"]["q_net"].values())
+
+
+# ---- the update as one CUDA graph (cuda_graphs=true) ----------------------------------------------------
+
+
+def _cnn_agent(precision: str = "fp32", graphed: bool = False, **cfg):
+    """A small Nature-CNN agent on the GPU, the same initial weights every time; `graphed` records
+    its update as a CUDA graph as `cuda_graphs=true` does."""
+    from omegaconf import OmegaConf
+
+    from dqn_cli.accel import accelerate
+    from dqn_cli.agent import DQNAgent
+    from dqn_cli.networks import NatureCNN
+
+    base = dict(gamma=0.99, lr=1e-3, adam_eps=1e-8, loss="huber", max_grad_norm=1.0, tau=1.0, double=True)
+    torch.manual_seed(0)
+    net = NatureCNN((4, 84, 84), 3, hidden=64)
+    agent = DQNAgent(net, 3, OmegaConf.create({**base, **cfg}), torch.device("cuda"), precision=precision)
+    return accelerate(agent, cuda_graphs=graphed)
+
+
+def _pixel_batch(rng: np.random.Generator, n: int = 32, weights: bool = False) -> Batch:
+    frames = rng.integers(0, 256, (n, 5, 84, 84), dtype=np.uint8)
+    return Batch(
+        obs=frames[:, :4], next_obs=frames[:, 1:], actions=rng.integers(0, 3, n),
+        rewards=rng.normal(size=n).astype(np.float32), terminated=(rng.random(n) < 0.3).astype(np.float32),
+        discounts=np.full(n, 0.99, np.float32), weights=rng.uniform(0.2, 1, n).astype(np.float32) if weights else None,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16-mixed"])
+@pytest.mark.parametrize("weights", [False, True], ids=["uniform", "prioritized"])
+def test_cuda_graph_update_follows_the_eager_update(precision, weights):
+    """Replaying the recorded update is the eager update: same losses, TD errors and weights, from the
+    first update on (the warm-up steps before recording leave no trace)."""
+    eager, graphed = _cnn_agent(precision), _cnn_agent(precision, graphed=True)
+    rng = np.random.default_rng(0)
+    rel = 1e-3 if precision == "fp32" else 2e-2
+    for _ in range(6):
+        batch = _pixel_batch(rng, weights=weights)
+        a, b = eager.update(batch), graphed.update(batch)
+        assert b["td_loss"] == pytest.approx(a["td_loss"], rel=rel)
+        assert b["q_values"] == pytest.approx(a["q_values"], rel=rel, abs=1e-4)
+        if weights:
+            np.testing.assert_allclose(graphed.td_abs, eager.td_abs, rtol=rel * 10, atol=rel)
+    assert graphed.graphed.graph is not None
+    for p, q in zip(eager.q_net.parameters(), graphed.q_net.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=rel, atol=rel * p.abs().max().item())
+    assert all(p.dtype == torch.float32 for p in graphed.q_net.parameters())
+    steps = {int(s["step"]) for s in graphed.optimizer.state.values()}
+    assert steps == {6}  # Adam counted the 6 real updates, not the warm-up
+
+
+def test_cuda_graph_sees_target_syncs_and_loaded_checkpoints():
+    """Weights changed in place (a target sync) reach the graph; a loaded optimizer state records a new one."""
+    eager, graphed = _cnn_agent(), _cnn_agent(graphed=True)
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        batch = _pixel_batch(rng)
+        a, b = eager.update(batch), graphed.update(batch)
+        assert b["td_loss"] == pytest.approx(a["td_loss"], rel=1e-3)
+        if i == 1:
+            eager.sync_target(), graphed.sync_target()
+    first = graphed.graphed.graph
+    other = _cnn_agent()
+    other.update(_pixel_batch(rng))
+    eager.load_state_dict(other.state_dict()), graphed.load_state_dict(other.state_dict())
+    for _ in range(3):
+        batch = _pixel_batch(rng)
+        a, b = eager.update(batch), graphed.update(batch)
+        assert b["td_loss"] == pytest.approx(a["td_loss"], rel=1e-3)
+    assert graphed.graphed.graph is not None and graphed.graphed.graph is not first
+
+
+def test_pong_trains_with_cuda_graphs_and_overlap(compose_cfg, run_dir):
+    """Pong on async envs with every GPU switch on: it updates, checkpoints load on the CPU and
+    `dqn eval`'s rebuild plays from them."""
+    from dqn_cli.evaluate import evaluate
+
+    cfg = compose_cfg(
+        "train",
+        ["env=pong", "device=cuda", "cuda_graphs=true", "overlap=true", "env.num_envs=4", "env.vectorization=async",
+         "agent.gradient_steps=1", "total_steps=600", "buffer.capacity=2000", "agent.learning_starts=100",
+         "agent.target_update_interval=200", "eval.interval=0", "eval.episodes=1", "checkpoint.interval=300",
+         "env.preset.max_episode_frames=2000"],
+    )  # fmt: skip
+    trainer = Trainer(cfg, run_dir)
+    trainer.run()
+    assert trainer.updates == (600 - 100) // 4 and trainer.due_updates == 0
+    assert trainer.agent.graphed.graph is not None
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location="cpu")
+    assert state["counters"]["updates"] == trainer.updates
+    for name, w in trainer.agent.q_net.state_dict().items():
+        torch.testing.assert_close(state["agent"]["q_net"][name], w.cpu())
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    overrides = [f"checkpoint={checkpoint}", "episodes=1", "device=cpu", "tensorboard=false"]
+    result = evaluate(compose_cfg("eval", overrides))
+    assert result["step"] == 600 and np.isfinite(result["mean_return"])
