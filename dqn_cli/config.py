@@ -150,6 +150,7 @@ TRAIN_RULES: dict[str, Rule] = {
     **EVAL_PROTOCOL_RULES,
     "compile": BOOL,
     "cuda_graphs": BOOL,
+    "overlap": BOOL,
     "precision": Choice("fp32", "bf16-mixed"),
     "network.name": Choice("mlp", "nature_cnn"),
     "network.hidden_sizes": Rule("int_list"),
@@ -322,11 +323,17 @@ def validate_train(cfg: DictConfig) -> None:
                 f"agent.exploration_final_eps={a.exploration_final_eps} is above "
                 f"agent.exploration_initial_eps={a.exploration_initial_eps}; epsilon decays, so final <= initial."
             )
-        if cfg.get("cuda_graphs") and not (cfg.get("compile") and _uses_cuda(cfg.device)):
+        if cfg.get("overlap") and not (e.get("vectorization") == "async" and e.num_envs > 1):
             problems.append(
-                f"cuda_graphs=true replays the compiled update as CUDA graphs, so it needs compile=true and a "
-                f"CUDA device; this run has compile={cfg.get('compile')} and device={cfg.device} "
-                f"({'a GPU' if _uses_cuda(cfg.device) else 'no GPU'})."
+                f"overlap=true runs the updates while the games step in their subprocesses, so it needs "
+                f"env.vectorization=async and env.num_envs > 1 (Atari); this run has env.vectorization="
+                f"{e.get('vectorization')} and env.num_envs={e.num_envs}."
+            )
+        if cfg.get("cuda_graphs") and not _uses_cuda(cfg.device):
+            problems.append(
+                f"cuda_graphs=true records the update as a CUDA graph, so it needs a CUDA device; this run has "
+                f"device={cfg.device} ({'a GPU' if _uses_cuda(cfg.device) else 'no GPU'}). Drop cuda_graphs or use "
+                "device=cuda on a GPU machine."
             )
     if problems:
         raise UserError("invalid config: " + " ".join(problems))

@@ -76,6 +76,8 @@ class Trainer:
         self.last_eval_step: int | None = None
         self.obs: np.ndarray | None = None  # what the next step acts on (saved: episodes continue)
         self.metrics: dict[str, list[float]] = {}  # update metrics since the last log line
+        self.pending: list[dict[str, torch.Tensor]] = []  # on a GPU: metrics not yet brought to the host
+        self.due_updates = 0  # overlap=true: updates due, run while the envs compute the next step
         self.schedule_steps = int(cfg.total_steps)  # epsilon decays over a fraction of this
         self.learning_starts = int(a.learning_starts)
         self.last_saved: tuple[Path, int] | None = None  # last.pt and its step: the last good checkpoint
@@ -120,10 +122,16 @@ class Trainer:
         return float(self.last_eval)
 
     def _loop(self, logger: RunLogger, stop: StopSignals) -> bool:
-        """DQN's loop; returns True when an evaluation solved the env (stop_on_solved)."""
+        """DQN's loop; returns True when an evaluation solved the env (stop_on_solved).
+
+        With `overlap=true` (async vector envs) the updates due after a step run while the envs
+        compute the next one: the actions of step t+1 are chosen before step t's updates. Target
+        syncs, logs, evaluations and checkpoints still come after the updates due before them.
+        """
         cfg, a, n = self.cfg, self.cfg.agent, self.env.num_envs
         # plain ints: an OmegaConf lookup costs microseconds, too many for a per-step check
-        total_steps, batch_size, gradient_steps = int(cfg.total_steps), int(a.batch_size), int(a.gradient_steps)
+        total_steps, gradient_steps = int(cfg.total_steps), int(a.gradient_steps)
+        overlap = bool(cfg.get("overlap", False))
         train_now, sync_now = Every(a.train_freq), Every(a.target_update_interval)
         log_now, eval_now = Every(cfg.log.interval), Every(cfg.eval.interval)
         checkpoint_now = Every(cfg.checkpoint.interval)
@@ -131,7 +139,12 @@ class Trainer:
         while self.step < total_steps and not stop.requested:
             epsilon = self.epsilon(self.step)
             actions = self.agent.act(obs, epsilon, self.rng)
-            next_obs, rewards, terminated, truncated, infos = self.env.step(actions)
+            if overlap:
+                self.env.step_async(actions)
+                self._learn_due()  # while the games step
+                next_obs, rewards, terminated, truncated, infos = self.env.step_wait()
+            else:
+                next_obs, rewards, terminated, truncated, infos = self.env.step(actions)
             done = terminated | truncated
             # store s' as the env left it: on an episode end that is final_obs, not the reset obs
             self.buffer.add(obs, actions, rewards, real_next_obs(next_obs, infos, done), terminated, truncated)
@@ -143,35 +156,62 @@ class Trainer:
                     logger.episode(self.step, ret, length)
 
             if self.step > self.learning_starts and train_now(before, self.step):
-                for _ in range(gradient_steps):
-                    self._learn(batch_size)
-            if sync_now(before, self.step):
+                self.due_updates += gradient_steps
+            moments = [f(before, self.step) for f in (sync_now, log_now, eval_now, checkpoint_now)]
+            if not overlap or any(moments) or self.step >= total_steps:
+                self._learn_due()
+            sync, log_, eval_, checkpoint = moments
+            if sync:
                 self.agent.sync_target()
-            if log_now(before, self.step):
+            if log_:
                 self._log_scalars(logger, epsilon)
-            if eval_now(before, self.step) and self.evaluate(logger):
+            if eval_ and self.evaluate(logger):
                 return True
-            if checkpoint_now(before, self.step):
+            if checkpoint:
                 self.save(f"step_{self.step}.pt")
                 self.save_last("running")
             logger.progress(self.step)
         return False
+
+    def _learn_due(self) -> None:
+        batch_size = int(self.cfg.agent.batch_size)
+        for _ in range(self.due_updates):
+            self._learn(batch_size)
+        self.due_updates = 0
 
     def _learn(self, batch_size: int) -> None:
         """One gradient step on a replay batch, with the NaN guard and priority feedback."""
         if isinstance(self.buffer, PrioritizedReplay):  # importance-weight beta anneals to 1
             self.buffer.set_progress(self.step / self.cfg.total_steps)
         batch = self.buffer.sample(batch_size, self.rng)
-        result = self.agent.update(batch)
-        for k, v in result.items():
-            self.metrics.setdefault(k, []).append(v)
-        if not all(math.isfinite(v) for v in result.values()):  # NaN guard
-            self._diverged(", ".join(f"{k}={v}" for k, v in result.items()))
+        self.pending.append(self.agent.learn(batch))
+        self.updates += 1
+        if self.device.type != "cuda":  # free on the CPU; a GPU keeps computing until the next moment
+            self._collect_metrics()
         if batch.weights is not None:  # prioritized replay: new priorities from |TD|
             self.buffer.update_priorities(batch.indices, self.agent.td_abs)
-        self.updates += 1
+
+    def _collect_metrics(self) -> None:
+        """Bring the pending updates' metrics to the host (one wait for the GPU) and NaN-check them:
+        after every update on the CPU, before each log, evaluation and checkpoint on a GPU."""
+        if not self.pending:
+            return
+        first = self.updates - len(self.pending) + 1  # the update number of pending[0]
+        names = list(self.pending[0])
+        if len(self.pending) == 1:  # the CPU's case: plain floats, no stacking
+            values = np.array([[self.pending[0][k].item() for k in names]], dtype=np.float64)
+        else:
+            values = torch.stack([torch.stack([r[k] for k in names]) for r in self.pending]).double().cpu().numpy()
+        self.pending.clear()
+        for k, column in zip(names, values.T, strict=True):
+            self.metrics.setdefault(k, []).extend(column.tolist())
+        finite = np.isfinite(values).all(axis=1)
+        if not finite.all():  # NaN guard
+            i = int(np.argmin(finite))
+            self._diverged(", ".join(f"{k}={v}" for k, v in zip(names, values[i], strict=True)), first + i)
 
     def _log_scalars(self, logger: RunLogger, epsilon: float) -> None:
+        self._collect_metrics()
         scalars = {f"losses/{k}": float(np.mean(v)) for k, v in self.metrics.items()}
         scalars.update({"charts/epsilon": epsilon, "charts/SPS": logger.steps_per_second(self.step)})
         logger.scalars(self.step, scalars)
@@ -187,14 +227,14 @@ class Trainer:
         )
         return TrainingStoppedError(message, stop.signum)
 
-    def _diverged(self, what: str) -> None:
+    def _diverged(self, what: str, update: int | None = None) -> None:
         """NaN guard: stop, keeping the last good checkpoint (nothing from this point is saved)."""
         if self.last_saved is not None:
             kept = f"the last good checkpoint is {self.last_saved[0]} (step {self.last_saved[1]})"
         else:
             kept = "no checkpoint was written before it"
         message = (
-            f"training diverged at step {self.step} (update {self.updates + 1}): {what} is not finite. "
+            f"training diverged at step {self.step} (update {update or self.updates}): {what} is not finite. "
             f"Nothing from this point was saved; {kept}. Lower agent.lr, keep agent.max_grad_norm set, "
             "or look for inf/nan in the env's rewards and observations."
         )
@@ -203,6 +243,7 @@ class Trainer:
 
     def _check_finite(self) -> None:
         """Refuse to write weights that are not finite (a checkpoint must stay a good one)."""
+        self._collect_metrics()
         for name, net in (("q_net", self.agent.q_net), ("target_net", self.agent.target_net)):
             if not all(bool(torch.isfinite(p).all()) for p in chain(net.parameters(), net.buffers())):
                 self._diverged(f"a weight of {name}")
@@ -251,7 +292,12 @@ class Trainer:
         return {
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "agent": self.agent.state_dict(),
-            "counters": {"step": self.step, "episodes": self.episodes, "updates": self.updates},
+            "counters": {
+                "step": self.step,
+                "episodes": self.episodes,
+                "updates": self.updates,
+                "due_updates": self.due_updates,
+            },
             "status": status,
             "schedule": {"total_steps": self.schedule_steps},
             "eval": {"best": self.best_eval, "last": self.last_eval},
@@ -274,6 +320,7 @@ class Trainer:
             raise UserError(f"checkpoint {str(path)!r} does not match the networks its config builds ({e}).") from None
         c = state["counters"]
         self.step, self.episodes, self.updates = int(c["step"]), int(c["episodes"]), int(c["updates"])
+        self.due_updates = int(c.get("due_updates", 0))  # overlap=true: the updates the next step runs
         self.best_eval, self.last_eval = float(state["eval"]["best"]), state["eval"]["last"]
         self.metrics = {k: list(v) for k, v in state.get("metrics", {}).items()}
         # epsilon keeps the decay of the run as started, even when total_steps is extended

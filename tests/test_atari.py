@@ -118,9 +118,9 @@ def test_bad_atari_values_name_the_key(override, key, atari_cfg):
         validate_train(atari_cfg(override))
 
 
-def test_cuda_graphs_without_compile_or_gpu_is_refused(atari_cfg):
-    with pytest.raises(UserError, match="cuda_graphs=true"):
-        validate_train(atari_cfg("cuda_graphs=true", "compile=false"))
+def test_cuda_graphs_without_a_gpu_is_refused(atari_cfg):
+    with pytest.raises(UserError, match="cuda_graphs=true .* needs a CUDA device; this run has device=cpu"):
+        validate_train(atari_cfg("cuda_graphs=true", "device=cpu"))
 
 
 # ---- preprocessing ---------------------------------------------------------------------------------------
@@ -245,6 +245,34 @@ def test_short_pong_training_run(pong_run):
     assert np.isfinite(final) and -21 <= final <= 21
 
 
+def test_overlap_steps_async_envs_while_learning_and_keeps_the_updates(run_dir, atari_cfg):
+    """overlap=true: the updates run between step_async and step_wait, the same number as without it,
+    all of them run before each checkpoint, and none is left over at the end."""
+    from dqn_cli.checkpoint import load_checkpoint
+    from dqn_cli.trainer import Trainer
+
+    common = (*SMALL_ATARI, "env.num_envs=2", "env.vectorization=async", "checkpoint.interval=150")
+    plain = Trainer(atari_cfg(*common), run_dir / "plain")
+    plain.run()
+    trainer = Trainer(atari_cfg(*common, "overlap=true"), run_dir / "overlap")
+    events, step_async, learn = [], trainer.env.step_async, trainer._learn
+    trainer.env.step_async = lambda actions: (events.append("step_async"), step_async(actions))[1]
+    trainer._learn = lambda batch_size: (events.append("learn"), learn(batch_size))[1]
+    trainer.run()
+    assert trainer.updates == plain.updates > 0 and trainer.due_updates == 0
+    pairs = zip(events[:-1], events[1:], strict=True)
+    learned_while_stepping = sum(a == "step_async" and b == "learn" for a, b in pairs)
+    assert learned_while_stepping > 0.8 * (trainer.updates - 4)  # all but those flushed before moments
+    for name in ("step_150.pt", "step_300.pt"):
+        a, b = (load_checkpoint(t.run_dir / "checkpoints" / name)["counters"] for t in (plain, trainer))
+        assert a["updates"] == b["updates"] and b["due_updates"] == 0, name
+
+
+def test_overlap_needs_async_vector_envs(atari_cfg):
+    with pytest.raises(UserError, match=r"overlap=true .* env.vectorization=sync and env.num_envs=2"):
+        validate_train(atari_cfg("overlap=true", "env.num_envs=2"))
+
+
 def test_eval_nature_protocol_writes_scores_video_and_tensorboard(pong_run, tmp_path, compose_cfg):
     from dqn_cli.evaluate import evaluate
 
@@ -337,6 +365,7 @@ def test_cli_device_cuda_without_gpu_exits_2(tmp_path):
 
 
 @pytest.mark.gpu
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_device_auto_picks_cuda_and_trains_pong(run_dir, atari_cfg):
     from dqn_cli.trainer import Trainer
@@ -345,31 +374,3 @@ def test_device_auto_picks_cuda_and_trains_pong(run_dir, atari_cfg):
     assert trainer.device.type == "cuda"
     trainer.run()
     assert trainer.updates > 0
-
-
-@pytest.mark.gpu
-@pytest.mark.slow
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_compiled_cuda_graph_update_matches_eager(run_dir, atari_cfg):
-    from dqn_cli.accel import compile_agent
-    from dqn_cli.agent import make_agent
-    from dqn_cli.buffers import Batch
-
-    cfg = atari_cfg("device=cuda")
-    device = torch.device("cuda")
-    torch.manual_seed(0)
-    eager = make_agent(cfg, (4, 84, 84), 6, device)
-    torch.manual_seed(0)
-    graphed = compile_agent(make_agent(cfg, (4, 84, 84), 6, device), cuda_graphs=True)
-    rng = np.random.default_rng(0)
-    for _ in range(5):
-        batch = Batch(
-            obs=rng.integers(0, 256, (32, 4, 84, 84), dtype=np.uint8),
-            actions=rng.integers(0, 6, 32),
-            rewards=rng.normal(size=32).astype(np.float32),
-            next_obs=rng.integers(0, 256, (32, 4, 84, 84), dtype=np.uint8),
-            terminated=np.zeros(32, np.float32),
-            discounts=np.full(32, 0.99, np.float32),
-        )
-        a, b = eager.update(batch), graphed.update(batch)
-        assert a["td_loss"] == pytest.approx(b["td_loss"], rel=1e-3)

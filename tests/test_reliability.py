@@ -509,6 +509,19 @@ def poison_at(trainer: Trainer, step: int) -> None:
     trainer.env.step = step_fn
 
 
+def test_nan_guard_on_metrics_collected_later_names_the_first_bad_update(tmp_path, small_cfg_factory):
+    """On a GPU the update metrics stay on the device until the next log, evaluation or checkpoint;
+    the guard then names the first non-finite update among them."""
+    trainer = Trainer(small_cfg_factory(), tmp_path / "run")
+    trainer.updates = 10  # updates 8, 9 and 10 are pending
+    trainer.pending = [
+        {"td_loss": torch.tensor(v), "q_values": torch.tensor(1.0)} for v in (0.5, float("nan"), float("inf"))
+    ]
+    with pytest.raises(DivergedError, match=r"\(update 9\): td_loss=nan, q_values=1.0 is not finite"):
+        trainer._collect_metrics()
+    assert trainer.metrics["td_loss"][0] == 0.5 and not trainer.pending
+
+
 @pytest.mark.parametrize("learning", [True, False], ids=["loss", "weights-before-checkpoint"])
 def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, small_cfg_factory, learning):
     run = tmp_path / "run"

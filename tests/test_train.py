@@ -54,7 +54,12 @@ def test_run_writes_checkpoints_and_event_files(run0):
 def test_last_checkpoint_holds_counters_config_and_weights(run0):
     state = load_checkpoint(run0.run_dir / "checkpoints" / "last.pt")
     # updates start once step > learning_starts=32 and then come every train_freq=2 steps: 34, 36, ..., 300
-    assert state["counters"] == {"step": 300, "episodes": len(run0.returns), "updates": len(range(34, 301, 2))}
+    assert state["counters"] == {
+        "step": 300,
+        "episodes": len(run0.returns),
+        "updates": len(range(34, 301, 2)),
+        "due_updates": 0,
+    }
     assert state["config"] == OmegaConf.to_container(run0.cfg, resolve=True)
     for name, tensor in run0.trainer.agent.q_net.state_dict().items():
         assert torch.equal(state["agent"]["q_net"][name], tensor), name
