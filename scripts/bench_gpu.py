@@ -1,0 +1,189 @@
+"""GPU benchmark: env steps/s at the Nature replay ratio with vector envs, SB3 side by side.
+
+    python scripts/bench_gpu.py --out /tmp/bench_gpu            # every row (about 3 minutes)
+    python scripts/bench_gpu.py --rows "graphs+overlap N=32,sb3 N=16" --measure-steps 40000
+
+The replay ratio is the Nature one on every row: one batch-32 update per 4 env steps, so N envs
+take N/4 updates per vector step (`agent.gradient_steps=N/4`; SB3: `train_freq=1, gradient_steps=N/4`
+over N envs). PongNoFrameskip-v4 with the Nature preprocessing on both sides, buffer 100,000, the
+Nature optimizer settings. Ours is the real `Trainer` of `dqn train env=pong` with the row's switches
+(async vector envs, `cuda_graphs`, `overlap`, `precision`); SB3 is `DQN("CnnPolicy")` on
+`make_atari_env` (SubprocVecEnv for N > 1) + `VecFrameStack(4)`. Env steps/s counts the transitions
+stored from `learning_starts + warmup` to the end over the wall time between them (acting, env
+stepping, storing and updating; no start-up, no CUDA-graph recording, no evaluation). Each row
+runs in a fresh process. Results go to OUT/results.json and OUT/results.md; the exit code is 0
+whatever the numbers are (this is a report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV_ID = "PongNoFrameskip-v4"
+BUFFER = 100_000
+LEARNING_STARTS = 5000
+WARMUP = 2000  # steps after learning_starts left out of the timing (graph recording, cuDNN set-up)
+TARGET_UPDATE = 10_000
+CHILD_TIMEOUT_S = 600
+
+ROWS: dict[str, dict] = {  # row -> N envs and the switches of ours (peer sb3: SB3's own)
+    "graphs N=1": {"envs": 1, "args": ["cuda_graphs=true"]},
+    "sb3 N=1": {"envs": 1, "peer": "sb3"},
+    "eager N=16": {"envs": 16, "args": []},
+    "graphs N=16": {"envs": 16, "args": ["cuda_graphs=true"]},
+    "graphs+overlap N=16": {"envs": 16, "args": ["cuda_graphs=true", "overlap=true"]},
+    "sb3 N=16": {"envs": 16, "peer": "sb3"},
+    "graphs+overlap N=32": {"envs": 32, "args": ["cuda_graphs=true", "overlap=true"]},
+    "graphs+overlap bf16 N=32": {"envs": 32, "args": ["cuda_graphs=true", "overlap=true", "precision=bf16-mixed"]},
+    "graphs+overlap N=64": {"envs": 64, "args": ["cuda_graphs=true", "overlap=true"]},
+}
+
+
+def child_ours(row: dict, measure: int, device: str) -> dict:
+    from dqn_cli.cli import configure_openmp
+
+    configure_openmp()  # as `dqn train` does, before torch loads
+    from hydra import compose, initialize_config_dir
+
+    from dqn_cli.config import config_dir
+    from dqn_cli.trainer import Trainer
+
+    n = row["envs"]
+    overrides = [
+        "env=pong", f"device={device}", f"env.num_envs={n}", f"env.vectorization={'async' if n > 1 else 'sync'}",
+        f"agent.gradient_steps={max(1, n // 4)}",  # train_freq stays 4: every vector step once N >= 4
+        f"total_steps={LEARNING_STARTS + WARMUP + measure}", f"buffer.capacity={BUFFER}",
+        f"agent.learning_starts={LEARNING_STARTS}", f"agent.target_update_interval={TARGET_UPDATE}",
+        "eval.interval=0", "eval.episodes=1", "eval_protocol.max_episode_frames=400", "checkpoint.interval=0",
+        "checkpoint.save_buffer=false", "log.tensorboard=false", "log.progress=false", *row["args"],
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(cfg, run_dir)
+        stamps = _stamp(trainer.buffer, "add", n)
+        trainer.run()
+    return _result(stamps, trainer.updates)
+
+
+def child_sb3(row: dict, measure: int, device: str) -> dict:
+    import ale_py
+    import gymnasium as gym
+    from stable_baselines3 import DQN
+    from stable_baselines3.common.env_util import make_atari_env
+    from stable_baselines3.common.vec_env import SubprocVecEnv, VecFrameStack
+
+    gym.register_envs(ale_py)
+    n = row["envs"]
+    vec = {"vec_env_cls": SubprocVecEnv, "vec_env_kwargs": {"start_method": "fork"}} if n > 1 else {}
+    env = VecFrameStack(make_atari_env(ENV_ID, n_envs=n, seed=0, **vec), n_stack=4)  # fork: ALE ids registered
+    model = DQN(
+        "CnnPolicy", env, learning_rate=1e-4, buffer_size=BUFFER, learning_starts=LEARNING_STARTS,
+        batch_size=32, train_freq=1 if n > 1 else 4, gradient_steps=max(1, n // 4),
+        target_update_interval=TARGET_UPDATE, exploration_fraction=0.1, exploration_final_eps=0.1,
+        optimize_memory_usage=False, seed=0, device=device, verbose=0,
+    )  # fmt: skip
+    stamps = _stamp(model.replay_buffer, "add", n)
+    model.learn(total_timesteps=LEARNING_STARTS + WARMUP + measure)
+    env.close()
+    return _result(stamps, None)
+
+
+def _stamp(obj, method: str, n: int) -> list[tuple[int, float]]:
+    """(transitions stored, wall time) after each call of obj.method (one call per vector step)."""
+    stamps, inner, count = [], getattr(obj, method), [0]
+
+    def timed(*args, **kwargs):
+        out = inner(*args, **kwargs)
+        count[0] += n
+        stamps.append((count[0], time.perf_counter()))
+        return out
+
+    setattr(obj, method, timed)
+    return stamps
+
+
+def _result(stamps: list[tuple[int, float]], updates: int | None) -> dict:
+    start = next(i for i, (c, _) in enumerate(stamps) if c >= LEARNING_STARTS + WARMUP)
+    (c0, t0), (c1, t1) = stamps[start], stamps[-1]
+    return {"steps": c1 - c0, "seconds": t1 - t0, "env_steps_per_s": (c1 - c0) / (t1 - t0), "updates": updates}
+
+
+def run_child(name: str, measure: int, device: str, log: Path) -> dict | None:
+    script = str(Path(__file__).resolve())
+    cmd = [sys.executable, script, "_child", "--rows", name, "--measure-steps", str(measure), "--device", device]
+    with open(log, "a") as f:
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        try:
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True, timeout=CHILD_TIMEOUT_S, cwd=ROOT)
+        except subprocess.TimeoutExpired:
+            f.write("timeout\n")
+            return None
+        f.write(proc.stdout)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if proc.returncode == 0 and lines else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", nargs="?", default="report", choices=["report", "_child"])
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows (default: all)")
+    parser.add_argument("--measure-steps", type=int, default=20_000, help="timed env steps per row")
+    parser.add_argument("--out", help="results folder (default: a new temp dir)")
+    parser.add_argument("--device", default="cuda", help="cpu: a plumbing check of the eager rows on a CPU machine")
+    args = parser.parse_args()
+    names = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in names if r not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
+    if args.mode == "_child":
+        row = ROWS[names[0]]
+        child = child_sb3 if row.get("peer") == "sb3" else child_ours
+        print(json.dumps(child(row, args.measure_steps, args.device)))
+        return
+    import torch
+
+    out = Path(args.out or tempfile.mkdtemp(prefix="bench_gpu_"))
+    out.mkdir(parents=True, exist_ok=True)
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    results = {}
+    for name in names:  # one env's rows time a tenth of the steps (a few hundred steps/s)
+        measure = args.measure_steps if ROWS[name]["envs"] > 1 else args.measure_steps // 10
+        results[name] = run_child(name, measure, args.device, out / "children.log")
+        r = results[name]
+        print(f"{name:28s} " + ("failed (children.log)" if r is None else f"{r['env_steps_per_s']:9.0f} env steps/s"))
+        report(out, gpu, results)
+    print((out / "results.md").read_text() + f"results in {out}")
+
+
+def report(out: Path, gpu: str, results: dict) -> None:
+    """results.md and results.json, rewritten after each row (a run cut short keeps what it measured)."""
+    import torch
+
+    sb3 = {n: results.get(f"sb3 N={n}") for n in (1, 16)}
+    best_sb3 = max((r["env_steps_per_s"] for r in sb3.values() if r), default=None)
+    lines = [f"GPU: {gpu}; {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}); torch "
+             f"{torch.__version__}", "", "| row | envs | env steps/s | x SB3 same N | x fastest SB3 row |",
+             "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    for name, r in results.items():
+        n, peer = ROWS[name]["envs"], sb3.get(ROWS[name]["envs"])
+        speed = "failed" if r is None else f"{r['env_steps_per_s']:.0f}"
+        same = f"{r['env_steps_per_s'] / peer['env_steps_per_s']:.1f}x" if r and peer and "sb3" not in name else ""
+        best = f"{r['env_steps_per_s'] / best_sb3:.1f}x" if r and best_sb3 and "sb3" not in name else ""
+        lines.append(f"| {name} | {n} | {speed} | {same} | {best} |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps({"gpu": gpu, "rows": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
