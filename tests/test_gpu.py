@@ -3,6 +3,8 @@ training run on the GPU writes checkpoints that load on a CPU-only machine."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -119,7 +121,8 @@ def test_cuda_graph_sees_target_syncs_and_loaded_checkpoints():
     first = graphed.graphed.graph
     other = _cnn_agent()
     other.update(_pixel_batch(rng))
-    eager.load_state_dict(other.state_dict()), graphed.load_state_dict(other.state_dict())
+    for agent in (eager, graphed):  # own copies: a loaded optimizer keeps the tensors it is given
+        agent.load_state_dict(copy.deepcopy(other.state_dict()))
     for _ in range(3):
         batch = _pixel_batch(rng)
         a, b = eager.update(batch), graphed.update(batch)
