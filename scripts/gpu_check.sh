@@ -56,16 +56,14 @@ cp "$RUN"/events.out.tfevents.* "$OUT/" 2>/dev/null
 for ckpt in best; do
   for protocol in greedy nature; do
     [ -f "$RUN/checkpoints/$ckpt.pt" ] || continue
-    timeout 60 python3 -m dqn_cli eval "checkpoint=$RUN/checkpoints/$ckpt.pt" eval_protocol=$protocol episodes=10 \
+    timeout 45 python3 -m dqn_cli eval "checkpoint=$RUN/checkpoints/$ckpt.pt" eval_protocol=$protocol episodes=10 \
       device=cuda tensorboard=false "output=/tmp/eval_${ckpt}_$protocol.json" >/dev/null 2>&1
     say "== eval $ckpt.pt $protocol: $(python3 -c "import json; r = json.load(open('/tmp/eval_${ckpt}_$protocol.json')); print('step', r['step'], 'mean', r['mean_return'], 'std', round(r['std_return'], 2), r['returns'])" 2>&1 | tail -n 1)"
   done
 done
 
-# 3. throughput
-timeout ${BENCH_S:-160} python3 scripts/bench_gpu.py --out /tmp/bench_gpu --rows "$BENCH_ROWS" >"$OUT/bench.log" 2>&1
+# 3. throughput (rows in order of interest; results.md is rewritten after each row)
+timeout "${BENCH_S:-150}" python3 scripts/bench_gpu.py --out "$OUT/bench" --rows "$BENCH_ROWS" >"$OUT/bench.log" 2>&1
 say "== bench rc=$?"
-cat /tmp/bench_gpu/results.md >>"$OUT/summary.txt" 2>/dev/null
-cp /tmp/bench_gpu/results.json "$OUT/bench_results.json" 2>/dev/null
-tail -c 20000 /tmp/bench_gpu/children.log >"$OUT/bench_children_tail.log" 2>/dev/null
+cat "$OUT/bench/results.md" >>"$OUT/summary.txt" 2>/dev/null
 cat "$OUT/summary.txt"
