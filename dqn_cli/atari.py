@@ -25,6 +25,8 @@ from __future__ import annotations
 import difflib
 import functools
 import re
+import signal
+from collections.abc import Callable
 from typing import Any
 
 import ale_py
@@ -150,11 +152,24 @@ def make_atari_env(
     cfg = OmegaConf.to_container(env_cfg, resolve=True)
     fns = [functools.partial(_make_one, cfg, training, render and i == 0) for i in range(num_envs)]
     if cfg["vectorization"] == "async" and num_envs > 1 and not render:
+        fns = [functools.partial(_in_worker, fn) for fn in fns]
         env = gym.vector.AsyncVectorEnv(fns, autoreset_mode=SAME_STEP)
     else:
         env = gym.vector.SyncVectorEnv(fns, autoreset_mode=SAME_STEP)
     env.action_space.seed(seed)
     return env
+
+
+def _in_worker(make: Callable[[], gym.Env]) -> gym.Env:
+    """Build an env inside an async worker process, deaf to Ctrl-C and SIGTERM.
+
+    A Ctrl-C in a terminal (or `timeout`, or a scheduler) signals the whole process group. The
+    workers must not die of it: the trainer finishes its step, writes its checkpoint and then
+    closes them, which a dead worker turns into a BrokenPipeError.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    return make()
 
 
 def _make_one(cfg: dict, training: bool, render: bool) -> gym.Env:
