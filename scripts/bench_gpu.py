@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ENV_ID = "PongNoFrameskip-v4"
 BUFFER = 100_000
-LEARNING_STARTS = 5000
+LEARNING_STARTS = int(os.environ.get("BENCH_LEARNING_STARTS", 5000))
 WARMUP = 2000  # steps after learning_starts left out of the timing (graph recording, cuDNN set-up)
 TARGET_UPDATE = 10_000
 CHILD_TIMEOUT_S = 600
@@ -48,7 +48,7 @@ ROWS: dict[str, dict] = {  # row -> N envs and the switches of ours (peer sb3: S
 }
 
 
-def child_ours(row: dict, measure: int, device: str) -> dict:
+def child_ours(row: dict, measure: int, device: str, profile: bool = False) -> dict:
     from dqn_cli.cli import configure_openmp
 
     configure_openmp()  # as `dqn train` does, before torch loads
@@ -70,12 +70,39 @@ def child_ours(row: dict, measure: int, device: str) -> dict:
         cfg = compose(config_name="train", overrides=overrides)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(cfg, run_dir)
-        stamps = _stamp(trainer.buffer, "add", n)
+        sections = _time_sections(trainer) if profile else None
+        stamps = _stamp(trainer.buffer, "add", n, sections, int(cfg.total_steps))
         trainer.run()
-    return _result(stamps, trainer.updates)
+    result = _result(stamps, trainer.updates)
+    if sections is not None:  # main-thread ms per vector step in each part, over the timed window
+        vector_steps = result["steps"] / n
+        ms = {k: round(1000 * v / vector_steps, 3) for k, v in sections.items() if k != "_on"}
+        ms["other"] = round(1000 * result["seconds"] / vector_steps - sum(ms.values()), 3)
+        result["ms_per_vector_step"] = ms
+    return result
 
 
-def child_sb3(row: dict, measure: int, device: str) -> dict:
+def _time_sections(trainer) -> dict:
+    """Wrap the loop's parts to add up the main thread's wall time in each (once sections["_on"])."""
+    sections: dict = {"_on": False}
+    env_parts = ["step_async", "step_wait"] if trainer.cfg.get("overlap") else ["step"]  # step calls both
+    parts = [(trainer.env, name) for name in env_parts]
+    parts += [(trainer.agent, "act"), (trainer.buffer, "sample"), (trainer.agent, "learn"), (trainer.buffer, "add")]
+    for obj, name in parts:
+        inner, label = getattr(obj, name), f"{type(obj).__name__}.{name}"
+
+        def timed(*args, _inner=inner, _label=label, **kwargs):
+            t = time.perf_counter()
+            out = _inner(*args, **kwargs)
+            if sections["_on"]:
+                sections[_label] = sections.get(_label, 0.0) + time.perf_counter() - t
+            return out
+
+        setattr(obj, name, timed)
+    return sections
+
+
+def child_sb3(row: dict, measure: int, device: str, profile: bool = False) -> dict:
     import ale_py
     import gymnasium as gym
     from stable_baselines3 import DQN
@@ -98,14 +125,17 @@ def child_sb3(row: dict, measure: int, device: str) -> dict:
     return _result(stamps, None)
 
 
-def _stamp(obj, method: str, n: int) -> list[tuple[int, float]]:
-    """(transitions stored, wall time) after each call of obj.method (one call per vector step)."""
+def _stamp(obj, method: str, n: int, sections: dict | None = None, end: int = 0) -> list[tuple[int, float]]:
+    """(transitions stored, wall time) after each call of obj.method (one call per vector step);
+    switches `sections` timing on where the timed window starts."""
     stamps, inner, count = [], getattr(obj, method), [0]
 
     def timed(*args, **kwargs):
         out = inner(*args, **kwargs)
         count[0] += n
         stamps.append((count[0], time.perf_counter()))
+        if sections is not None:  # on inside the timed window only (not the final evaluation's acting)
+            sections["_on"] = LEARNING_STARTS + WARMUP <= count[0] < end
         return out
 
     setattr(obj, method, timed)
@@ -118,9 +148,10 @@ def _result(stamps: list[tuple[int, float]], updates: int | None) -> dict:
     return {"steps": c1 - c0, "seconds": t1 - t0, "env_steps_per_s": (c1 - c0) / (t1 - t0), "updates": updates}
 
 
-def run_child(name: str, measure: int, device: str, log: Path) -> dict | None:
+def run_child(name: str, measure: int, device: str, log: Path, profile: bool = False) -> dict | None:
     script = str(Path(__file__).resolve())
     cmd = [sys.executable, script, "_child", "--rows", name, "--measure-steps", str(measure), "--device", device]
+    cmd += ["--profile"] if profile else []
     with open(log, "a") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
@@ -140,6 +171,7 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows (default: all)")
     parser.add_argument("--measure-steps", type=int, default=20_000, help="timed env steps per row")
     parser.add_argument("--out", help="results folder (default: a new temp dir)")
+    parser.add_argument("--profile", action="store_true", help="also time the main thread's parts (ours)")
     parser.add_argument("--device", default="cuda", help="cpu: a plumbing check of the eager rows on a CPU machine")
     args = parser.parse_args()
     names = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -149,7 +181,7 @@ def main() -> None:
     if args.mode == "_child":
         row = ROWS[names[0]]
         child = child_sb3 if row.get("peer") == "sb3" else child_ours
-        print(json.dumps(child(row, args.measure_steps, args.device)))
+        print(json.dumps(child(row, args.measure_steps, args.device, args.profile)))
         return
     import torch
 
@@ -159,7 +191,7 @@ def main() -> None:
     results = {}
     for name in names:  # one env's rows time a tenth of the steps (a few hundred steps/s)
         measure = args.measure_steps if ROWS[name]["envs"] > 1 else args.measure_steps // 10
-        results[name] = run_child(name, measure, args.device, out / "children.log")
+        results[name] = run_child(name, measure, args.device, out / "children.log", args.profile)
         r = results[name]
         print(f"{name:28s} " + ("failed (children.log)" if r is None else f"{r['env_steps_per_s']:9.0f} env steps/s"))
         report(out, gpu, results)
@@ -181,6 +213,9 @@ def report(out: Path, gpu: str, results: dict) -> None:
         same = f"{r['env_steps_per_s'] / peer['env_steps_per_s']:.1f}x" if r and peer and "sb3" not in name else ""
         best = f"{r['env_steps_per_s'] / best_sb3:.1f}x" if r and best_sb3 and "sb3" not in name else ""
         lines.append(f"| {name} | {n} | {speed} | {same} | {best} |")
+    profiles = {name: r["ms_per_vector_step"] for name, r in results.items() if r and "ms_per_vector_step" in r}
+    for name, ms in profiles.items():
+        lines.append(f"\n{name}, main thread, ms per vector step: " + ", ".join(f"{k} {v}" for k, v in ms.items()))
     (out / "results.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps({"gpu": gpu, "rows": results}, indent=2) + "\n")
 

@@ -2,7 +2,7 @@
 # The GPU checks of the Atari issue in one pass, sized for a ~10-minute slot on a lent GPU machine:
 #   1. the tests marked gpu (CUDA update and acting against the CPU, the CUDA-graph update against
 #      the eager one, Pong with cuda_graphs + overlap on async envs, checkpoints loading on a CPU);
-#   2. a Pong learning run (experiment=pong_fast over 16 async envs at the Nature replay ratio),
+#   2. a Pong learning run (experiment=pong_fast over PONG_ENVS async envs at the Nature replay ratio),
 #      cut at PONG_S seconds (SIGINT: it saves last.pt and stops), then `dqn eval` of its best.pt
 #      by the greedy and the nature protocols;
 #   3. scripts/bench_gpu.py: env steps/s at the Nature replay ratio, SB3 side by side.
@@ -12,6 +12,9 @@
 set -u
 OUT=${OUT:-/tmp/gpu_check}
 PONG_S=${PONG_S:-250}
+PONG_ENVS=${PONG_ENVS:-32}
+SWITCHES=${SWITCHES:-cuda_graphs=true overlap=true}
+BENCH_ARGS=${BENCH_ARGS:-}
 BENCH_ROWS=${BENCH_ROWS:-graphs+overlap N=16,sb3 N=16,graphs+overlap N=32,eager N=16,graphs N=16,graphs+overlap N=64,graphs+overlap bf16 N=32,graphs N=1,sb3 N=1}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -28,17 +31,12 @@ timeout 100 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ >"$OUT/pytest
 rc=$?
 say "== pytest -m gpu: rc=$rc; $(tail -n 1 "$OUT/pytest_gpu.log")"
 grep -E "^(FAILED|ERROR)" "$OUT/pytest_gpu.log" | tee -a "$OUT/summary.txt"
-SWITCHES="overlap=true"
-if grep -q "PASSED\|passed" "$OUT/pytest_gpu.log" && ! grep -q "FAILED.*cuda_graph" "$OUT/pytest_gpu.log"; then
-  SWITCHES="cuda_graphs=true overlap=true"
-fi
-
 # 2. Pong learning run
 RUN=/tmp/pong_run
-say "== pong: dqn train experiment=pong_fast device=cuda env.num_envs=16 env.vectorization=async agent.gradient_steps=4 $SWITCHES (cut at ${PONG_S}s)"
+say "== pong: dqn train experiment=pong_fast device=cuda env.num_envs=$PONG_ENVS agent.gradient_steps=$((PONG_ENVS / 4)) $SWITCHES (cut at ${PONG_S}s)"
 start=$(date +%s)
-timeout -s INT -k 30 "$PONG_S" python3 -m dqn_cli train experiment=pong_fast device=cuda env.num_envs=16 \
-  env.vectorization=async agent.gradient_steps=4 $SWITCHES checkpoint.save_buffer=false log.progress=false \
+timeout -s INT -k 30 "$PONG_S" python3 -m dqn_cli train experiment=pong_fast device=cuda env.num_envs="$PONG_ENVS" \
+  env.vectorization=async agent.gradient_steps=$((PONG_ENVS / 4)) $SWITCHES checkpoint.save_buffer=false log.progress=false \
   "hydra.run.dir=$RUN" >"$OUT/pong_train.log" 2>&1
 say "== pong: rc=$? after $(( $(date +%s) - start ))s"
 grep -E "eval|done:|wall time|steps/s|Error|error" "$OUT/pong_train.log" | tail -n 25 | tee -a "$OUT/summary.txt"
@@ -63,7 +61,7 @@ for ckpt in best; do
 done
 
 # 3. throughput (rows in order of interest; results.md is rewritten after each row)
-timeout "${BENCH_S:-150}" python3 scripts/bench_gpu.py --out "$OUT/bench" --rows "$BENCH_ROWS" >"$OUT/bench.log" 2>&1
+timeout "${BENCH_S:-150}" python3 scripts/bench_gpu.py --out "$OUT/bench" --rows "$BENCH_ROWS" $BENCH_ARGS >"$OUT/bench.log" 2>&1
 say "== bench rc=$?"
 cat "$OUT/bench/results.md" >>"$OUT/summary.txt" 2>/dev/null
 cat "$OUT/summary.txt"
