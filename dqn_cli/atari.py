@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import multiprocessing
 import re
 import signal
 from collections.abc import Callable
@@ -165,10 +166,12 @@ def _in_worker(make: Callable[[], gym.Env]) -> gym.Env:
 
     A Ctrl-C in a terminal (or `timeout`, or a scheduler) signals the whole process group. The
     workers must not die of it: the trainer finishes its step, writes its checkpoint and then
-    closes them, which a dead worker turns into a BrokenPipeError.
+    closes them, which a dead worker turns into a BrokenPipeError. gymnasium also calls the first
+    env function in the parent (to read the spaces): there the trainer's handlers must stay.
     """
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)
+    if multiprocessing.parent_process() is not None:  # a worker, not the trainer's own process
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
     return make()
 
 

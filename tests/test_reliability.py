@@ -359,18 +359,25 @@ def test_cli_signal_checkpoints_prints_resume_and_exits_128_plus_signal(tmp_path
 
 def test_ctrl_c_to_the_process_group_stops_async_atari_envs_cleanly(tmp_path):
     """A terminal's Ctrl-C reaches every process of the group, the env workers too: they ignore it,
-    the trainer writes last.pt and exits 130 without a traceback (a dead worker would break close())."""
+    the trainer writes last.pt and exits 130 without a traceback (a dead worker would break close()).
+    An async eval env built mid-run (gymnasium builds its first env in the parent too) leaves the
+    trainer's own handler in place."""
     run = tmp_path / "run"
     args = ["env=pong", "device=cpu", "torch_threads=1", "env.num_envs=2", "env.vectorization=async",
-            "buffer.capacity=2000", "agent.learning_starts=100", "total_steps=10000000", "eval.interval=0",
-            "checkpoint.interval=0", "checkpoint.save_buffer=false", f"hydra.run.dir={run}"]  # fmt: skip
+            "buffer.capacity=2000", "agent.learning_starts=100", "total_steps=10000000", "eval.interval=200",
+            "eval.episodes=2", "eval_protocol.max_episode_frames=200", "checkpoint.interval=0",
+            "checkpoint.save_buffer=false", f"hydra.run.dir={run}"]  # fmt: skip
     proc = subprocess.Popen(
         dqn("train", *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
-    seen = wait_for(proc, r"training PongNoFrameskip-v4")
-    time.sleep(2.0)  # well into the loop
-    os.killpg(proc.pid, signal.SIGINT)
-    out = finish(proc, seen)
+    try:
+        seen = wait_for(proc, r"training PongNoFrameskip-v4")
+        time.sleep(4.0)  # well into the loop, past the first evaluation (step 200)
+        os.killpg(proc.pid, signal.SIGINT)
+        out = finish(proc, seen)
+    finally:  # a run that ignored the signal must not outlive the test
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, out
     assert "Traceback" not in out and "BrokenPipe" not in out, out
     assert out.count("SIGINT received") == 1, out
