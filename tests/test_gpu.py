@@ -89,12 +89,19 @@ def _pixel_batch(rng: np.random.Generator, n: int = 32, weights: bool = False) -
 @pytest.mark.parametrize("weights", [False, True], ids=["uniform", "prioritized"])
 def test_cuda_graph_update_follows_the_eager_update(precision, weights):
     """Replaying the recorded update is the eager update: same losses, TD errors and weights, from the
-    first update on (the warm-up steps before recording leave no trace)."""
+    first update on (the warm-up steps before recording leave no trace).
+
+    fp32 follows the eager run for 6 updates. In bf16 two runs drift apart (seen on an H200: cuBLAS and
+    cuDNN kernels differ inside a capture, bf16 rounding then flips near-zero gradients and Adam moves
+    those weights ~lr the other way), so there each update starts from the graphed agent's state.
+    """
     eager, graphed = _cnn_agent(precision), _cnn_agent(precision, graphed=True)
     rng = np.random.default_rng(0)
     rel = 1e-3 if precision == "fp32" else 2e-2
     for _ in range(6):
         batch = _pixel_batch(rng, weights=weights)
+        if precision != "fp32":
+            eager.load_state_dict(copy.deepcopy(graphed.state_dict()))
         a, b = eager.update(batch), graphed.update(batch)
         assert b["td_loss"] == pytest.approx(a["td_loss"], rel=rel)
         assert b["q_values"] == pytest.approx(a["q_values"], rel=rel, abs=1e-4)
@@ -104,10 +111,9 @@ def test_cuda_graph_update_follows_the_eager_update(precision, weights):
     for p, q in zip(eager.q_net.parameters(), graphed.q_net.parameters(), strict=True):
         if precision == "fp32":
             torch.testing.assert_close(q, p, rtol=rel, atol=rel * p.abs().max().item())
-        else:  # bf16 rounding can flip the sign of a near-zero gradient, and Adam then moves that weight
-            # by ~lr the other way (seen on an H200: 4 of 8,192 weights 2.6 lr apart after 6 steps)
+        else:  # one Adam step apart at most: a flipped near-zero gradient moves a weight ~lr (1e-3)
             close = torch.isclose(q, p, rtol=rel, atol=rel * p.abs().max().item())
-            assert close.float().mean() > 0.99 and (q - p).abs().max() < 6 * 1e-3
+            assert close.float().mean() > 0.99 and (q - p).abs().max() < 3e-3
     assert all(p.dtype == torch.float32 for p in graphed.q_net.parameters())
     steps = {int(s["step"]) for s in graphed.optimizer.state.values()}
     assert steps == {6}  # Adam counted the 6 real updates, not the warm-up
