@@ -9,7 +9,7 @@ TORCH_PIP_FLAGS ?=
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-bench train test test-full lint format bench clean
+.PHONY: help install install-bench train test test-full lint format bench bench-gpu clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -51,6 +51,9 @@ bench: install-bench ## CartPole vs Stable-Baselines3 (10 seeds); DQN-extension 
 	$(BIN)/python scripts/bench_ablation.py
 	$(BIN)/python scripts/bench_per_speed.py
 	$(BIN)/python scripts/bench_atari.py
+
+bench-gpu: install-bench ## Atari on a CUDA GPU: env steps/s at the Nature replay ratio vs SB3 (a torch with CUDA needed)
+	$(BIN)/python scripts/bench_gpu.py $(ARGS)
 
 clean: ## Remove build artefacts (keeps .venv and outputs/)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
