@@ -15,8 +15,9 @@ import logging
 
 import torch
 
-from dqn_cli.agent import DQNAgent, pinned
+from dqn_cli.agent import DQNAgent, update_fields
 from dqn_cli.buffers import Batch
+from dqn_cli.utils import pinned
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +47,15 @@ def compile_agent(agent: DQNAgent) -> DQNAgent:
 class GraphedUpdate:
     """`agent.step` recorded once as a CUDA graph and replayed for every later batch.
 
-    The batch is copied (uint8 frames, through pinned memory) into static input tensors that the
-    graph reads; the graph writes the loss, mean Q and TD errors into static outputs, which each
-    call clones. Recording follows PyTorch's whole-network capture recipe: a few warm-up steps on a
-    side stream (lazy cuBLAS/cuDNN set-up, Adam's state), then the capture. The warm-up steps change
-    the weights and Adam's state, so both are put back afterwards: the first replayed update is the
-    run's first update. Weights changed in place later (target sync, `load_state_dict` of the
-    networks) are seen by the graph; a new optimizer state (`load_state_dict`) calls `reset`, and a
-    batch of another shape (or with/without importance weights) records a new graph.
+    The batch is copied (uint8 frames, or frame-store rows with buffer.storage=device, through
+    pinned memory) into static input tensors that the graph reads; the graph writes the loss, mean
+    Q and TD errors into static outputs, which each call clones. Recording follows PyTorch's
+    whole-network capture recipe: a few warm-up steps on a side stream (lazy cuBLAS/cuDNN set-up,
+    Adam's state), then the capture. The warm-up steps change the weights and Adam's state, so both
+    are put back afterwards: the first replayed update is the run's first update. Weights changed in
+    place later (target sync, `load_state_dict` of the networks) are seen by the graph; a new
+    optimizer state (`load_state_dict`) calls `reset`, and a batch of another shape (or with/without
+    importance weights) records a new graph.
     """
 
     WARMUP_STEPS = 3
@@ -68,14 +70,13 @@ class GraphedUpdate:
         self.graph, self.key, self.inputs, self.outputs = None, None, [], ()
 
     def __call__(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        fields = [batch.obs, batch.next_obs, batch.actions, batch.rewards, batch.terminated, batch.discounts]
-        if batch.weights is not None:
-            fields.append(batch.weights)
-        key = tuple((x.shape, x.dtype) for x in fields)
+        fields = update_fields(batch)
+        key = tuple(None if x is None else (x.shape, x.dtype) for x in fields)
         if key != self.key:
             self._record(fields, key)
         for static, x in zip(self.inputs, fields, strict=True):
-            static.copy_(pinned(torch.from_numpy(x)), non_blocking=True)
+            if x is not None:
+                static.copy_(pinned(torch.from_numpy(x)), non_blocking=True)
         self.graph.replay()
         loss, q_mean, td = (t.clone() for t in self.outputs)
         return loss, q_mean, td
@@ -83,8 +84,7 @@ class GraphedUpdate:
     def _record(self, fields: list, key: tuple) -> None:
         agent, device = self.agent, self.agent.device
         self.reset()
-        self.inputs = [torch.from_numpy(x).to(device) for x in fields]
-        args = self.inputs + [None] * (7 - len(self.inputs))  # weights: None without prioritized replay
+        self.inputs = args = [None if x is None else torch.from_numpy(x).to(device) for x in fields]
         saved = _snapshot(agent)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
@@ -98,7 +98,7 @@ class GraphedUpdate:
             self.outputs = agent.step(args)
         _restore(agent, saved)
         self.graph, self.key = graph, key
-        log.info(f"recorded the update as a CUDA graph on {device} (batch shapes {[k[0] for k in key]})")
+        log.info(f"recorded the update as a CUDA graph on {device} (batch shapes {[k and k[0] for k in key]})")
 
 
 def _snapshot(agent: DQNAgent) -> tuple[list[torch.Tensor], dict]:

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from dqn_cli.buffers import Batch
+from dqn_cli.utils import to_device
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ class DQNAgent:
         self._greedy_numpy = numpy_policy() if device.type == "cpu" and numpy_policy else None
         self.td_abs: np.ndarray | None = None  # |TD error| of the last update, for priorities
         self.graphed = None  # accel.GraphedUpdate with cuda_graphs=true: the whole update as one CUDA graph
+        # buffer.storage=device: the replay's frames on this device, and the frames per observation
+        self.frame_store: torch.Tensor | None = None
+        self.frame_stack = 0
         self.shards = shards
         self._pool = None
         if shards > 1:  # each shard thread: the intra-op threads of the calling thread, denormals flushed
@@ -93,11 +97,9 @@ class DQNAgent:
             actions = np.where(explore, rng.integers(0, self.n_actions, size=n), actions)
         return actions
 
-    def _tensor(self, x: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(x)
-        if self.device.type == "cuda":  # one copy into dense pinned memory (frame stacks arrive as strided views)
-            t = pinned(t).to(self.device, non_blocking=True)
-        return t
+    def _tensor(self, x: np.ndarray | None) -> torch.Tensor | None:
+        # on a GPU: one copy into dense pinned memory (frame stacks arrive as strided views), no waiting
+        return None if x is None else to_device(x, self.device)
 
     def update(self, batch: Batch) -> dict[str, float]:
         """One gradient step on the TD error of `batch`; returns loss and mean Q."""
@@ -109,18 +111,22 @@ class DQNAgent:
         if self.graphed is not None:
             loss, q_mean, td = self.graphed(batch)
         else:
-            fields = (batch.obs, batch.next_obs, batch.actions, batch.rewards, batch.terminated, batch.discounts)
-            tensors = [self._tensor(x) for x in fields]
-            tensors.append(None if batch.weights is None else self._tensor(batch.weights))
-            loss, q_mean, td = self.step(tensors)
+            loss, q_mean, td = self.step([self._tensor(x) for x in update_fields(batch)])
         if batch.weights is not None:
             self.td_abs = td.abs().cpu().numpy()
         return {"td_loss": loss, "q_values": q_mean}
 
     def step(self, tensors: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The update on device tensors (obs, next_obs, actions, rewards, terminated, discounts,
-        weights or None): gradient, clipping, optimizer step, compute-copy refresh. Returns the loss,
-        mean Q and TD errors, detached. This is what `cuda_graphs=true` records as one CUDA graph."""
+        """The update on the device tensors of `update_fields`: gradient, clipping, optimizer step,
+        compute-copy refresh. Returns the loss, mean Q and TD errors, detached. This is what
+        `cuda_graphs=true` records as one CUDA graph (the frame-store gather included)."""
+        if tensors[1] is None:  # buffer.storage=device: tensors[0] indexes the frame store
+            index = tensors[0]
+            frames = torch.index_select(self.frame_store, 0, index.flatten()).view(
+                *index.shape, *self.frame_store.shape[1:]
+            )
+            k = self.frame_stack
+            tensors = [frames[:, :k], frames[:, -k:], *tensors[2:]]
         self.optimizer.zero_grad(set_to_none=True)
         if self._pool is None and not self.mixed:
             loss, q, td = self._td_loss(tensors, len(tensors[2]))
@@ -219,9 +225,12 @@ class DQNAgent:
             _copy_weights(self.target_compute, self.target_net)
 
 
-def pinned(t: torch.Tensor) -> torch.Tensor:
-    """A dense copy of `t` in page-locked memory, which a non-blocking host-to-GPU copy needs."""
-    return torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t)
+def update_fields(batch: Batch) -> list[np.ndarray | None]:
+    """What an update reads, in `DQNAgent.step`'s order: obs, next_obs, actions, rewards, terminated,
+    discounts, weights. With buffer.storage=device, obs is the batch's frame-store index and next_obs
+    None (the frames are gathered on the device); weights is None without prioritized replay."""
+    obs, next_obs = (batch.frames, None) if batch.frames is not None else (batch.obs, batch.next_obs)
+    return [obs, next_obs, batch.actions, batch.rewards, batch.terminated, batch.discounts, batch.weights]
 
 
 PRECISIONS = {"fp32": torch.float32, "bf16-mixed": torch.bfloat16}  # the `precision` key: compute dtypes

@@ -30,6 +30,9 @@ class Batch(NamedTuple):
     discounts: np.ndarray
     weights: np.ndarray | None = None  # importance weights (prioritized replay only)
     indices: np.ndarray | None = None  # flat (t * N + env) positions, for priority updates
+    # buffer.storage=device: (B, F) rows of the frame store on the device, obs and next_obs then None;
+    # the first K columns stack obs, the last K next_obs (F = K + 1 one-step, 2K n-step)
+    frames: np.ndarray | None = None
 
 
 def available_memory() -> int | None:
@@ -132,7 +135,8 @@ class ReplayBuffer:
 
     def _gather(self, t: np.ndarray, env: np.ndarray, weights: np.ndarray | None = None) -> Batch:
         rewards, terminated, discounts, last = self._n_step(t, env)
-        obs, next_obs = self._obs_pair(t, last, env)
+        frames = self._frame_rows(t, last, env)
+        obs, next_obs = self._obs_pair(t, last, env) if frames is None else (None, None)
         return Batch(
             obs=obs,
             actions=self.actions[t, env],
@@ -142,7 +146,13 @@ class ReplayBuffer:
             discounts=discounts,
             weights=weights,
             indices=t * self.num_envs + env,
+            frames=frames,
         )
+
+    def _frame_rows(self, t: np.ndarray, last: np.ndarray, env: np.ndarray) -> np.ndarray | None:
+        """Frame-store rows of each transition's obs and next obs where the frames live on the
+        device (dqn_cli.frame_buffer, buffer.storage=device); None: the batch carries the arrays."""
+        return None
 
     def _n_step(self, t: np.ndarray, env: np.ndarray):
         """Sum up to n discounted rewards from t, stopping at an episode end or the newest entry.

@@ -159,6 +159,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "network.dueling": BOOL,
     "buffer.kind": Choice("uniform", "prioritized"),
     "buffer.capacity": Int(1),
+    "buffer.storage": Choice("host", "device"),
     "buffer.alpha": Float(0, 1),
     "buffer.beta0": Float(0, 1),
     "buffer.eps": Float(0, lo_open=True),
@@ -322,6 +323,11 @@ def validate_train(cfg: DictConfig) -> None:
             problems.append(
                 f"agent.exploration_final_eps={a.exploration_final_eps} is above "
                 f"agent.exploration_initial_eps={a.exploration_initial_eps}; epsilon decays, so final <= initial."
+            )
+        if b.get("storage") == "device" and e.kind != "atari":
+            problems.append(
+                f"buffer.storage=device keeps stacked Atari frames on the training device; env.kind={e.kind} "
+                "stores flat observations, so use buffer.storage=host."
             )
         if cfg.get("overlap") and not (e.get("vectorization") == "async" and e.num_envs > 1):
             problems.append(

@@ -20,8 +20,11 @@ of side frames; a terminated transition's next observation is masked out of the 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from dqn_cli.buffers import ReplayBuffer
+from dqn_cli.errors import UserError
+from dqn_cli.utils import to_device
 
 
 class FrameStackReplay(ReplayBuffer):
@@ -63,6 +66,41 @@ class FrameStackReplay(ReplayBuffer):
         self.side_pos = 0
         self.prev_done = np.zeros(self.num_envs, bool)  # did each stream's last added step end its episode
         self.fresh = True  # nothing added yet
+        self.store: torch.Tensor | None = None  # buffer.storage=device: every frame also on the device
+
+    # ---- buffer.storage=device ---------------------------------------------------------------------
+    def keep_frames_on(self, device: torch.device) -> torch.Tensor:
+        """Also keep every frame in a uint8 tensor on `device` and sample frame-store rows instead of
+        frame stacks (`Batch.frames`): an update then gathers its obs and next obs on the device, and
+        only small index arrays cross to it. Rows: slot t of stream e at t * N + e, then the side
+        frames, then one row of zeros (the padding before an episode's first frame). The host copy
+        stays (checkpoints, resume); returns the store."""
+        rows = self.size_per_env * self.num_envs + self.side_capacity + 1
+        nbytes = rows * int(np.prod(self.frame_shape))
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if nbytes > free:
+                raise UserError(
+                    f"buffer.storage=device needs {nbytes / 2**30:.2f} GiB of GPU memory for the frames but "
+                    f"{device} has {free / 2**30:.2f} GiB free. Lower buffer.capacity or use buffer.storage=host."
+                )
+        self.store = torch.zeros((rows, *self.frame_shape), dtype=torch.uint8, device=device)
+        self._copy_to_store()
+        return self.store
+
+    def _copy_to_store(self) -> None:
+        """Every host frame to the device store (after loading a replay file)."""
+        total = self.size_per_env * self.num_envs
+        self.store[:total] = self._on_store_device(self.frames)
+        self.store[total:-1] = self._on_store_device(self.side_frames)
+
+    def _frame_rows(self, t: np.ndarray, last: np.ndarray, env: np.ndarray) -> np.ndarray | None:
+        if self.store is None:
+            return None
+        if self.n_step == 1:  # obs_t and its next obs: K+1 rows, as `_window` gathers them
+            return self._window_rows(t, env)
+        obs = self._window_rows(t, env)[:, :-1]
+        return np.concatenate([obs, self._window_rows(last, env)[:, 1:]], axis=1)
 
     # ---- writing ---------------------------------------------------------------------------------
     def add(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
@@ -96,6 +134,15 @@ class FrameStackReplay(ReplayBuffer):
         self.prev_done = ~going_on
         self.pos = q
         self.full = self.full or q == 0
+        if self.store is not None:  # the slots written (p and q) and any new side frames, on the device too
+            for a, b in [(p, q)] if q == p + 1 else [(p, p), (q, q)]:
+                self.store[a * n : (b + 1) * n] = self._on_store_device(self.frames[a : b + 1])
+            for i in np.flatnonzero(truncated & ~terminated):
+                k = self.side_slot[p, i]
+                self.store[n * self.size_per_env + k] = self._on_store_device(self.side_frames[k])
+
+    def _on_store_device(self, frames: np.ndarray) -> torch.Tensor:
+        return to_device(frames.reshape(-1, *self.frame_shape), self.store.device)
 
     # ---- reading ---------------------------------------------------------------------------------
     def _stack_index(self, t: np.ndarray, env: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -121,17 +168,32 @@ class FrameStackReplay(ReplayBuffer):
         The extra frame is the newest of obs_{t+1}, a truncation's side frame, or, after a
         termination (whose next obs never enters the target), obs_t's own newest frame.
         """
-        k, n = self.stack, self.num_envs
+        valid, flat, cut = self._window_slots(t, env)
+        out = np.take(self.frames.reshape(-1, *self.frame_shape), flat, axis=0)
+        out[:, : self.stack][~valid] = 0
+        if cut.any():
+            out[cut, self.stack] = self.side_frames[self.side_slot[t[cut], env[cut]]]
+        return out
+
+    def _window_slots(self, t: np.ndarray, env: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`_window`'s frames as flat slots t * N + env, with which of the K stack positions are
+        valid and which transitions were truncated (their last frame is a side frame instead)."""
+        k = self.stack
         idx, valid = self._stack_index(t, env)
         slots = np.empty((len(t), k + 1), np.int64)
         slots[:, :k] = idx
         slots[:, k] = np.where(self.terminated[t, env], t, (t + 1) % self.size_per_env)
-        out = np.take(self.frames.reshape(-1, *self.frame_shape), slots * n + env[:, None], axis=0)
-        out[:, :k][~valid] = 0
         cut = self.truncated[t, env] & ~self.terminated[t, env]
+        return valid, slots * self.num_envs + env[:, None], cut
+
+    def _window_rows(self, t: np.ndarray, env: np.ndarray) -> np.ndarray:
+        """`_window` as rows of the device store: padding is its zero row, side frames follow the slots."""
+        valid, rows, cut = self._window_slots(t, env)
+        total = self.size_per_env * self.num_envs
+        rows[:, : self.stack][~valid] = total + self.side_capacity  # the zero row
         if cut.any():
-            out[cut, k] = self.side_frames[self.side_slot[t[cut], env[cut]]]
-        return out
+            rows[cut, self.stack] = total + self.side_slot[t[cut], env[cut]]
+        return rows
 
     def _next_obs_at(self, t: np.ndarray, env: np.ndarray) -> np.ndarray:
         return self._window(t, env)[:, 1:]
@@ -186,3 +248,5 @@ class FrameStackReplay(ReplayBuffer):
         self.side_frames[:], self.side_owner[:] = state["side_frames"], state["side_owner"]
         self.side_pos = int(state["side_pos"])
         self.prev_done[:], self.fresh = state["prev_done"], bool(state["fresh"])
+        if self.store is not None:
+            self._copy_to_store()

@@ -19,7 +19,7 @@ from dqn_cli import env_state
 from dqn_cli.accel import accelerate
 from dqn_cli.agent import make_agent
 from dqn_cli.atari import apply_eval_protocol
-from dqn_cli.buffers import make_buffer
+from dqn_cli.buffers import Batch, make_buffer
 from dqn_cli.checkpoint import remove_temp_files, save_arrays, save_checkpoint
 from dqn_cli.config import validate_train
 from dqn_cli.envs import finished_episodes, make_env, real_next_obs
@@ -65,6 +65,12 @@ class Trainer:
         self.buffer = make_buffer(
             cfg.buffer, obs_space.shape, obs_space.dtype, self.env.num_envs, cfg.agent.n_step, cfg.agent.gamma
         )
+        # buffer.storage=device: frames on the device too; with uniform replay a round's batches are drawn at once
+        self.draw_together = False
+        if cfg.buffer.get("storage") == "device":
+            storage = getattr(self.buffer, "storage", self.buffer)  # PrioritizedReplay holds its storage
+            self.agent.frame_store, self.agent.frame_stack = storage.keep_frames_on(self.device), obs_space.shape[0]
+            self.draw_together = not isinstance(self.buffer, PrioritizedReplay)
         a = cfg.agent
         self.epsilon = LinearSchedule(
             a.exploration_initial_eps, a.exploration_final_eps, a.exploration_fraction, cfg.total_steps
@@ -174,16 +180,24 @@ class Trainer:
         return False
 
     def _learn_due(self) -> None:
-        batch_size = int(self.cfg.agent.batch_size)
-        for _ in range(self.due_updates):
-            self._learn(batch_size)
+        due, batch_size = self.due_updates, int(self.cfg.agent.batch_size)
         self.due_updates = 0
+        if self.draw_together and due > 1:  # one draw of due * batch_size (no add comes between them)
+            rows = self.buffer.sample(due * batch_size, self.rng)
+            for i in range(due):
+                part = slice(i * batch_size, (i + 1) * batch_size)
+                self._learn_batch(Batch(*(None if x is None else x[part] for x in rows)))
+            return
+        for _ in range(due):
+            self._learn(batch_size)
 
     def _learn(self, batch_size: int) -> None:
         """One gradient step on a replay batch, with the NaN guard and priority feedback."""
         if isinstance(self.buffer, PrioritizedReplay):  # importance-weight beta anneals to 1
             self.buffer.set_progress(self.step / self.cfg.total_steps)
-        batch = self.buffer.sample(batch_size, self.rng)
+        self._learn_batch(self.buffer.sample(batch_size, self.rng))
+
+    def _learn_batch(self, batch: Batch) -> None:
         self.pending.append(self.agent.learn(batch))
         self.updates += 1
         if self.device.type != "cuda":  # free on the CPU; a GPU keeps computing until the next moment

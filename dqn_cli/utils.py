@@ -42,6 +42,17 @@ def setup_torch(device: str, threads: int) -> torch.device:
     return torch.device(device)
 
 
+def pinned(t: torch.Tensor) -> torch.Tensor:
+    """A dense copy of `t` in page-locked memory, which a non-blocking host-to-GPU copy needs."""
+    return torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t)
+
+
+def to_device(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    """`x` on `device`: through pinned memory and without waiting on a GPU, as-is on the CPU."""
+    t = torch.from_numpy(x)
+    return pinned(t).to(device, non_blocking=True) if device.type == "cuda" else t
+
+
 # glibc's mallopt parameters; the largest mmap threshold glibc accepts on 64-bit is 32 MiB
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 32 << 20

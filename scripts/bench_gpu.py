@@ -6,13 +6,14 @@
 The replay ratio is the Nature one on every row: one batch-32 update per 4 env steps, so N envs
 take N/4 updates per vector step (`agent.gradient_steps=N/4`; SB3: `train_freq=1, gradient_steps=N/4`
 over N envs). PongNoFrameskip-v4 with the Nature preprocessing on both sides, buffer 100,000, the
-Nature optimizer settings. Ours is the real `Trainer` of `dqn train env=pong` with the row's switches
-(async vector envs, `cuda_graphs`, `overlap`, `precision`); SB3 is `DQN("CnnPolicy")` on
-`make_atari_env` (SubprocVecEnv for N > 1) + `VecFrameStack(4)`. Env steps/s counts the transitions
-stored from `learning_starts + warmup` to the end over the wall time between them (acting, env
-stepping, storing and updating; no start-up, no CUDA-graph recording, no evaluation). Each row
-runs in a fresh process. Results go to OUT/results.json and OUT/results.md; the exit code is 0
-whatever the numbers are (this is a report).
+Nature optimizer settings. Ours is the real `Trainer` of `dqn train env=pong` with the row's
+switches: async vector envs, `cuda_graphs`, `overlap`, `precision`, and "device" for
+`buffer.storage=device`. SB3 is `DQN("CnnPolicy")` on `make_atari_env` (SubprocVecEnv for N > 1)
++ `VecFrameStack(4)`. Env steps/s counts the transitions stored from `learning_starts + warmup` to
+the end over the wall time between them (acting, env stepping, storing and updating; no start-up,
+no CUDA-graph recording, no evaluation). Each row runs in a fresh process. `--profile` adds the
+main thread's ms per vector step in each part of the loop. Results go to OUT/results.json and
+OUT/results.md; the exit code is 0 whatever the numbers are (this is a report).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ ROWS: dict[str, dict] = {  # row -> N envs and the switches of ours (peer sb3: S
     "graphs+overlap N=32": {"envs": 32, "args": ["cuda_graphs=true", "overlap=true"]},
     "graphs+overlap bf16 N=32": {"envs": 32, "args": ["cuda_graphs=true", "overlap=true", "precision=bf16-mixed"]},
     "graphs+overlap N=64": {"envs": 64, "args": ["cuda_graphs=true", "overlap=true"]},
+    "graphs+overlap+device N=32": {"envs": 32, "args": ["cuda_graphs=true", "overlap=true", "buffer.storage=device"]},
+    "graphs+overlap+device N=64": {"envs": 64, "args": ["cuda_graphs=true", "overlap=true", "buffer.storage=device"]},
 }
 
 

@@ -268,6 +268,40 @@ def test_overlap_steps_async_envs_while_learning_and_keeps_the_updates(run_dir, 
         assert a["updates"] == b["updates"] and b["due_updates"] == 0, name
 
 
+@pytest.mark.parametrize("kind", ["uniform", "prioritized"])
+def test_device_frame_store_trains_as_the_host_buffer(run_dir, atari_cfg, kind):
+    """buffer.storage=device (on the CPU here): batches gathered from the frame store give the same run,
+    bitwise, as host batches."""
+    from dqn_cli.trainer import Trainer
+
+    host = Trainer(atari_cfg(*SMALL_ATARI, f"buffer={kind}"), run_dir / "host")
+    host.run()
+    device = Trainer(atari_cfg(*SMALL_ATARI, f"buffer={kind}", "buffer.storage=device"), run_dir / "device")
+    assert device.agent.frame_store is getattr(device.buffer, "storage", device.buffer).store
+    device.run()
+    assert device.updates == host.updates > 0
+    for name, w in host.agent.q_net.state_dict().items():
+        assert torch.equal(device.agent.q_net.state_dict()[name], w), name
+
+
+def test_device_frame_store_draws_a_round_of_batches_at_once(run_dir, atari_cfg):
+    from dqn_cli.trainer import Trainer
+
+    draws = []
+    cfg = atari_cfg(*SMALL_ATARI, "buffer.storage=device", "env.num_envs=4", "agent.gradient_steps=2")
+    trainer = Trainer(cfg, run_dir)
+    assert trainer.draw_together
+    sample = trainer.buffer.sample
+    trainer.buffer.sample = lambda size, rng: (draws.append(size), sample(size, rng))[1]
+    trainer.run()
+    assert set(draws) == {64} and trainer.updates == 2 * len(draws) > 0
+
+
+def test_device_frame_store_needs_atari_frames(compose_cfg):
+    with pytest.raises(UserError, match=r"buffer.storage=device keeps stacked Atari frames .* env.kind=classic"):
+        validate_train(compose_cfg("train", ["buffer.storage=device"]))
+
+
 def test_overlap_needs_async_vector_envs(atari_cfg):
     with pytest.raises(UserError, match=r"overlap=true .* env.vectorization=sync and env.num_envs=2"):
         validate_train(atari_cfg("overlap=true", "env.num_envs=2"))

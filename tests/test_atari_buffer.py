@@ -161,6 +161,60 @@ def test_state_dict_round_trip_continues_identically():
     np.testing.assert_array_equal(a._gather(t[ok], env[ok]).obs, b._gather(t[ok], env[ok]).obs)
 
 
+# ---- buffer.storage=device: frame-store rows instead of frame stacks ------------------------------------
+
+
+def gather_rows(store, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What DQNAgent.step does with Batch.frames: obs = the first K rows' frames, next obs the last K."""
+    import torch
+
+    frames = torch.index_select(store, 0, torch.from_numpy(rows).flatten()).view(*rows.shape, H, W).numpy()
+    return frames[:, :K], frames[:, -K:]
+
+
+@pytest.mark.parametrize("n_envs", [1, 3])
+@pytest.mark.parametrize("n_step", [1, 3])
+def test_device_store_rows_rebuild_the_naive_stacks(n_envs, n_step):
+    """With the frames kept on the device (a CPU tensor here), a batch carries store rows, and gathering
+    them gives the naive stacks: episode starts, wraps, streams and truncations' side frames included.
+    The store follows every add, also when it is attached half-way."""
+    import torch
+
+    frames, naive = fill_both(60 * n_envs, n_envs, 100, n_step=n_step, p_end=0.15)
+    store = frames.keep_frames_on(torch.device("cpu"))
+    streams = StackedStreams(n_envs, np.random.default_rng(5), p_end=0.15)
+    for _ in range(150):  # wraps again, with the store attached
+        step = streams.step()
+        frames.add(*step)
+        naive.add(*step)
+    t, env = all_slots(frames)
+    ok = frames.sampleable(t, env)
+    t, env = t[ok], env[ok]
+    got, want = frames._gather(t, env), naive._gather(t, env)
+    assert got.obs is None and got.next_obs is None
+    assert got.frames.shape == (len(t), K + 1 if n_step == 1 else 2 * K)
+    obs, next_obs = gather_rows(store, got.frames)
+    np.testing.assert_array_equal(obs, want.obs)
+    live = want.terminated == 0
+    np.testing.assert_array_equal(next_obs[live], want.next_obs[live])
+    np.testing.assert_array_equal(got.rewards, want.rewards)
+    cut = frames.truncated[t, env] & ~frames.terminated[t, env]
+    assert cut.any() and (got.frames >= frames.size_per_env * n_envs).any()  # side frames and zero padding used
+
+
+def test_device_store_is_refilled_from_a_loaded_replay_file():
+    import torch
+
+    a, _ = fill_both(50, 2, 80, seed=3)
+    b = FrameStackReplay(50, (K, H, W), np.uint8, 2, 1, 0.9)
+    store = b.keep_frames_on(torch.device("cpu"))
+    b.load_state_dict({k: np.array(v) for k, v in a.state_dict().items()})
+    t, env = all_slots(a)
+    ok = a.sampleable(t, env)
+    obs, _ = gather_rows(store, b._gather(t[ok], env[ok]).frames)
+    np.testing.assert_array_equal(obs, a._gather(t[ok], env[ok]).obs)
+
+
 # ---- layout choice, memory ----------------------------------------------------------------------------
 
 

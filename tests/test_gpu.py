@@ -141,21 +141,23 @@ def test_cuda_graph_sees_target_syncs_and_loaded_checkpoints():
     assert graphed.graphed.graph is not None and graphed.graphed.graph is not first
 
 
-def test_pong_trains_with_cuda_graphs_and_overlap(compose_cfg, run_dir):
+@pytest.mark.parametrize("storage", ["host", "device"])
+def test_pong_trains_with_cuda_graphs_and_overlap(compose_cfg, run_dir, storage):
     """Pong on async envs with every GPU switch on: it updates, checkpoints load on the CPU and
-    `dqn eval`'s rebuild plays from them."""
+    `dqn eval`'s rebuild plays from them. storage=device gathers the batches inside the graph."""
     from dqn_cli.evaluate import evaluate
 
     cfg = compose_cfg(
         "train",
         ["env=pong", "device=cuda", "cuda_graphs=true", "overlap=true", "env.num_envs=4", "env.vectorization=async",
-         "agent.gradient_steps=1", "total_steps=600", "buffer.capacity=2000", "agent.learning_starts=100",
+         "agent.gradient_steps=2", "total_steps=600", "buffer.capacity=2000", "agent.learning_starts=100",
          "agent.target_update_interval=200", "eval.interval=0", "eval.episodes=1", "checkpoint.interval=300",
-         "env.preset.max_episode_frames=2000"],
+         "env.preset.max_episode_frames=2000", f"buffer.storage={storage}"],
     )  # fmt: skip
     trainer = Trainer(cfg, run_dir)
     trainer.run()
-    assert trainer.updates == (600 - 100) // 4 and trainer.due_updates == 0
+    assert trainer.updates == 2 * (600 - 100) // 4 and trainer.due_updates == 0
+    assert (trainer.agent.frame_store is not None) == (storage == "device")
     assert trainer.agent.graphed.graph is not None
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location="cpu")
     assert state["counters"]["updates"] == trainer.updates
