@@ -32,11 +32,13 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _children import run_json_child  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_ID = "PongNoFrameskip-v4"
@@ -190,18 +192,7 @@ def _rss() -> int:
 
 
 def run_child(argv: list[str], log: Path) -> dict | None:
-    cmd = [sys.executable, str(Path(__file__).resolve()), *argv]
-    with open(log, "a") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        try:
-            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True, timeout=CHILD_TIMEOUT_S, cwd=ROOT)
-        except subprocess.TimeoutExpired:
-            f.write("timeout\n")
-            return None
-        f.write(proc.stdout)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    return json.loads(lines[-1]) if proc.returncode == 0 and lines else None
+    return run_json_child(__file__, argv, log, CHILD_TIMEOUT_S, ROOT)
 
 
 def main_report(args: argparse.Namespace) -> None:

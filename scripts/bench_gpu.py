@@ -22,11 +22,13 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _children import run_json_child  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_ID = "PongNoFrameskip-v4"
@@ -152,20 +154,8 @@ def _result(stamps: list[tuple[int, float]], updates: int | None) -> dict:
 
 
 def run_child(name: str, measure: int, device: str, log: Path, profile: bool = False) -> dict | None:
-    script = str(Path(__file__).resolve())
-    cmd = [sys.executable, script, "_child", "--rows", name, "--measure-steps", str(measure), "--device", device]
-    cmd += ["--profile"] if profile else []
-    with open(log, "a") as f:
-        f.write(f"$ {' '.join(cmd)}\n")
-        f.flush()
-        try:
-            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True, timeout=CHILD_TIMEOUT_S, cwd=ROOT)
-        except subprocess.TimeoutExpired:
-            f.write("timeout\n")
-            return None
-        f.write(proc.stdout)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    return json.loads(lines[-1]) if proc.returncode == 0 and lines else None
+    argv = ["_child", "--rows", name, "--measure-steps", str(measure), "--device", device]
+    return run_json_child(__file__, argv + (["--profile"] if profile else []), log, CHILD_TIMEOUT_S, ROOT)
 
 
 def main() -> None:
