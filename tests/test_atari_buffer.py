@@ -215,6 +215,16 @@ def test_device_store_is_refilled_from_a_loaded_replay_file():
     np.testing.assert_array_equal(obs, a._gather(t[ok], env[ok]).obs)
 
 
+def test_device_store_larger_than_free_gpu_memory_is_refused_before_allocation(monkeypatch):
+    import torch
+
+    buf = FrameStackReplay(100_000, (K, 84, 84), np.uint8, 4, 1, 0.9)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**28, 2**34))  # 0.25 GiB free
+    with pytest.raises(UserError, match=r"buffer.storage=device needs 0.66 GiB of GPU memory .* 0.25 GiB free"):
+        buf.keep_frames_on(torch.device("cuda"))
+    assert buf.store is None
+
+
 # ---- layout choice, memory ----------------------------------------------------------------------------
 
 
