@@ -302,6 +302,37 @@ def test_device_frame_store_needs_atari_frames(compose_cfg):
         validate_train(compose_cfg("train", ["buffer.storage=device"]))
 
 
+def test_a_stopped_overlap_run_keeps_its_due_updates_for_resume(run_dir, atari_cfg):
+    """A stop between a step and the updates it made due (they run during the next step) saves their
+    count in last.pt; the resumed run runs them first and ends with every update of a whole run."""
+    import signal
+
+    from dqn_cli.checkpoint import load_checkpoint
+    from dqn_cli.signals import TrainingStoppedError
+    from dqn_cli.trainer import Trainer
+
+    common = (*SMALL_ATARI, "env.num_envs=2", "env.vectorization=async", "overlap=true")
+    whole = Trainer(atari_cfg(*common), run_dir / "whole")
+    whole.run()
+    trainer = Trainer(atari_cfg(*common), run_dir / "part")
+    inner, fired = trainer.env.step_wait, []
+
+    def step_wait(*args, **kwargs):
+        if not fired and trainer.step == 150:  # this step reaches 152, a multiple of train_freq=4
+            fired.append(signal.raise_signal(signal.SIGINT))
+        return inner(*args, **kwargs)
+
+    trainer.env.step_wait = step_wait
+    with pytest.raises(TrainingStoppedError):
+        trainer.run()
+    counters = load_checkpoint(run_dir / "part" / "checkpoints" / "last.pt")["counters"]
+    assert counters["step"] == 152 and counters["due_updates"] == 1
+    resumed = Trainer(atari_cfg(*common, f"resume={run_dir / 'part'}"), "unused")
+    assert resumed.due_updates == 1
+    resumed.run()
+    assert resumed.updates == whole.updates and resumed.due_updates == 0
+
+
 def test_overlap_needs_async_vector_envs(atari_cfg):
     with pytest.raises(UserError, match=r"overlap=true .* env.vectorization=sync and env.num_envs=2"):
         validate_train(atari_cfg("overlap=true", "env.num_envs=2"))
