@@ -15,7 +15,7 @@ PONG_S=${PONG_S:-250}
 PONG_ENVS=${PONG_ENVS:-32}
 SWITCHES=${SWITCHES:-cuda_graphs=true overlap=true}
 BENCH_ARGS=${BENCH_ARGS:-}
-BENCH_ROWS=${BENCH_ROWS:-graphs+overlap N=16,sb3 N=16,graphs+overlap N=32,eager N=16,graphs N=16,graphs+overlap N=64,graphs+overlap bf16 N=32,graphs N=1,sb3 N=1}
+BENCH_ROWS=${BENCH_ROWS:-graphs+overlap+device N=32,graphs+overlap N=32,sb3 N=16,graphs+overlap+device N=64,graphs+overlap N=16,eager N=16,graphs N=16,graphs+overlap N=64,graphs+overlap bf16 N=32,graphs N=1,sb3 N=1}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ -d .whl ]; then
