@@ -85,14 +85,20 @@ class FrameStackReplay(ReplayBuffer):
                     f"{device} has {free / 2**30:.2f} GiB free. Lower buffer.capacity or use buffer.storage=host."
                 )
         self.store = torch.zeros((rows, *self.frame_shape), dtype=torch.uint8, device=device)
-        self._copy_to_store()
+        if not self.fresh:  # frames were added before: copy them (a new buffer's zeros are there already)
+            self._copy_to_store()
         return self.store
 
-    def _copy_to_store(self) -> None:
-        """Every host frame to the device store (after loading a replay file)."""
-        total = self.size_per_env * self.num_envs
-        self.store[:total] = self._on_store_device(self.frames)
-        self.store[total:-1] = self._on_store_device(self.side_frames)
+    def _copy_to_store(self, chunk_bytes: int = 1 << 26) -> None:
+        """Every host frame to the device store (when attached, after loading a replay file), in
+        chunks of ~64 MB: the pinned staging memory of a GPU copy stays that small."""
+        rows = max(1, chunk_bytes // int(np.prod(self.frame_shape)))
+        start = 0
+        for part in (self.frames.reshape(-1, *self.frame_shape), self.side_frames):
+            for i in range(0, len(part), rows):
+                block = part[i : i + rows]
+                self.store[start + i : start + i + len(block)] = self._on_store_device(block)
+            start += len(part)
 
     def _frame_rows(self, t: np.ndarray, last: np.ndarray, env: np.ndarray) -> np.ndarray | None:
         if self.store is None:

@@ -3,6 +3,7 @@ gave, at episode starts, across the write pointer and per vector stream; memory 
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from pathlib import Path
 
@@ -208,6 +209,7 @@ def test_device_store_is_refilled_from_a_loaded_replay_file():
     a, _ = fill_both(50, 2, 80, seed=3)
     b = FrameStackReplay(50, (K, H, W), np.uint8, 2, 1, 0.9)
     store = b.keep_frames_on(torch.device("cpu"))
+    b._copy_to_store = functools.partial(b._copy_to_store, chunk_bytes=7 * H * W)  # several chunks of 7 rows
     b.load_state_dict({k: np.array(v) for k, v in a.state_dict().items()})
     t, env = all_slots(a)
     ok = a.sampleable(t, env)
