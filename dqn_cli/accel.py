@@ -49,13 +49,13 @@ class GraphedUpdate:
 
     The batch is copied (uint8 frames, or frame-store rows with buffer.storage=device, through
     pinned memory) into static input tensors that the graph reads; the graph writes the loss, mean
-    Q and TD errors into static outputs, which each call clones. Recording follows PyTorch's
-    whole-network capture recipe: a few warm-up steps on a side stream (lazy cuBLAS/cuDNN set-up,
-    Adam's state), then the capture. The warm-up steps change the weights and Adam's state, so both
-    are put back afterwards: the first replayed update is the run's first update. Weights changed in
-    place later (target sync, `load_state_dict` of the networks) are seen by the graph; a new
-    optimizer state (`load_state_dict`) calls `reset`, and a batch of another shape (or with/without
-    importance weights) records a new graph.
+    Q and TD errors into static outputs, and each call clones the loss and mean Q. Recording follows
+    PyTorch's whole-network capture recipe: a few warm-up steps on a side stream (lazy cuBLAS/cuDNN
+    set-up, Adam's state), then the capture. The warm-up steps change the weights and Adam's state,
+    so both are put back afterwards: the first replayed update is the run's first update. Weights
+    changed in place later (target sync, `load_state_dict` of the networks) are seen by the graph; a
+    new optimizer state (`load_state_dict`) calls `reset`, and a batch of another shape (or
+    with/without importance weights) records a new graph.
     """
 
     WARMUP_STEPS = 3
@@ -78,8 +78,10 @@ class GraphedUpdate:
             if x is not None:
                 static.copy_(pinned(torch.from_numpy(x)), non_blocking=True)
         self.graph.replay()
-        loss, q_mean, td = (t.clone() for t in self.outputs)
-        return loss, q_mean, td
+        loss, q_mean, td = self.outputs
+        # the next replay overwrites the outputs: copies of the metrics, which wait for the next moment;
+        # the TD errors are read at once (prioritized replay), in stream order before that replay
+        return loss.clone(), q_mean.clone(), td
 
     def _record(self, fields: list, key: tuple) -> None:
         agent, device = self.agent, self.agent.device
