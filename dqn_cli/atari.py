@@ -143,7 +143,8 @@ def make_atari_env(
 ) -> gym.vector.VectorEnv:
     """Build `num_envs` preprocessed copies of `env.game` as one vector env (same-step autoreset).
 
-    Reads `env.game`, `env.id`, `env.vectorization`, `env.max_episode_steps` and the preset keys
+    Reads `env.game`, `env.id`, `env.vectorization` (sync | async | ale: ale-py's C++ vector env,
+    `dqn_cli.ale_vector`, with `env.num_threads`), `env.max_episode_steps` and the preset keys
     `env.preset.noop_max`, `frame_skip`, `screen_size`, `frame_stack`, `sticky_actions`,
     `full_action_space`, `max_episode_frames`, `clip_rewards`, `terminal_on_life_loss`,
     `fire_on_reset`. `training=False` drops the training-only reward clipping and life-loss
@@ -151,6 +152,12 @@ def make_atari_env(
     """
     check_game(env_cfg)
     cfg = OmegaConf.to_container(env_cfg, resolve=True)
+    if cfg["vectorization"] == "ale" and not render:  # rendering (video) goes through gymnasium's pipeline
+        from dqn_cli.ale_vector import ALEVectorEnv
+
+        env = ALEVectorEnv(cfg, num_envs, training)
+        env.action_space.seed(seed)
+        return env
     fns = [functools.partial(_make_one, cfg, training, render and i == 0) for i in range(num_envs)]
     if cfg["vectorization"] == "async" and num_envs > 1 and not render:
         fns = [functools.partial(_in_worker, fn) for fn in fns]

@@ -134,7 +134,8 @@ TRAIN_RULES: dict[str, Rule] = {
     "env.solved_return": Float(nullable=True),
     # Atari (configs/env/atari.yaml; the preprocessing protocol is the env/preset group)
     "env.game": STR,
-    "env.vectorization": Choice("sync", "async"),
+    "env.vectorization": Choice("sync", "async", "ale"),
+    "env.num_threads": Int(0),
     "env.preset.name": STR,
     "env.preset.id": STR,
     "env.preset.noop_max": Int(0),
@@ -329,11 +330,12 @@ def validate_train(cfg: DictConfig) -> None:
                 f"buffer.storage=device keeps stacked Atari frames on the training device; env.kind={e.kind} "
                 "stores flat observations, so use buffer.storage=host."
             )
-        if cfg.get("overlap") and not (e.get("vectorization") == "async" and e.num_envs > 1):
+        overlaps = e.get("vectorization") == "ale" or (e.get("vectorization") == "async" and e.num_envs > 1)
+        if cfg.get("overlap") and not overlaps:
             problems.append(
-                f"overlap=true runs the updates while the games step in their subprocesses, so it needs "
-                f"env.vectorization=async and env.num_envs > 1 (Atari); this run has env.vectorization="
-                f"{e.get('vectorization')} and env.num_envs={e.num_envs}."
+                f"overlap=true runs the updates while the games step on other cores, so it needs "
+                f"env.vectorization=ale, or env.vectorization=async with env.num_envs > 1 (Atari); this run has "
+                f"env.vectorization={e.get('vectorization')} and env.num_envs={e.num_envs}."
             )
         if cfg.get("cuda_graphs") and not _uses_cuda(cfg.device):
             problems.append(

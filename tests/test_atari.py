@@ -126,9 +126,10 @@ def test_cuda_graphs_without_a_gpu_is_refused(atari_cfg):
 # ---- preprocessing ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("vectorization", ["sync", "ale"])
 @pytest.mark.parametrize("preset", ["nature", "machado"])
-def test_observations_are_stacked_84x84_uint8_frames(preset, atari_cfg):
-    env = make_env(atari_cfg(f"env/preset={preset}").env, seed=0)
+def test_observations_are_stacked_84x84_uint8_frames(preset, vectorization, atari_cfg):
+    env = make_env(atari_cfg(f"env/preset={preset}", f"env.vectorization={vectorization}").env, seed=0)
     assert env.single_observation_space.shape == (4, 84, 84)
     assert env.single_observation_space.dtype == np.uint8
     obs, _ = env.reset(seed=0)
@@ -140,8 +141,9 @@ def test_observations_are_stacked_84x84_uint8_frames(preset, atari_cfg):
     env.close()
 
 
-def test_training_clips_rewards_and_ends_episodes_at_lost_lives_but_scores_whole_games(compose_cfg):
-    cfg = compose_cfg("train", ["env=breakout", "env.num_envs=2"])
+@pytest.mark.parametrize("vectorization", ["sync", "ale"])
+def test_training_clips_rewards_and_ends_episodes_at_lost_lives_but_scores_whole_games(vectorization, compose_cfg):
+    cfg = compose_cfg("train", ["env=breakout", "env.num_envs=2", f"env.vectorization={vectorization}"])
     env = make_env(cfg.env, seed=0, training=True)
     ends, games = 0, []
     for *_, rewards, _, terminated, truncated, infos in random_steps(env, 700):
@@ -167,7 +169,7 @@ def test_unknown_game_is_a_clear_error(compose_cfg):
         make_env(compose_cfg("train", ["env=atari", "env.game=SpaceInvader"]).env, seed=0)
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "ale"])
 def test_vector_envs_step_n_games_with_same_step_autoreset(mode, atari_cfg):
     cfg = atari_cfg("env.num_envs=2", f"env.vectorization={mode}", "env.preset.max_episode_frames=200")
     env = make_env(cfg.env, seed=0)
@@ -182,12 +184,57 @@ def test_vector_envs_step_n_games_with_same_step_autoreset(mode, atari_cfg):
     assert saw_end  # 200 frames = 50 steps: every game was truncated once
 
 
+def test_ale_vectorization_ends_episodes_at_lost_lives_and_counts_whole_games(compose_cfg):
+    """env.vectorization=ale: a lost life ends the agent's episode while the game goes on; final_info
+    reports each whole game once, with its unclipped score and its length in agent steps."""
+    cfg = compose_cfg("train", ["env=breakout", "env.num_envs=2", "env.vectorization=ale"])
+    env = make_env(cfg.env, seed=3, training=True)
+    assert type(env).__name__ == "ALEVectorEnv"
+    steps, life_ends, games = np.zeros(2, int), 0, []
+    for obs, _, _, real_next, terminated, truncated, infos in random_steps(env, 1500, seed=3):
+        steps += 1
+        np.testing.assert_array_equal(real_next[:, :3], obs[:, 1:])  # s' shifts s by one frame
+        finished = list(finished_episodes(infos))
+        for i, ret, length in finished:
+            assert length == steps[i] and ret == int(ret) >= 0
+            games.append(ret)
+            steps[i] = 0
+        life_ends += int((terminated | truncated).sum()) - len(finished)
+    env.close()
+    assert len(games) >= 3 and life_ends >= 3 * len(games)  # Breakout: five lives per game
+
+
+def test_ale_vectorization_truncates_at_max_episode_steps_and_restarts_the_stack(atari_cfg):
+    env = make_env(atari_cfg("env.num_envs=2", "env.vectorization=ale", "env.max_episode_steps=30").env, seed=0)
+    for t, (obs, *_, terminated, truncated, _) in enumerate(random_steps(env, 61)):
+        assert not terminated.any()  # Pong's games last far longer than 30 steps
+        assert truncated.tolist() == [t in (29, 59)] * 2
+        starts = t in (0, 30, 60)  # obs is the first of an episode: zero-padded before its frame
+        assert (not obs[:, :3].any()) == starts and obs[:, 3].any()
+    env.close()
+
+
+def test_every_ale_game_has_an_ale_py_rom():
+    from dqn_cli.ale_vector import rom_id
+    from dqn_cli.atari import ale_games
+
+    assert {rom_id(g) for g in ("Pong", "SpaceInvaders", "MsPacman", "TicTacToe3D")} == {
+        "pong",
+        "space_invaders",
+        "ms_pacman",
+        "tic_tac_toe_3d",
+    }
+    assert len({rom_id(g) for g in ale_games()}) == len(ale_games())
+
+
 # ---- frame-once replay on real games ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("vectorization", ["sync", "ale"])
 @pytest.mark.parametrize("game, n_envs", [("Breakout", 2), ("Pong", 1)])
-def test_frame_once_replay_matches_the_env_stacks_across_lives_and_streams(game, n_envs, compose_cfg):
-    cfg = compose_cfg("train", ["env=atari", f"env.game={game}", f"env.num_envs={n_envs}"])
+def test_frame_once_replay_matches_the_env_stacks_across_lives_and_streams(game, n_envs, vectorization, compose_cfg):
+    overrides = [f"env.game={game}", f"env.num_envs={n_envs}", f"env.vectorization={vectorization}"]
+    cfg = compose_cfg("train", ["env=atari", *overrides])
     cfg.env.preset.max_episode_frames = 1600  # Pong: truncations every 400 steps
     env = make_env(cfg.env, seed=1)
     capacity = 300 * n_envs  # 900 steps: the ring wraps
@@ -245,13 +292,14 @@ def test_short_pong_training_run(pong_run):
     assert np.isfinite(final) and -21 <= final <= 21
 
 
-def test_overlap_steps_async_envs_while_learning_and_keeps_the_updates(run_dir, atari_cfg):
+@pytest.mark.parametrize("vectorization, n_envs", [("async", 2), ("ale", 2), ("ale", 1)])
+def test_overlap_steps_async_envs_while_learning_and_keeps_the_updates(vectorization, n_envs, run_dir, atari_cfg):
     """overlap=true: the updates run between step_async and step_wait, the same number as without it,
     all of them run before each checkpoint, and none is left over at the end."""
     from dqn_cli.checkpoint import load_checkpoint
     from dqn_cli.trainer import Trainer
 
-    common = (*SMALL_ATARI, "env.num_envs=2", "env.vectorization=async", "checkpoint.interval=150")
+    common = (*SMALL_ATARI, f"env.num_envs={n_envs}", f"env.vectorization={vectorization}", "checkpoint.interval=150")
     plain = Trainer(atari_cfg(*common), run_dir / "plain")
     plain.run()
     trainer = Trainer(atari_cfg(*common, "overlap=true"), run_dir / "overlap")
@@ -429,7 +477,6 @@ def test_cli_device_cuda_without_gpu_exits_2(tmp_path):
 # ---- GPU path (skipped without a GPU) --------------------------------------------------------------------
 
 
-@pytest.mark.gpu
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_device_auto_picks_cuda_and_trains_pong(run_dir, atari_cfg):

@@ -141,18 +141,18 @@ def test_cuda_graph_sees_target_syncs_and_loaded_checkpoints():
     assert graphed.graphed.graph is not None and graphed.graphed.graph is not first
 
 
-@pytest.mark.parametrize("storage", ["host", "device"])
-def test_pong_trains_with_cuda_graphs_and_overlap(compose_cfg, run_dir, storage):
-    """Pong on async envs with every GPU switch on: it updates, checkpoints load on the CPU and
-    `dqn eval`'s rebuild plays from them. storage=device gathers the batches inside the graph."""
+@pytest.mark.parametrize("storage, vectorization", [("host", "async"), ("device", "async"), ("device", "ale")])
+def test_pong_trains_with_cuda_graphs_and_overlap(compose_cfg, run_dir, storage, vectorization):
+    """Pong on async (or C++) vector envs with every GPU switch on: it updates, checkpoints load on the CPU
+    and `dqn eval`'s rebuild plays from them. storage=device gathers the batches inside the graph."""
     from dqn_cli.evaluate import evaluate
 
     cfg = compose_cfg(
         "train",
-        ["env=pong", "device=cuda", "cuda_graphs=true", "overlap=true", "env.num_envs=4", "env.vectorization=async",
-         "agent.gradient_steps=2", "total_steps=600", "buffer.capacity=2000", "agent.learning_starts=100",
-         "agent.target_update_interval=200", "eval.interval=0", "eval.episodes=1", "checkpoint.interval=300",
-         "env.preset.max_episode_frames=2000", f"buffer.storage={storage}"],
+        ["env=pong", "device=cuda", "cuda_graphs=true", "overlap=true", "env.num_envs=4",
+         f"env.vectorization={vectorization}", "agent.gradient_steps=2", "total_steps=600", "buffer.capacity=2000",
+         "agent.learning_starts=100", "agent.target_update_interval=200", "eval.interval=0", "eval.episodes=1",
+         "checkpoint.interval=300", "env.preset.max_episode_frames=2000", f"buffer.storage={storage}"],
     )  # fmt: skip
     trainer = Trainer(cfg, run_dir)
     trainer.run()
