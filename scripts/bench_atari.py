@@ -73,11 +73,12 @@ def child_ours(args: argparse.Namespace) -> dict:
         overrides.append(f"torch_threads={args.threads}")
     if args.precision:
         overrides.append(f"precision={args.precision}")
+    overrides += args.override
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(cfg, run_dir)
-        stamps = _stamp_env_steps(trainer.env, _marks(args.measure_steps))
+        stamps = _stamp_env_steps(trainer.env, _marks(args.measure_steps), "step_wait" if cfg.overlap else "step")
         trainer.run()
     # torch_threads, not torch.get_num_threads(): with 2 threads the update runs as two 16-row shards
     # of one intra-op thread each, so the calling thread itself reports 1
@@ -126,19 +127,20 @@ def _marks(steps: int) -> list[int]:
     return sorted({*range(LEARNING_STARTS, LEARNING_STARTS + steps, WINDOW), LEARNING_STARTS + steps})
 
 
-def _stamp_env_steps(env, marks: list[int]) -> dict[int, tuple[float, float]]:
-    """Record (wall, CPU) times when the env has been stepped marks[i] times (1 env: steps = env steps)."""
+def _stamp_env_steps(env, marks: list[int], method: str = "step") -> dict[int, tuple[float, float]]:
+    """Record (wall, CPU) times when the env has been stepped marks[i] times (1 env: steps = env steps).
+    `method` is the call that ends a step: `step`, or `step_wait` where the trainer overlaps."""
     stamps: dict[int, tuple[float, float]] = {}
-    step, count = env.step, [0]
+    step, count = getattr(env, method), [0]
 
-    def timed_step(actions):
-        out = step(actions)
+    def timed_step(*actions):
+        out = step(*actions)
         count[0] += env.num_envs
         if count[0] in marks:
             stamps[count[0]] = (time.perf_counter(), time.process_time())
         return out
 
-    env.step = timed_step
+    setattr(env, method, timed_step)
     return stamps
 
 
@@ -203,6 +205,16 @@ def main_report(args: argparse.Namespace) -> None:
         "ours": ["_ours"],
         "sb3": ["_sb3"],
         "ours bf16-mixed": ["_ours", "--precision", "bf16-mixed"],
+        "ours ale+overlap": ["_ours", "--override", "env.vectorization=ale", "--override", "overlap=true"],
+        "ours ale+overlap bf16": [
+            "_ours",
+            "--precision",
+            "bf16-mixed",
+            "--override",
+            "env.vectorization=ale",
+            "--override",
+            "overlap=true",
+        ],
         "ours @ 1 thread": ["_ours", "--threads", "1"],
         "sb3 @ 1 thread": ["_sb3", "--threads", "1"],
     }
@@ -297,6 +309,7 @@ def main() -> None:
     parser.add_argument("--peers", default="", help="comma-separated subset of the peers (ours and sb3 at least)")
     parser.add_argument("--precision", default="", help="child ours: the precision key (default: the config's)")
     parser.add_argument("--layout", choices=["ours", "sb3", "sb3-optimized"], default="ours")
+    parser.add_argument("--override", action="append", default=[], help="child ours: one more config override")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.measure_steps, args.fill = 1, 400, 5000

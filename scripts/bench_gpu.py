@@ -7,13 +7,14 @@ The replay ratio is the Nature one on every row: one batch-32 update per 4 env s
 take N/4 updates per vector step (`agent.gradient_steps=N/4`; SB3: `train_freq=1, gradient_steps=N/4`
 over N envs). PongNoFrameskip-v4 with the Nature preprocessing on both sides, buffer 100,000, the
 Nature optimizer settings. Ours is the real `Trainer` of `dqn train env=pong` with the row's
-switches: async vector envs, `cuda_graphs`, `overlap`, `precision`, and "device" for
-`buffer.storage=device`. SB3 is `DQN("CnnPolicy")` on `make_atari_env` (SubprocVecEnv for N > 1)
-+ `VecFrameStack(4)`. Env steps/s counts the transitions stored from `learning_starts + warmup` to
-the end over the wall time between them (acting, env stepping, storing and updating; no start-up,
-no CUDA-graph recording, no evaluation). Each row runs in a fresh process. `--profile` adds the
-main thread's ms per vector step in each part of the loop. Results go to OUT/results.json and
-OUT/results.md; the exit code is 0 whatever the numbers are (this is a report).
+switches: async vector envs (rows starting "ale": `env.vectorization=ale`, ale-py's C++ vector env),
+`cuda_graphs`, `overlap`, `precision`, and "device" for `buffer.storage=device`. SB3 is
+`DQN("CnnPolicy")` on `make_atari_env` (SubprocVecEnv for N > 1) + `VecFrameStack(4)`. Env steps/s
+counts the transitions stored from `learning_starts + warmup` to the end over the wall time between
+them (acting, env stepping, storing and updating; no start-up, no CUDA-graph recording, no evaluation).
+Each row runs in a fresh process. `--profile` adds the main thread's ms per vector step in each part
+of the loop. Results go to OUT/results.json and OUT/results.md; the exit code is 0 whatever the
+numbers are (this is a report).
 """
 
 from __future__ import annotations
@@ -50,6 +51,24 @@ ROWS: dict[str, dict] = {  # row -> N envs and the switches of ours (peer sb3: S
     "graphs+overlap N=64": {"envs": 64, "args": ["cuda_graphs=true", "overlap=true"]},
     "graphs+overlap+device N=32": {"envs": 32, "args": ["cuda_graphs=true", "overlap=true", "buffer.storage=device"]},
     "graphs+overlap+device N=64": {"envs": 64, "args": ["cuda_graphs=true", "overlap=true", "buffer.storage=device"]},
+    # env.vectorization=ale: ale-py's C++ vector env (threads, no subprocesses)
+    "ale eager N=16": {"envs": 16, "vec": "ale", "args": []},
+    "ale+graphs+overlap N=32": {"envs": 32, "vec": "ale", "args": ["cuda_graphs=true", "overlap=true"]},
+    "ale+graphs+overlap+device N=32": {
+        "envs": 32,
+        "vec": "ale",
+        "args": ["cuda_graphs=true", "overlap=true", "buffer.storage=device"],
+    },
+    "ale+graphs+overlap+device N=64": {
+        "envs": 64,
+        "vec": "ale",
+        "args": ["cuda_graphs=true", "overlap=true", "buffer.storage=device"],
+    },
+    "ale+graphs+overlap+device N=128": {
+        "envs": 128,
+        "vec": "ale",
+        "args": ["cuda_graphs=true", "overlap=true", "buffer.storage=device"],
+    },
 }
 
 
@@ -63,8 +82,9 @@ def child_ours(row: dict, measure: int, device: str, profile: bool = False) -> d
     from dqn_cli.trainer import Trainer
 
     n = row["envs"]
+    vectorization = row.get("vec", "async" if n > 1 else "sync")
     overrides = [
-        "env=pong", f"device={device}", f"env.num_envs={n}", f"env.vectorization={'async' if n > 1 else 'sync'}",
+        "env=pong", f"device={device}", f"env.num_envs={n}", f"env.vectorization={vectorization}",
         f"agent.gradient_steps={max(1, n // 4)}",  # train_freq stays 4: every vector step once N >= 4
         f"total_steps={LEARNING_STARTS + WARMUP + measure}", f"buffer.capacity={BUFFER}",
         f"agent.learning_starts={LEARNING_STARTS}", f"agent.target_update_interval={TARGET_UPDATE}",
