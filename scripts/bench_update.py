@@ -1,0 +1,133 @@
+"""GPU micro-benchmark of one DQN update (Nature CNN, batch 32, Pong's 6 actions): where its time goes.
+
+    python scripts/bench_update.py                  # every variant, then the eager kernel profile
+    python scripts/bench_update.py --variants graph,graph+tf32 --updates 500
+
+Each variant builds the agent of `dqn train env=pong` (the configs' agent and network groups), feeds
+it the same random uint8 batches from pinned host memory and times `--updates` updates back to back
+(wall time between two device synchronisations, so per update: host copies, launch and GPU work).
+Variants: `eager` (no CUDA graph), `graph` (`cuda_graphs=true`), `graph+tf32` (TF32 matmuls for the
+two linear layers, `torch.backends.cuda.matmul.allow_tf32`), `graph+cudnn-benchmark`
+(`torch.backends.cudnn.benchmark`), `graph+bf16` (`precision=bf16-mixed`). The profile lists the
+eager update's GPU kernels: how many per update and the GPU time of each kind. A report: the exit
+code is 0 whatever the numbers are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+VARIANTS = ["eager", "graph", "graph+tf32", "graph+cudnn-benchmark", "graph+bf16"]
+
+
+DEVICE = "cuda"
+
+
+def build(variant: str):
+    from hydra import compose, initialize_config_dir
+
+    from dqn_cli.accel import accelerate
+    from dqn_cli.agent import make_agent
+    from dqn_cli.config import config_dir
+
+    torch.backends.cuda.matmul.allow_tf32 = "tf32" in variant
+    torch.backends.cudnn.benchmark = "cudnn-benchmark" in variant
+    overrides = ["env=pong", f"device={DEVICE}", "precision=" + ("bf16-mixed" if "bf16" in variant else "fp32")]
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    torch.manual_seed(0)
+    agent = make_agent(cfg, (4, 84, 84), 6, torch.device(DEVICE))
+    return accelerate(agent, cuda_graphs=variant.startswith("graph"))
+
+
+def batches(count: int, seed: int = 0) -> list:
+    from dqn_cli.buffers import Batch
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        frames = rng.integers(0, 256, (32, 5, 84, 84), dtype=np.uint8)
+        out.append(
+            Batch(
+                obs=frames[:, :4],
+                next_obs=frames[:, 1:],
+                actions=rng.integers(0, 6, 32),
+                rewards=rng.normal(size=32).astype(np.float32),
+                terminated=(rng.random(32) < 0.1).astype(np.float32),
+                discounts=np.full(32, 0.99, np.float32),
+            )  # fmt: skip
+        )
+    return out
+
+
+def time_variant(variant: str, updates: int) -> dict:
+    agent, data = build(variant), batches(16)
+    for i in range(20):  # recording, cuDNN set-up, allocator warm-up
+        agent.learn(data[i % len(data)])
+    sync = torch.cuda.synchronize if DEVICE == "cuda" else lambda: None
+    sync()
+    start = time.perf_counter()
+    for i in range(updates):
+        agent.learn(data[i % len(data)])
+    sync()
+    ms = 1000 * (time.perf_counter() - start) / updates
+    return {"variant": variant, "ms_per_update": round(ms, 4), "updates_per_s": round(1000 / ms)}
+
+
+def kernel_profile(updates: int = 20) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    agent, data = build("eager"), batches(4)
+    for i in range(10):
+        agent.learn(data[i % len(data)])
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(updates):
+            agent.learn(data[i % len(data)])
+        torch.cuda.synchronize()
+    totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            name = e.name[:90]
+            totals[name][0] += 1
+            totals[name][1] += e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total
+    kernels = sum(c for c, _ in totals.values()) / updates
+    gpu_us = sum(t for _, t in totals.values()) / updates
+    top = sorted(totals.items(), key=lambda kv: -kv[1][1])[:25]
+    rows = [
+        {"kernel": k, "per_update": round(c / updates, 2), "us_per_update": round(t / updates, 1)} for k, (c, t) in top
+    ]
+    return {"kernels_per_update": kernels, "gpu_us_per_update": round(gpu_us, 1), "top": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--updates", type=int, default=1000)
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--device", default="cuda", help="cpu: a plumbing check of the eager variant")
+    args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
+    name = torch.cuda.get_device_name() if DEVICE == "cuda" else "none (CPU)"
+    print(f"GPU: {name}; torch {torch.__version__}", flush=True)
+    for variant in args.variants.split(","):
+        try:
+            print(json.dumps(time_variant(variant.strip(), args.updates)), flush=True)
+        except Exception as e:  # a report: one failed variant does not hide the others
+            print(json.dumps({"variant": variant, "error": repr(e)[:300]}), flush=True)
+    if not args.no_profile:
+        prof = kernel_profile()
+        print(f"eager update: {prof['kernels_per_update']:.1f} kernels, {prof['gpu_us_per_update']} us of GPU time")
+        for row in prof["top"]:
+            print(f"  {row['us_per_update']:8.1f} us  x{row['per_update']:<5} {row['kernel']}")
+
+
+if __name__ == "__main__":
+    main()
