@@ -22,6 +22,7 @@ pipeline (`make_atari_env` builds that one for `render=True`).
 from __future__ import annotations
 
 import functools
+import signal
 from typing import Any
 
 import gymnasium as gym
@@ -57,7 +58,28 @@ class ALEVectorEnv(gym.vector.VectorEnv):
             frame_cap = min(frame_cap, int(cfg["max_episode_steps"]) * int(p["frame_skip"]))
         self.life_loss = bool(training and p["terminal_on_life_loss"])
         self.clip_rewards = bool(training and p["clip_rewards"])
-        self.ale_env = AtariVectorEnv(
+        # the C++ threads start here and inherit this mask: Ctrl-C and SIGTERM go to the main thread
+        # only, which saves and stops. (A GPU run with 16 threads hung after a Ctrl-C before this.)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            self.ale_env = self._make(cfg, num_envs, frame_cap)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        self.num_envs = num_envs
+        self.single_observation_space = self.ale_env.single_observation_space
+        self.single_action_space = self.ale_env.single_action_space
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
+        self.stack = int(p["frame_stack"])
+        self.age = np.zeros(num_envs, np.int64)  # steps since each agent episode began
+        self.returns = np.zeros(num_envs)
+        self.lengths = np.zeros(num_envs, np.int64)
+        self.lives = np.zeros(num_envs, np.int64)
+        self.frames = np.zeros(num_envs, np.int64)  # emulator frames into the current game
+
+    def _make(self, cfg: dict, num_envs: int, frame_cap: int) -> AtariVectorEnv:
+        p = cfg["preset"]
+        return AtariVectorEnv(
             rom_id(cfg["game"]),
             num_envs,
             num_threads=int(cfg.get("num_threads") or 0),
@@ -77,17 +99,6 @@ class ALEVectorEnv(gym.vector.VectorEnv):
             reward_clipping=False,  # the episode return counts true scores; clipping comes after
             use_fire_reset=bool(p["fire_on_reset"]),
         )
-        self.num_envs = num_envs
-        self.single_observation_space = self.ale_env.single_observation_space
-        self.single_action_space = self.ale_env.single_action_space
-        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
-        self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
-        self.stack = int(p["frame_stack"])
-        self.age = np.zeros(num_envs, np.int64)  # steps since each agent episode began
-        self.returns = np.zeros(num_envs)
-        self.lengths = np.zeros(num_envs, np.int64)
-        self.lives = np.zeros(num_envs, np.int64)
-        self.frames = np.zeros(num_envs, np.int64)  # emulator frames into the current game
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         obs, info = self._ordered(*self.ale_env.reset(seed=seed, options=options))

@@ -4,6 +4,7 @@ training run, the nature eval protocol with video, and clear refusals of bad inp
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -212,6 +213,24 @@ def test_ale_vectorization_truncates_at_max_episode_steps_and_restarts_the_stack
         starts = t in (0, 30, 60)  # obs is the first of an episode: zero-padded before its frame
         assert (not obs[:, :3].any()) == starts and obs[:, 3].any()
     env.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads Linux's per-thread signal masks")
+def test_ale_threads_leave_ctrl_c_and_sigterm_to_the_main_thread(atari_cfg):
+    def blocked(task: Path) -> int:
+        line = next(x for x in (task / "status").read_text().splitlines() if x.startswith("SigBlk:"))
+        return int(line.split()[1], 16)
+
+    signals = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))
+    before = {t.name for t in Path("/proc/self/task").iterdir()}
+    env = make_env(atari_cfg("env.num_envs=2", "env.vectorization=ale", "env.num_threads=2").env, seed=0)
+    workers = [t for t in Path("/proc/self/task").iterdir() if t.name not in before]
+    try:
+        assert len(workers) >= 2
+        assert all(blocked(t) & signals == signals for t in workers)
+        assert blocked(Path("/proc/thread-self")) & signals == 0  # the main thread's mask is back
+    finally:
+        env.close()
 
 
 def test_every_ale_game_has_an_ale_py_rom():
