@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -16,12 +17,37 @@ USAGE = """usage: dqn {train,eval} [KEY=VALUE ...] [GROUP=OPTION ...] [-m] [--he
 Each subcommand's --help lists its config groups and keys."""
 
 
+_KEPT: list[BaseException] = []  # a single run's UserError, raised again by main() once Hydra returns
+
+
 def _hydra_app(config_name: str, task):
     import hydra
 
     from dqn_cli.config import config_dir
 
-    return hydra.main(config_path=config_dir(), config_name=config_name, version_base="1.3")(task)
+    return hydra.main(config_path=config_dir(), config_name=config_name, version_base="1.3")(_keep_errors(task))
+
+
+def _keep_errors(task):
+    """Keep a single run's UserError (bad input, a stop signal) for main() instead of raising it
+    through Hydra, which would print "Error executing job with overrides: [...]" above the one
+    paragraph. In a sweep (-m) it is raised: the launcher stops the sweep and says which job."""
+
+    @functools.wraps(task)
+    def run(cfg):
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        from dqn_cli.errors import UserError
+
+        try:
+            return task(cfg)
+        except UserError as e:
+            if HydraConfig.get().mode == RunMode.MULTIRUN:
+                raise
+            _KEPT.append(e)
+
+    return run
 
 
 def _train(cfg):
@@ -79,6 +105,8 @@ def main() -> None:
 
     try:
         _hydra_app(config_name, task)()
+        if _KEPT:
+            raise _KEPT[0]
     except TrainingStoppedError as e:  # Ctrl-C / SIGTERM: checkpoint written, exit 130 / 143
         print(f"dqn {command}: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
