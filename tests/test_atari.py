@@ -335,18 +335,24 @@ def test_overlap_steps_async_envs_while_learning_and_keeps_the_updates(vectoriza
         assert a["updates"] == b["updates"] and b["due_updates"] == 0, name
 
 
-@pytest.mark.parametrize("kind", ["uniform", "prioritized"])
-def test_device_frame_store_trains_as_the_host_buffer(run_dir, atari_cfg, kind):
+WRAPPED_NSTEP = ("buffer.capacity=240", "total_steps=400", "agent.n_step=3", "env.num_envs=2")
+
+
+@pytest.mark.parametrize(
+    "kind, extra", [("uniform", ()), ("prioritized", ()), ("uniform", WRAPPED_NSTEP)], ids=["uniform", "prio", "wrap"]
+)
+def test_device_frame_store_trains_as_the_host_buffer(run_dir, atari_cfg, kind, extra):
     """buffer.storage=device (on the CPU here): batches gathered from the frame store give the same run,
-    bitwise, as host batches."""
+    bitwise, as host batches; also with 3-step returns over 2 streams once the ring has wrapped."""
     from dqn_cli.trainer import Trainer
 
-    host = Trainer(atari_cfg(*SMALL_ATARI, f"buffer={kind}"), run_dir / "host")
+    host = Trainer(atari_cfg(*SMALL_ATARI, f"buffer={kind}", *extra), run_dir / "host")
     host.run()
-    device = Trainer(atari_cfg(*SMALL_ATARI, f"buffer={kind}", "buffer.storage=device"), run_dir / "device")
+    device = Trainer(atari_cfg(*SMALL_ATARI, f"buffer={kind}", "buffer.storage=device", *extra), run_dir / "device")
     assert device.agent.frame_store is getattr(device.buffer, "storage", device.buffer).store
     device.run()
     assert device.updates == host.updates > 0
+    assert device.buffer.full == bool(extra)  # the wrapped case overwrote its oldest frames
     for name, w in host.agent.q_net.state_dict().items():
         assert torch.equal(device.agent.q_net.state_dict()[name], w), name
 
