@@ -101,10 +101,13 @@ class ALEVectorEnv(gym.vector.VectorEnv):
         )
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Reset every game, or those of `options["reset_mask"]` (the others report their current
+        observation, as in ale-py)."""
         obs, info = self._ordered(*self.ale_env.reset(seed=seed, options=options))
-        self.age[:], self.returns[:], self.lengths[:] = 0, 0.0, 0
-        self.lives[:], self.frames[:] = info["lives"], info["episode_frame_number"]
-        return obs, info
+        mask = (options or {}).get("reset_mask", slice(None))
+        self.age[mask], self.returns[mask], self.lengths[mask] = 0, 0.0, 0
+        self.lives[mask], self.frames[mask] = info["lives"][mask], info["episode_frame_number"][mask]
+        return self._pad(obs), info
 
     def step_async(self, actions: np.ndarray) -> None:
         self.ale_env.send(np.asarray(actions, dtype=np.int64))

@@ -13,7 +13,9 @@ configs/env/atari.yaml: the update as two 16-row shards on a thread each; OMP_WA
 default threads (SB3 never sets them). Rows at 1 thread on both sides show the per-thread efficiency
 alone. The "ours bf16-mixed" row is the same run with `precision=bf16-mixed` (bf16 forward/backward
 over fp32 master weights; fast on CPUs with AVX512-BF16/AMX), an opt-in that changes the numerics,
-so it is reported beside the fp32 ratio. Training steps/s = env steps from learning_starts to the
+so it is reported beside the fp32 ratio. The "ours ale+overlap" rows step the game in ale-py's C++
+vector env (`env.vectorization=ale`) and update while it plays (`overlap=true`), still 1 env: the
+game's step moves off the update's critical path. Training steps/s = env steps from learning_starts to the
 end over the wall time between them (acting, storing, updating; no start-up, no evaluation); steps
 per CPU-second divide by the process's CPU time instead, which depends less on what else runs on the
 machine. Rounds alternate the peers so machine noise hits all alike; the table reports medians and

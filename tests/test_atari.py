@@ -233,6 +233,26 @@ def test_ale_threads_leave_ctrl_c_and_sigterm_to_the_main_thread(atari_cfg):
         env.close()
 
 
+def test_ale_vectorization_resets_some_games_and_reorders_answers(compose_cfg):
+    from dqn_cli.ale_vector import ALEVectorEnv
+
+    env = make_env(compose_cfg("train", ["env=breakout", "env.num_envs=2", "env.vectorization=ale"]).env, seed=0)
+    env.reset(seed=0)
+    for _ in range(5):
+        env.step(np.array([1, 1]))
+    obs, _ = env.reset(seed=7, options={"reset_mask": np.array([False, True])})
+    assert env.age.tolist() == [5, 0] and env.lengths.tolist() == [5, 0]
+    assert obs[0, 0].any() and not obs[1, :3].any()  # game 0 goes on; game 1 starts from a padded stack
+    env.close()
+    # the C++ env names each answer's game in info["env_id"]; answers out of order are put back in order
+    frames, rewards = np.arange(3)[:, None] * np.ones((3, 2)), np.array([10.0, 20.0, 30.0])
+    info = {"env_id": np.array([2, 0, 1]), "lives": np.array([3, 1, 2]), "note": "kept"}
+    out_frames, out_rewards, out_info = ALEVectorEnv._ordered(frames, rewards, info)
+    assert out_rewards.tolist() == [20.0, 30.0, 10.0] and out_frames[:, 0].tolist() == [1, 2, 0]
+    assert out_info["lives"].tolist() == [1, 2, 3] and out_info["env_id"].tolist() == [0, 1, 2]
+    assert out_info["note"] == "kept"
+
+
 def test_every_ale_game_has_an_ale_py_rom():
     from dqn_cli.ale_vector import rom_id
     from dqn_cli.atari import ale_games
