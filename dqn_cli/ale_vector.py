@@ -70,7 +70,7 @@ class ALEVectorEnv(gym.vector.VectorEnv):
         self.single_action_space = self.ale_env.single_action_space
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
-        self.stack = int(p["frame_stack"])
+        self.frame_stack = int(p["frame_stack"])
         self.age = np.zeros(num_envs, np.int64)  # steps since each agent episode began
         self.returns = np.zeros(num_envs)
         self.lengths = np.zeros(num_envs, np.int64)
@@ -149,9 +149,9 @@ class ALEVectorEnv(gym.vector.VectorEnv):
     def _pad(self, stacks: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """Zero, in place, the frames of `stacks` from before their agent episode began: a C++ stack
         runs on across a lost life. `rows` limits it to some envs (default: all)."""
-        young = self.age < self.stack - 1
+        young = self.age < self.frame_stack - 1
         for i in np.flatnonzero(young if rows is None else young & rows):
-            stacks[i, : self.stack - 1 - self.age[i]] = 0
+            stacks[i, : self.frame_stack - 1 - self.age[i]] = 0
         return stacks
 
     @staticmethod

@@ -26,10 +26,7 @@ import torch
 VARIANTS = ["eager", "graph", "graph+tf32", "graph+cudnn-benchmark", "graph+bf16"]
 
 
-DEVICE = "cuda"
-
-
-def build(variant: str):
+def build(variant: str, device: str = "cuda"):
     from hydra import compose, initialize_config_dir
 
     from dqn_cli.accel import accelerate
@@ -38,11 +35,11 @@ def build(variant: str):
 
     torch.backends.cuda.matmul.allow_tf32 = "tf32" in variant
     torch.backends.cudnn.benchmark = "cudnn-benchmark" in variant
-    overrides = ["env=pong", f"device={DEVICE}", "precision=" + ("bf16-mixed" if "bf16" in variant else "fp32")]
+    overrides = ["env=pong", f"device={device}", "precision=" + ("bf16-mixed" if "bf16" in variant else "fp32")]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     torch.manual_seed(0)
-    agent = make_agent(cfg, (4, 84, 84), 6, torch.device(DEVICE))
+    agent = make_agent(cfg, (4, 84, 84), 6, torch.device(device))
     return accelerate(agent, cuda_graphs=variant.startswith("graph"))
 
 
@@ -66,11 +63,11 @@ def batches(count: int, seed: int = 0) -> list:
     return out
 
 
-def time_variant(variant: str, updates: int) -> dict:
-    agent, data = build(variant), batches(16)
+def time_variant(variant: str, updates: int, device: str = "cuda") -> dict:
+    agent, data = build(variant, device), batches(16)
     for i in range(20):  # recording, cuDNN set-up, allocator warm-up
         agent.learn(data[i % len(data)])
-    sync = torch.cuda.synchronize if DEVICE == "cuda" else lambda: None
+    sync = torch.cuda.synchronize if device == "cuda" else lambda: None
     sync()
     start = time.perf_counter()
     for i in range(updates):
@@ -113,16 +110,14 @@ def main() -> None:
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--device", default="cuda", help="cpu: a plumbing check of the eager variant")
     args = parser.parse_args()
-    global DEVICE
-    DEVICE = args.device
-    name = torch.cuda.get_device_name() if DEVICE == "cuda" else "none (CPU)"
+    name = torch.cuda.get_device_name() if args.device == "cuda" else "none (CPU)"
     print(f"GPU: {name}; torch {torch.__version__}", flush=True)
     for variant in args.variants.split(","):
         try:
-            print(json.dumps(time_variant(variant.strip(), args.updates)), flush=True)
+            print(json.dumps(time_variant(variant.strip(), args.updates, args.device)), flush=True)
         except Exception as e:  # a report: one failed variant does not hide the others
             print(json.dumps({"variant": variant, "error": repr(e)[:300]}), flush=True)
-    if not args.no_profile:
+    if not args.no_profile and args.device == "cuda":
         prof = kernel_profile()
         print(f"eager update: {prof['kernels_per_update']:.1f} kernels, {prof['gpu_us_per_update']} us of GPU time")
         for row in prof["top"]:
