@@ -14,9 +14,11 @@ cannot tell the two apart:
   of each whole game), as the gymnasium vector envs with same-step autoreset give them;
 - `step_async` / `step_wait`, so `overlap=true` updates while the C++ threads play.
 
-One difference remains: after a lost life the C++ game goes on at once, where `LifeLossTerminal`
-plays one no-op and `FireOnReset` presses FIRE. Video recording renders through the gymnasium
-pipeline (`make_atari_env` builds that one for `render=True`).
+Two differences remain. ale-py presses FIRE on reset its own way: its games start a few emulator
+frames out of phase with `FireOnReset`'s (without FIRE on reset and no-op starts, the frames are
+the same, pixel for pixel: tests/test_atari.py). And after a lost life the C++ game goes on at
+once, where `LifeLossTerminal` plays one no-op and `FireOnReset` presses FIRE. Video recording
+renders through the gymnasium pipeline (`make_atari_env` builds that one for `render=True`).
 """
 
 from __future__ import annotations

@@ -253,6 +253,24 @@ def test_ale_vectorization_resets_some_games_and_reorders_answers(compose_cfg):
     assert out_info["note"] == "kept"
 
 
+def test_ale_vectorization_gives_the_gymnasium_pipelines_pong_frames(atari_cfg):
+    """Without no-op starts and FIRE on reset both pipelines are deterministic, and the same actions give
+    the same frames and rewards. (ale-py presses FIRE at reset its own way: a few emulator frames apart.)"""
+    overrides = ("env.preset.noop_max=0", "env.preset.fire_on_reset=false")
+    envs = [make_env(atari_cfg(*overrides, f"env.vectorization={v}").env, seed=0) for v in ("sync", "ale")]
+    np.testing.assert_array_equal(*(env.reset(seed=0)[0] for env in envs))
+    actions = [0] * 5 + [2] * 12 + [3] * 12 + list(np.random.default_rng(0).integers(0, 6, 400))
+    points = 0
+    for action in actions:
+        (obs, reward, *_), (ale_obs, ale_reward, *_) = (env.step(np.array([action])) for env in envs)
+        np.testing.assert_array_equal(obs, ale_obs)
+        assert reward == ale_reward
+        points += int(reward[0] != 0)
+    assert points >= 2  # the comparison covers scored points, not just the paddle
+    for env in envs:
+        env.close()
+
+
 def test_every_ale_game_has_an_ale_py_rom():
     from dqn_cli.ale_vector import rom_id
     from dqn_cli.atari import ale_games
