@@ -22,11 +22,13 @@ unclipped whole-game scores in training and evaluation alike.
 
 from __future__ import annotations
 
+import atexit
 import difflib
 import functools
 import multiprocessing
 import re
 import signal
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -162,6 +164,7 @@ def make_atari_env(
     if cfg["vectorization"] == "async" and num_envs > 1 and not render:
         fns = [functools.partial(_in_worker, fn) for fn in fns]
         env = gym.vector.AsyncVectorEnv(fns, autoreset_mode=SAME_STEP)
+        atexit.register(_kill_workers_at_exit, weakref.ref(env))
     else:
         env = gym.vector.SyncVectorEnv(fns, autoreset_mode=SAME_STEP)
     env.action_space.seed(seed)
@@ -180,6 +183,20 @@ def _in_worker(make: Callable[[], gym.Env]) -> gym.Env:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_IGN)
     return make()
+
+
+def _kill_workers_at_exit(env_ref: weakref.ref) -> None:
+    """At interpreter exit, SIGKILL the workers of an async env that nobody closed.
+
+    They ignore SIGTERM (`_in_worker`), and multiprocessing's own exit hook terminates daemon
+    processes with SIGTERM before it joins them: a process that failed before closing its env (a
+    buffer too large, a foreign checkpoint) printed its message and then waited for them forever.
+    Registered after multiprocessing's hook, so it runs before it.
+    """
+    env = env_ref()
+    for process in getattr(env, "processes", None) or []:
+        if process.is_alive():
+            process.kill()
 
 
 def _make_one(cfg: dict, training: bool, render: bool) -> gym.Env:

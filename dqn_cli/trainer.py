@@ -347,6 +347,7 @@ class Trainer:
             self._replay_step = self.step
         else:
             self.learning_starts = self.step + int(a.learning_starts)
+            self.due_updates = 0  # they were due on the saved buffer, which is gone
             log.warning(
                 f"{path} has no replay buffer beside it (checkpoint.save_buffer=false): the buffer refills "
                 f"from empty and updates restart after {a.learning_starts} more steps"
