@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -73,10 +74,23 @@ class DQNAgent:
         self.frame_store: torch.Tensor | None = None
         self.frame_stack = 0
         self.shards = shards
+        self._trained_masters = [p for p in self.q_net.parameters() if p.requires_grad]
+        self._trained_compute = [p for p in self.q_compute.parameters() if p.requires_grad]  # kept by .to()
+        # the optimizer step of an update may run on the shard thread while the caller acts (set by the
+        # trainer: overlap=true); acting then uses the weights before it until finish_update
+        self.defer_optimizer = False
+        self._pending = None  # that step, in flight
+        self._spare: list[torch.Tensor] = []  # the compute weights it writes, swapped in by finish_update
         self._pool = None
         if shards > 1:  # each shard thread: the intra-op threads of the calling thread, denormals flushed
             threads = torch.get_num_threads()
             self._pool = ThreadPoolExecutor(shards - 1, "dqn-update", _init_shard_thread, (threads,))
+
+    @property
+    def can_defer_optimizer(self) -> bool:
+        """Whether the optimizer step can run beside acting: there is a shard thread to run it, and
+        acting reads only the compute copy (bf16-mixed conv nets), never the masters it steps."""
+        return self._pool is not None and self.mixed and self._greedy_numpy is None
 
     def greedy(self, obs: np.ndarray) -> np.ndarray:
         """argmax_a Q(obs, a) for a batch of observations."""
@@ -127,18 +141,53 @@ class DQNAgent:
             )
             k = self.frame_stack
             tensors = [frames[:, :k], frames[:, -k:], *tensors[2:]]
+        self.finish_update()
         self.optimizer.zero_grad(set_to_none=True)
         if self._pool is None and not self.mixed:
             loss, q, td = self._td_loss(tensors, len(tensors[2]))
             loss.backward()
+            self._optimizer_step()
+            return loss.detach(), q.mean(), td
+        loss, q, td, grads = self._shard_gradients(tensors, len(tensors[2]))
+        if self.defer_optimizer:  # on the shard thread, while the caller goes on; finish_update joins it
+            self._pending = self._pool.submit(self._optimizer_step_to_spare, grads)
         else:
-            loss, q, td = self._backward_to_master(tensors, len(tensors[2]))
+            self._optimizer_step(grads)
+            if self.mixed:
+                _copy_weights(self.q_compute, self.q_net)
+        return loss, q.mean(), td
+
+    def finish_update(self) -> None:
+        """With `defer_optimizer`: wait for the last update's optimizer step, and let the compute net
+        take the weights it wrote. Everything that reads or writes the weights calls it first."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+            compute = list(self.q_compute.parameters())
+            fresh, self._spare = self._spare, [p.data for p in compute]
+            for p, weights in zip(compute, fresh, strict=True):
+                p.data = weights
+
+    @torch.no_grad()
+    def _optimizer_step_to_spare(self, shard_grads: Sequence[list[torch.Tensor]]) -> None:
+        """The deferred step: optimizer step, then the new weights in compute dtype into spare tensors
+        (acting still reads the compute net's own); finish_update swaps them in."""
+        self._optimizer_step(shard_grads)
+        if not self._spare:  # same shapes, dtype and memory format as the compute net's
+            self._spare = [torch.empty_like(p) for p in self.q_compute.parameters()]
+        torch._foreach_copy_(self._spare, list(self.q_net.parameters()))
+
+    def _optimizer_step(self, shard_grads: Sequence[list[torch.Tensor]] = ()) -> None:
+        """Sum the shards' fp32 gradients (in shard order) into the masters' `.grad`, clip, step."""
+        if shard_grads:
+            grads = shard_grads[0]
+            for part in shard_grads[1:]:
+                torch._foreach_add_(grads, part)
+            for p, g in zip(self._trained_masters, grads, strict=True):
+                p.grad = g
         if self.max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(self.q_net.parameters(), float(self.max_grad_norm))
+            nn.utils.clip_grad_norm_(self._trained_masters, float(self.max_grad_norm))
         self.optimizer.step()
-        if self.mixed:
-            _copy_weights(self.q_compute, self.q_net)
-        return loss.detach(), q.mean(), td
 
     def _td_loss(self, tensors: list, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The TD loss of these rows as their share of the batch mean (sum / batch_size), with
@@ -162,10 +211,10 @@ class DQNAgent:
             losses = weights * losses
         return losses.sum() / batch_size, q.detach(), (target - q).detach()
 
-    def _backward_to_master(self, tensors: list, batch_size: int) -> tuple[torch.Tensor, ...]:
-        """Gradients of the compute net, as fp32, in the master weights' `.grad`. With shards, shard
-        i's rows go to thread i (the caller is shard 0) and the gradients are summed in shard order."""
-        params = [p for p in self.q_compute.parameters() if p.requires_grad]
+    def _shard_gradients(self, tensors: list, batch_size: int) -> tuple:
+        """Loss, Q(s, a), TD errors and each shard's gradients of the compute net, as fp32. With shards,
+        shard i's rows go to thread i (the caller is shard 0)."""
+        params = self._trained_compute
 
         def shard(rows: slice) -> tuple:
             loss, q, td = self._td_loss([t if t is None else t[rows] for t in tensors], batch_size)
@@ -175,17 +224,13 @@ class DQNAgent:
         rows = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
         futures = [self._pool.submit(shard, r) for r in rows[1:]]  # none with one shard
         parts = [shard(rows[0])] + [f.result() for f in futures]
-        grads = parts[0][3]
-        for part in parts[1:]:
-            torch._foreach_add_(grads, part[3])
-        for p, g in zip([p for p in self.q_net.parameters() if p.requires_grad], grads, strict=True):
-            p.grad = g
-        losses, qs, tds, _ = zip(*parts, strict=True)
-        return sum(losses), torch.cat(qs), torch.cat(tds)
+        losses, qs, tds, grads = zip(*parts, strict=True)
+        return sum(losses), torch.cat(qs), torch.cat(tds), grads
 
     @torch.no_grad()
     def sync_target(self) -> None:
         """theta- <- theta (tau = 1) or theta- <- tau*theta + (1-tau)*theta- (Polyak)."""
+        self.finish_update()
         online, target = list(self.q_net.parameters()), list(self.target_net.parameters())
         if self.tau >= 1.0:
             torch._foreach_copy_(target, online)
@@ -202,6 +247,7 @@ class DQNAgent:
         return list({id(net): net for net in nets}.values())  # in fp32 the compute nets are the masters
 
     def state_dict(self) -> dict:
+        self.finish_update()
         return {
             "q_net": self.q_net.state_dict(),
             "target_net": self.target_net.state_dict(),
@@ -209,6 +255,7 @@ class DQNAgent:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        self.finish_update()
         self.q_net.load_state_dict(state["q_net"])
         self.target_net.load_state_dict(state["target_net"])
         if "optimizer" in state:
@@ -220,6 +267,7 @@ class DQNAgent:
     def refresh_compute(self) -> None:
         """Copy the master weights into the compute nets (bf16-mixed; nothing to do in fp32). Call
         after changing q_net or target_net's weights from outside."""
+        self.finish_update()
         if self.mixed:
             _copy_weights(self.q_compute, self.q_net)
             _copy_weights(self.target_compute, self.target_net)

@@ -62,6 +62,8 @@ class Trainer:
         obs_space, n_actions = self.env.single_observation_space, int(self.env.single_action_space.n)
         self.agent = make_agent(cfg, obs_space.shape, n_actions, self.device, int(cfg.torch_threads))
         accelerate(self.agent, compile=bool(cfg.get("compile")), cuda_graphs=bool(cfg.get("cuda_graphs")))
+        # overlap=true on the CPU with bf16-mixed: each optimizer step also runs while the next steps are taken
+        self.agent.defer_optimizer = bool(cfg.get("overlap")) and self.agent.can_defer_optimizer
         self.buffer = make_buffer(
             cfg.buffer, obs_space.shape, obs_space.dtype, self.env.num_envs, cfg.agent.n_step, cfg.agent.gamma
         )
@@ -258,6 +260,7 @@ class Trainer:
     def _check_finite(self) -> None:
         """Refuse to write weights that are not finite (a checkpoint must stay a good one)."""
         self._collect_metrics()
+        self.agent.finish_update()
         for name, net in (("q_net", self.agent.q_net), ("target_net", self.agent.target_net)):
             if not all(bool(torch.isfinite(p).all()) for p in chain(net.parameters(), net.buffers())):
                 self._diverged(f"a weight of {name}")
@@ -273,6 +276,7 @@ class Trainer:
                 eval_env_count(cfg.eval.episodes),
                 training=False,
             )
+        self.agent.finish_update()  # evaluate the weights of every update so far
         returns, lengths = run_episodes(
             self.agent, self.eval_env, cfg.eval.episodes, cfg.eval.epsilon, cfg.seed + cfg.eval.seed_offset
         )

@@ -409,3 +409,27 @@ def test_bf16_mixed_sharded_update_is_deterministic():
     for _ in range(2):
         assert first.update(batch) == second.update(batch)
     assert torch.equal(_flat(first.q_net.parameters()), _flat(second.q_net.parameters()))
+
+
+def test_deferred_optimizer_step_runs_beside_acting_and_ends_as_the_inline_one():
+    """overlap=true on the CPU with bf16-mixed: the optimizer step runs on the shard thread while acting
+    goes on with the weights from before it; finish_update (or anything that reads the weights) waits for
+    it. The updates are bitwise those of the inline step."""
+    inline, deferred = _precision_agents("bf16-mixed", "bf16-mixed", shards=2, max_grad_norm=1.0, lr=1e-3)
+    assert deferred.can_defer_optimizer and not _cnn_agent(2, "fp32").can_defer_optimizer  # fp32 acts on masters
+    deferred.defer_optimizer = True
+    obs = _pixel_batch(16, weights=False).obs
+    for i in range(3):
+        batch = _pixel_batch(32, weights=i == 1)
+        assert inline.update(batch) == deferred.update(batch)  # same loss and Q: the same weights went in
+        assert deferred._pending is not None  # the step is in flight, or done but not swapped in
+        stale = _flat(deferred.q_compute.parameters()).clone()
+        assert not torch.equal(stale, _flat(inline.q_compute.parameters()))  # the inline agent took its step
+        deferred.greedy(obs)  # acting meanwhile reads the weights from before the step, and they stay
+        assert torch.equal(_flat(deferred.q_compute.parameters()), stale)
+    state = deferred.state_dict()  # waits for the last step first
+    assert deferred._pending is None
+    assert torch.equal(_flat(state["q_net"].values()), _flat(inline.q_net.parameters()))
+    assert torch.equal(_flat(deferred.q_compute.parameters()), _flat(inline.q_compute.parameters()))
+    for p, q in zip(deferred.q_compute.parameters(), inline.q_compute.parameters(), strict=True):
+        assert p.stride() == q.stride() and p.dtype == q.dtype == torch.bfloat16  # the swapped-in tensors' layout

@@ -373,6 +373,25 @@ def test_overlap_steps_async_envs_while_learning_and_keeps_the_updates(vectoriza
         assert a["updates"] == b["updates"] and b["due_updates"] == 0, name
 
 
+def test_overlap_with_bf16_on_the_cpu_defers_the_optimizer_step_and_saves_every_update(run_dir, atari_cfg):
+    from dqn_cli.checkpoint import load_checkpoint
+    from dqn_cli.trainer import Trainer
+
+    common = (*SMALL_ATARI, "env.vectorization=ale", "overlap=true")
+    fp32 = Trainer(atari_cfg(*common), run_dir / "fp32")
+    assert not fp32.agent.defer_optimizer  # fp32 acts on the weights the optimizer steps
+    fp32.env.close()
+    trainer = Trainer(atari_cfg(*common, "precision=bf16-mixed", "checkpoint.interval=150"), run_dir / "bf16")
+    assert trainer.agent.defer_optimizer
+    trainer.run()
+    for name in ("step_150.pt", "last.pt"):
+        state = load_checkpoint(run_dir / "bf16" / "checkpoints" / name)
+        steps = {int(s["step"]) for s in state["agent"]["optimizer"]["state"].values()}
+        assert steps == {state["counters"]["updates"]} and state["counters"]["updates"] > 0, name  # none in flight
+    for key, w in trainer.agent.q_net.state_dict().items():
+        assert torch.equal(state["agent"]["q_net"][key], w), key
+
+
 WRAPPED_NSTEP = ("buffer.capacity=240", "total_steps=400", "agent.n_step=3", "env.num_envs=2")
 
 
