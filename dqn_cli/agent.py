@@ -132,7 +132,8 @@ class DQNAgent:
 
     def step(self, tensors: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The update on the device tensors of `update_fields`: gradient, clipping, optimizer step,
-        compute-copy refresh. Returns the loss, mean Q and TD errors, detached. This is what
+        compute-copy refresh (with `defer_optimizer` the last three run on the shard thread, see
+        `finish_update`). Returns the loss, mean Q and TD errors, detached. This is what
         `cuda_graphs=true` records as one CUDA graph (the frame-store gather included)."""
         if tensors[1] is None:  # buffer.storage=device: tensors[0] indexes the frame store
             index = tensors[0]
