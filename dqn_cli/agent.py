@@ -81,6 +81,9 @@ class DQNAgent:
         self.defer_optimizer = False
         self._pending = None  # that step, in flight
         self._spare: list[torch.Tensor] = []  # the compute weights it writes, swapped in by finish_update
+        # the update's two halves; compile=true swaps in compiled versions (accel.compile_agent)
+        self.loss_terms = self._td_loss
+        self.clip_and_step = self._clip_and_step
         self._pool = None
         if shards > 1:  # each shard thread: the intra-op threads of the calling thread, denormals flushed
             threads = torch.get_num_threads()
@@ -145,7 +148,7 @@ class DQNAgent:
         self.finish_update()
         self.optimizer.zero_grad(set_to_none=True)
         if self._pool is None and not self.mixed:
-            loss, q, td = self._td_loss(tensors, len(tensors[2]))
+            loss, q, td = self.loss_terms(tensors, len(tensors[2]))
             loss.backward()
             self._optimizer_step()
             return loss.detach(), q.mean(), td
@@ -186,6 +189,9 @@ class DQNAgent:
                 torch._foreach_add_(grads, part)
             for p, g in zip(self._trained_masters, grads, strict=True):
                 p.grad = g
+        self.clip_and_step()
+
+    def _clip_and_step(self) -> None:
         if self.max_grad_norm is not None:
             nn.utils.clip_grad_norm_(self._trained_masters, float(self.max_grad_norm))
         self.optimizer.step()
@@ -218,7 +224,7 @@ class DQNAgent:
         params = self._trained_compute
 
         def shard(rows: slice) -> tuple:
-            loss, q, td = self._td_loss([t if t is None else t[rows] for t in tensors], batch_size)
+            loss, q, td = self.loss_terms([t if t is None else t[rows] for t in tensors], batch_size)
             return loss.detach(), q, td, [g.float() for g in torch.autograd.grad(loss, params)]
 
         bounds = np.linspace(0, batch_size, self.shards + 1).astype(int)

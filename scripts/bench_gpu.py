@@ -39,37 +39,37 @@ WARMUP = 2000  # steps after learning_starts left out of the timing (graph recor
 TARGET_UPDATE = 10_000
 CHILD_TIMEOUT_S = 600
 
-ROWS: dict[str, dict] = {  # row -> N envs and the switches of ours (peer sb3: SB3's own)
-    "graphs N=1": {"envs": 1, "args": ["cuda_graphs=true"]},
-    "sb3 N=1": {"envs": 1, "peer": "sb3"},
-    "eager N=16": {"envs": 16, "args": []},
-    "graphs N=16": {"envs": 16, "args": ["cuda_graphs=true"]},
-    "graphs+overlap N=16": {"envs": 16, "args": ["cuda_graphs=true", "overlap=true"]},
-    "sb3 N=16": {"envs": 16, "peer": "sb3"},
-    "graphs+overlap N=32": {"envs": 32, "args": ["cuda_graphs=true", "overlap=true"]},
-    "graphs+overlap bf16 N=32": {"envs": 32, "args": ["cuda_graphs=true", "overlap=true", "precision=bf16-mixed"]},
-    "graphs+overlap N=64": {"envs": 64, "args": ["cuda_graphs=true", "overlap=true"]},
-    "graphs+overlap+device N=32": {"envs": 32, "args": ["cuda_graphs=true", "overlap=true", "buffer.storage=device"]},
-    "graphs+overlap+device N=64": {"envs": 64, "args": ["cuda_graphs=true", "overlap=true", "buffer.storage=device"]},
-    # env.vectorization=ale: ale-py's C++ vector env (threads, no subprocesses)
-    "ale eager N=16": {"envs": 16, "vec": "ale", "args": []},
-    "ale+graphs+overlap N=32": {"envs": 32, "vec": "ale", "args": ["cuda_graphs=true", "overlap=true"]},
-    "ale+graphs+overlap+device N=32": {
-        "envs": 32,
-        "vec": "ale",
-        "args": ["cuda_graphs=true", "overlap=true", "buffer.storage=device"],
-    },
-    "ale+graphs+overlap+device N=64": {
-        "envs": 64,
-        "vec": "ale",
-        "args": ["cuda_graphs=true", "overlap=true", "buffer.storage=device"],
-    },
-    "ale+graphs+overlap+device N=128": {
-        "envs": 128,
-        "vec": "ale",
-        "args": ["cuda_graphs=true", "overlap=true", "buffer.storage=device"],
-    },
+ROWS = [  # the default rows, in order of interest; any name `parse_row` reads can be asked for
+    "graphs N=1", "sb3 N=1", "eager N=16", "graphs N=16", "graphs+overlap N=16", "sb3 N=16", "graphs+overlap N=32",
+    "graphs+overlap bf16 N=32", "graphs+overlap N=64", "graphs+overlap+device N=32", "graphs+overlap+device N=64",
+    "ale+eager N=16", "ale+graphs+overlap N=32", "ale+graphs+overlap+device N=32", "ale+graphs+overlap+device N=64",
+    "ale+graphs+overlap+device N=128", "ale+graphs+compile+overlap+device N=64",
+    "ale+graphs+compile+overlap+device N=128", "ale+graphs+compile+overlap+device bf16 N=128",
+]  # fmt: skip
+SWITCHES = {  # a row name's "+"-joined words -> our overrides (ale: env.vectorization=ale, else async/sync)
+    "eager": [],
+    "graphs": ["cuda_graphs=true"],
+    "overlap": ["overlap=true"],
+    "device": ["buffer.storage=device"],
+    "compile": ["compile=true"],
+    "ale": [],
 }
+
+
+def parse_row(name: str) -> dict:
+    """A row name to its settings: "ale+graphs+compile+overlap+device bf16 N=128" -> {"envs": 128, "vec":
+    "ale", "args": [...]}; "sb3 N=16" -> SB3's row. Raises ValueError for anything else."""
+    words = name.split()
+    if len(words) not in (2, 3) or not words[-1].startswith("N=") or not words[-1][2:].isdigit():
+        raise ValueError(f"{name!r}: a row is 'SWITCHES [bf16] N=ENVS'")
+    envs, switches = int(words[-1][2:]), words[0].split("+")
+    if switches == ["sb3"] and len(words) == 2:
+        return {"envs": envs, "peer": "sb3"}
+    unknown = [w for w in switches if w not in SWITCHES] + [w for w in words[1:-1] if w != "bf16"]
+    if unknown:
+        raise ValueError(f"{name!r}: unknown {unknown}; switches: {', '.join(SWITCHES)}, sb3; then bf16 or nothing")
+    args = [a for w in switches for a in SWITCHES[w]] + (["precision=bf16-mixed"] if len(words) == 3 else [])
+    return {"envs": envs, "vec": "ale" if "ale" in switches else None, "args": args}
 
 
 def child_ours(row: dict, measure: int, device: str, profile: bool = False) -> dict:
@@ -82,7 +82,7 @@ def child_ours(row: dict, measure: int, device: str, profile: bool = False) -> d
     from dqn_cli.trainer import Trainer
 
     n = row["envs"]
-    vectorization = row.get("vec", "async" if n > 1 else "sync")
+    vectorization = row["vec"] or ("async" if n > 1 else "sync")
     overrides = [
         "env=pong", f"device={device}", f"env.num_envs={n}", f"env.vectorization={vectorization}",
         f"agent.gradient_steps={max(1, n // 4)}",  # train_freq stays 4: every vector step once N >= 4
@@ -188,11 +188,12 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="cpu: a plumbing check of the eager rows on a CPU machine")
     args = parser.parse_args()
     names = [r.strip() for r in args.rows.split(",") if r.strip()]
-    unknown = [r for r in names if r not in ROWS]
-    if unknown:
-        parser.error(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
+    try:
+        rows = {name: parse_row(name) for name in names}
+    except ValueError as e:
+        parser.error(str(e))
     if args.mode == "_child":
-        row = ROWS[names[0]]
+        row = rows[names[0]]
         child = child_sb3 if row.get("peer") == "sb3" else child_ours
         print(json.dumps(child(row, args.measure_steps, args.device, args.profile)))
         return
@@ -203,15 +204,15 @@ def main() -> None:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     results = {}
     for name in names:  # one env's rows time a tenth of the steps (a few hundred steps/s)
-        measure = args.measure_steps if ROWS[name]["envs"] > 1 else args.measure_steps // 10
+        measure = args.measure_steps if rows[name]["envs"] > 1 else args.measure_steps // 10
         results[name] = run_child(name, measure, args.device, out / "children.log", args.profile)
         r = results[name]
         print(f"{name:28s} " + ("failed (children.log)" if r is None else f"{r['env_steps_per_s']:9.0f} env steps/s"))
-        report(out, gpu, results)
+        report(out, gpu, results, rows)
     print((out / "results.md").read_text() + f"results in {out}")
 
 
-def report(out: Path, gpu: str, results: dict) -> None:
+def report(out: Path, gpu: str, results: dict, rows: dict) -> None:
     """results.md and results.json, rewritten after each row (a run cut short keeps what it measured)."""
     import torch
 
@@ -221,7 +222,7 @@ def report(out: Path, gpu: str, results: dict) -> None:
              f"{torch.__version__}", "", "| row | envs | env steps/s | x SB3 same N | x fastest SB3 row |",
              "| --- | --- | --- | --- | --- |"]  # fmt: skip
     for name, r in results.items():
-        n, peer = ROWS[name]["envs"], sb3.get(ROWS[name]["envs"])
+        n, peer = rows[name]["envs"], sb3.get(rows[name]["envs"])
         speed = "failed" if r is None else f"{r['env_steps_per_s']:.0f}"
         same = f"{r['env_steps_per_s'] / peer['env_steps_per_s']:.1f}x" if r and peer and "sb3" not in name else ""
         best = f"{r['env_steps_per_s'] / best_sb3:.1f}x" if r and best_sb3 and "sb3" not in name else ""

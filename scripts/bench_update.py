@@ -6,11 +6,12 @@
 Each variant builds the agent of `dqn train env=pong` (the configs' agent and network groups), feeds
 it the same random uint8 batches from pinned host memory and times `--updates` updates back to back
 (wall time between two device synchronisations, so per update: host copies, launch and GPU work).
-Variants: `eager` (no CUDA graph), `graph` (`cuda_graphs=true`), `graph+tf32` (TF32 matmuls for the
-two linear layers, `torch.backends.cuda.matmul.allow_tf32`), `graph+cudnn-benchmark`
-(`torch.backends.cudnn.benchmark`), `graph+bf16` (`precision=bf16-mixed`). The profile lists the
-eager update's GPU kernels: how many per update and the GPU time of each kind. A report: the exit
-code is 0 whatever the numbers are.
+A variant is `eager` or `graph` (`cuda_graphs=true`) and any of, joined by "+": `compile`
+(`compile=true`), `tf32` (TF32 matmuls for the two linear layers,
+`torch.backends.cuda.matmul.allow_tf32`), `cudnn-benchmark` (`torch.backends.cudnn.benchmark`),
+`bf16` (`precision=bf16-mixed`), `nchw` (conv weights left NCHW instead of channels-last). The
+profile lists the GPU kernels of the eager update and of the compiled one (no graph): how many per
+update and the GPU time of each kind. A report: the exit code is 0 whatever the numbers are.
 """
 
 from __future__ import annotations
@@ -23,7 +24,18 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-VARIANTS = ["eager", "graph", "graph+tf32", "graph+cudnn-benchmark", "graph+bf16"]
+VARIANTS = [
+    "eager",
+    "graph",
+    "graph+compile",
+    "graph+compile+bf16",
+    "graph+compile+tf32",
+    "graph+tf32",
+    "graph+bf16",
+    "graph+nchw",
+    "graph+compile+nchw",
+]
+SWITCHES = {"eager", "graph", "compile", "tf32", "cudnn-benchmark", "bf16", "nchw"}
 
 
 def build(variant: str, device: str = "cuda"):
@@ -33,14 +45,21 @@ def build(variant: str, device: str = "cuda"):
     from dqn_cli.agent import make_agent
     from dqn_cli.config import config_dir
 
-    torch.backends.cuda.matmul.allow_tf32 = "tf32" in variant
-    torch.backends.cudnn.benchmark = "cudnn-benchmark" in variant
-    overrides = ["env=pong", f"device={device}", "precision=" + ("bf16-mixed" if "bf16" in variant else "fp32")]
+    switches = set(variant.split("+"))
+    if switches - SWITCHES:
+        raise ValueError(f"unknown switches {sorted(switches - SWITCHES)}; known: {sorted(SWITCHES)}")
+    torch.backends.cuda.matmul.allow_tf32 = "tf32" in switches
+    torch.backends.cudnn.benchmark = "cudnn-benchmark" in switches
+    overrides = ["env=pong", f"device={device}", "precision=" + ("bf16-mixed" if "bf16" in switches else "fp32")]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     torch.manual_seed(0)
     agent = make_agent(cfg, (4, 84, 84), 6, torch.device(device))
-    return accelerate(agent, cuda_graphs=variant.startswith("graph"))
+    accelerate(agent, compile="compile" in switches, cuda_graphs="graph" in switches)
+    if "nchw" in switches:  # undo accelerate's channels-last (the same Parameter objects, so Adam keeps them)
+        for net in agent.networks():
+            net.to(memory_format=torch.contiguous_format)
+    return agent
 
 
 def batches(count: int, seed: int = 0) -> list:
@@ -77,10 +96,10 @@ def time_variant(variant: str, updates: int, device: str = "cuda") -> dict:
     return {"variant": variant, "ms_per_update": round(ms, 4), "updates_per_s": round(1000 / ms)}
 
 
-def kernel_profile(updates: int = 20) -> dict:
+def kernel_profile(variant: str = "eager", updates: int = 20) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
-    agent, data = build("eager"), batches(4)
+    agent, data = build(variant), batches(4)
     for i in range(10):
         agent.learn(data[i % len(data)])
     torch.cuda.synchronize()
@@ -108,6 +127,7 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--updates", type=int, default=1000)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--profile", default="eager,compile", help="the variants whose kernels to list")
     parser.add_argument("--device", default="cuda", help="cpu: a plumbing check of the eager variant")
     args = parser.parse_args()
     name = torch.cuda.get_device_name() if args.device == "cuda" else "none (CPU)"
@@ -117,11 +137,12 @@ def main() -> None:
             print(json.dumps(time_variant(variant.strip(), args.updates, args.device)), flush=True)
         except Exception as e:  # a report: one failed variant does not hide the others
             print(json.dumps({"variant": variant, "error": repr(e)[:300]}), flush=True)
-    if not args.no_profile and args.device == "cuda":
-        prof = kernel_profile()
-        print(f"eager update: {prof['kernels_per_update']:.1f} kernels, {prof['gpu_us_per_update']} us of GPU time")
+    for variant in [] if args.no_profile or args.device != "cuda" else args.profile.split(","):
+        prof = kernel_profile(variant)
+        kernels, gpu_us = prof["kernels_per_update"], prof["gpu_us_per_update"]
+        print(f"{variant} update: {kernels:.1f} kernels, {gpu_us} us of GPU time", flush=True)
         for row in prof["top"]:
-            print(f"  {row['us_per_update']:8.1f} us  x{row['per_update']:<5} {row['kernel']}")
+            print(f"  {row['us_per_update']:8.1f} us  x{row['per_update']:<5} {row['kernel']}", flush=True)
 
 
 if __name__ == "__main__":

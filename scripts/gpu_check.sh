@@ -5,7 +5,9 @@
 #   2. a Pong learning run (experiment=pong_fast over PONG_ENVS envs, PONG_VEC vectorization, at the Nature replay ratio),
 #      cut at PONG_S seconds (SIGINT: it saves last.pt and stops), then `dqn eval` of its best.pt
 #      by the greedy and the nature protocols;
-#   3. scripts/bench_gpu.py: env steps/s at the Nature replay ratio, SB3 side by side.
+#   3. scripts/bench_gpu.py: env steps/s at the Nature replay ratio, SB3 side by side;
+#   4. (step "update", not in the default) scripts/bench_update.py: one update's time, variant by
+#      variant (UPDATE_ARGS), and its kernels.
 # STEPS picks the parts and their order (default "tests pong bench"). Everything lands in $OUT
 # (default /tmp/gpu_check): summary.txt is the short version.
 #   OUT=/tmp/x bash scripts/gpu_check.sh
@@ -71,6 +73,12 @@ bench() {  # rows in order of interest; results.md is rewritten after each row
 timeout "${BENCH_S:-150}" python3 scripts/bench_gpu.py --out "$OUT/bench" --rows "$BENCH_ROWS" $BENCH_ARGS >"$OUT/bench.log" 2>&1
 say "== bench rc=$?"
 cat "$OUT/bench/results.md" >>"$OUT/summary.txt" 2>/dev/null
+}
+
+update() {
+timeout "${UPDATE_S:-200}" python3 scripts/bench_update.py ${UPDATE_ARGS:-} >"$OUT/bench_update.log" 2>&1
+say "== bench_update rc=$?"
+grep -vE "^\s*(W|I)[0-9]{4} " "$OUT/bench_update.log" | tail -n 60 >>"$OUT/summary.txt"
 }
 
 for part in $STEPS; do "$part"; done

@@ -433,3 +433,29 @@ def test_deferred_optimizer_step_runs_beside_acting_and_ends_as_the_inline_one()
     assert torch.equal(_flat(deferred.q_compute.parameters()), _flat(inline.q_compute.parameters()))
     for p, q in zip(deferred.q_compute.parameters(), inline.q_compute.parameters(), strict=True):
         assert p.stride() == q.stride() and p.dtype == q.dtype == torch.bfloat16  # the swapped-in tensors' layout
+
+
+# ---- compile=true ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shards, prioritized", [(1, False), (2, True)], ids=["whole-uniform", "2-shards-weighted"])
+def test_compiled_update_follows_the_eager_update(shards, prioritized):
+    """compile=true compiles the TD loss (with its backward) and clip + Adam: the same updates as the
+    eager agent, to float rounding, with the networks left as plain modules."""
+    from dqn_cli.accel import accelerate
+
+    eager, compiled = _cnn_agents((shards, shards), double=True, max_grad_norm=1.0, lr=1e-3)
+    accelerate(eager), accelerate(compiled, compile=True)
+    assert compiled.loss_terms is not compiled._td_loss and eager.loss_terms == eager._td_loss
+    for i in range(4):
+        batch = _pixel_batch(32, weights=prioritized)
+        batch = batch._replace(rewards=batch.rewards + i)  # a different TD target each time
+        a, b = eager.update(batch), compiled.update(batch)
+        assert b["td_loss"] == pytest.approx(a["td_loss"], rel=1e-4)
+        assert b["q_values"] == pytest.approx(a["q_values"], rel=1e-4, abs=1e-6)
+        if prioritized:
+            np.testing.assert_allclose(compiled.td_abs, eager.td_abs, rtol=1e-4, atol=1e-5)
+    for p, q in zip(eager.q_net.parameters(), compiled.q_net.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-4)  # Adam: +-lr steps, rounding may nudge tiny ones
+    assert list(compiled.state_dict()["q_net"]) == list(eager.state_dict()["q_net"])  # no _orig_mod. keys
+    assert int(compiled.optimizer.state[compiled.q_net.head[-1].weight]["step"]) == 4

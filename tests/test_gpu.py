@@ -60,9 +60,9 @@ def test_cuda_training_run_writes_checkpoints_loadable_on_cpu(small_cfg_factory,
 # ---- the update as one CUDA graph (cuda_graphs=true) ----------------------------------------------------
 
 
-def _cnn_agent(precision: str = "fp32", graphed: bool = False, **cfg):
+def _cnn_agent(precision: str = "fp32", graphed: bool = False, compiled: bool = False, **cfg):
     """A small Nature-CNN agent on the GPU, the same initial weights every time; `graphed` records
-    its update as a CUDA graph as `cuda_graphs=true` does."""
+    its update as a CUDA graph as `cuda_graphs=true` does, `compiled` compiles it (`compile=true`)."""
     from omegaconf import OmegaConf
 
     from dqn_cli.accel import accelerate
@@ -73,7 +73,7 @@ def _cnn_agent(precision: str = "fp32", graphed: bool = False, **cfg):
     torch.manual_seed(0)
     net = NatureCNN((4, 84, 84), 3, hidden=64)
     agent = DQNAgent(net, 3, OmegaConf.create({**base, **cfg}), torch.device("cuda"), precision=precision)
-    return accelerate(agent, cuda_graphs=graphed)
+    return accelerate(agent, compile=compiled, cuda_graphs=graphed)
 
 
 def _pixel_batch(rng: np.random.Generator, n: int = 32, weights: bool = False) -> Batch:
@@ -117,6 +117,24 @@ def test_cuda_graph_update_follows_the_eager_update(precision, weights):
     assert all(p.dtype == torch.float32 for p in graphed.q_net.parameters())
     steps = {int(s["step"]) for s in graphed.optimizer.state.values()}
     assert steps == {6}  # Adam counted the 6 real updates, not the warm-up
+
+
+def test_compiled_update_in_a_cuda_graph_follows_the_eager_update():
+    """compile=true with cuda_graphs=true: the compiled TD loss, backward and Adam step recorded as one
+    graph give the eager updates, for uniform and then prioritized batches (a second graph)."""
+    eager, graphed = _cnn_agent(), _cnn_agent(graphed=True, compiled=True)
+    rng = np.random.default_rng(2)
+    for i in range(6):
+        batch = _pixel_batch(rng, weights=i >= 3)
+        a, b = eager.update(batch), graphed.update(batch)
+        assert b["td_loss"] == pytest.approx(a["td_loss"], rel=1e-3)
+        assert b["q_values"] == pytest.approx(a["q_values"], rel=1e-3, abs=1e-4)
+        if i >= 3:
+            np.testing.assert_allclose(graphed.td_abs, eager.td_abs, rtol=1e-2, atol=1e-3)
+    assert graphed.graphed.graph is not None and graphed.graphed.key[-1] is not None  # the weighted graph
+    for p, q in zip(eager.q_net.parameters(), graphed.q_net.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-3 * p.abs().max().item())
+    assert {int(s["step"]) for s in graphed.optimizer.state.values()} == {6}
 
 
 def test_cuda_graph_sees_target_syncs_and_loaded_checkpoints():
