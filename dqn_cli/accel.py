@@ -1,7 +1,9 @@
 """Device-side speed-ups of the Q-networks, applied by the trainer after the agent is built.
 
-Always: conv nets keep their weights channels-last (NHWC), oneDNN's native conv layout on CPU and
-cuDNN's fast one on GPU; the update's conv passes then skip layout conversions (~15% faster on CPU).
+Always, for conv nets: on the CPU the weights go channels-last (NHWC), oneDNN's native conv layout
+(the update's conv passes then skip layout conversions, ~15% faster). On a GPU they stay NCHW, and
+the first conv runs as a stride-1 conv over 4x4 pixel blocks (`NatureCNN.space_to_depth`): both
+measured faster there (H200, `scripts/bench_update.py`).
 `compile=true` compiles the update (`compile_agent`): the TD loss through both networks, whose
 backward AOTAutograd compiles with it, and gradient clipping with the Adam step. The networks
 themselves stay plain modules (state-dict keys and checkpoints are unchanged, acting stays eager).
@@ -25,11 +27,15 @@ log = logging.getLogger(__name__)
 
 
 def accelerate(agent: DQNAgent, compile: bool = False, cuda_graphs: bool = False) -> DQNAgent:
-    """Channels-last conv weights, then `compile_agent` and `GraphedUpdate` if asked. The trainer
-    passes the top-level `compile` and `cuda_graphs` keys."""
+    """The conv nets' layout for the device, then `compile_agent` and `GraphedUpdate` if asked. The
+    trainer passes the top-level `compile` and `cuda_graphs` keys."""
     for net in agent.networks():
-        if any(p.dim() == 4 for p in net.parameters()):  # same Parameter objects: the optimizer keeps them
+        if not any(p.dim() == 4 for p in net.parameters()):
+            continue
+        if agent.device.type == "cpu":  # same Parameter objects: the optimizer keeps them
             net.to(memory_format=torch.channels_last)
+        elif hasattr(net, "space_to_depth"):
+            net.space_to_depth = True
     if compile:
         compile_agent(agent)
     if cuda_graphs:
@@ -45,6 +51,10 @@ def compile_agent(agent: DQNAgent) -> DQNAgent:
     is what a batch-32 update's time is made of."""
     # Dynamo tells once that it drops Adam's profiler annotation; nothing a user can act on
     logging.getLogger("torch._dynamo.variables.ctx_manager").setLevel(logging.ERROR)
+    optimizer = agent.optimizer
+    if not optimizer.state:  # no step yet: fused Adam is one opaque kernel, inductor fuses a foreach one itself
+        settings = {**optimizer.defaults, "fused": False, "foreach": True}
+        agent.optimizer = torch.optim.Adam(agent._trained_masters, **settings)
     agent.loss_terms = torch.compile(agent._td_loss, dynamic=False)
     agent.clip_and_step = torch.compile(agent._clip_and_step, dynamic=False)
     log.info(f"torch.compile on {agent.device}: the first updates are slow while it compiles")

@@ -15,11 +15,12 @@ alone. The "ours bf16-mixed" row is the same run with `precision=bf16-mixed` (bf
 over fp32 master weights; fast on CPUs with AVX512-BF16/AMX), an opt-in that changes the numerics,
 so it is reported beside the fp32 ratio. The "ours ale+overlap" rows step the game in ale-py's C++
 vector env (`env.vectorization=ale`) and update while it plays (`overlap=true`), still 1 env: the
-game's step moves off the update's critical path. Training steps/s = env steps from learning_starts to the
-end over the wall time between them (acting, storing, updating; no start-up, no evaluation); steps
-per CPU-second divide by the process's CPU time instead, which depends less on what else runs on the
-machine. Rounds alternate the peers so machine noise hits all alike; the table reports medians and
-the 1-minute load average seen during the runs.
+game's step moves off the update's critical path. Rows ending "compile" add `compile=true` (the
+update compiled by torch.compile; its compile time falls inside the timed window). Training steps/s
+= env steps from learning_starts to the end over the wall time between them (acting, storing,
+updating; no start-up, no evaluation); steps per CPU-second divide by the process's CPU time
+instead, which depends less on what else runs on the machine. Rounds alternate the peers so machine
+noise hits all alike; the table reports medians and the 1-minute load average seen during the runs.
 
 Memory: process RSS growth while a buffer fills with N transitions of 4x84x84 uint8 observations,
 divided by N: ours (dqn_cli.frame_buffer.FrameStackReplay), SB3's ReplayBuffer with and without
@@ -220,6 +221,8 @@ def main_report(args: argparse.Namespace) -> None:
         "ours @ 1 thread": ["_ours", "--threads", "1"],
         "sb3 @ 1 thread": ["_sb3", "--threads", "1"],
     }
+    for name in ("ours", "ours bf16-mixed", "ours ale+overlap bf16"):  # the update compiled (compile=true)
+        peers[f"{name} compile"] = [*peers[name], "--override", "compile=true"]
     if args.peers:
         wanted = [p.strip() for p in args.peers.split(",")]
         unknown = [p for p in wanted if p not in peers]
