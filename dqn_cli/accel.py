@@ -1,9 +1,9 @@
 """Device-side speed-ups of the Q-networks, applied by the trainer after the agent is built.
 
-Always, for conv nets: on the CPU the weights go channels-last (NHWC), oneDNN's native conv layout
-(the update's conv passes then skip layout conversions, ~15% faster). On a GPU they stay NCHW, and
-the first conv runs as a stride-1 conv over 4x4 pixel blocks (`NatureCNN.space_to_depth`): both
-measured faster there (H200, `scripts/bench_update.py`).
+Always, for conv nets: the weights go channels-last (NHWC) on the CPU, oneDNN's native conv layout
+(the update's conv passes then skip layout conversions, ~15% faster), and on a GPU with
+`precision=bf16-mixed`, whose cuDNN tensor-core kernels are NHWC. fp32 on a GPU stays NCHW: the
+update measured faster so (H200, `scripts/bench_update.py`).
 `compile=true` compiles the update (`compile_agent`): the TD loss through both networks, whose
 backward AOTAutograd compiles with it, and gradient clipping with the Adam step. The networks
 themselves stay plain modules (state-dict keys and checkpoints are unchanged, acting stays eager).
@@ -29,13 +29,10 @@ log = logging.getLogger(__name__)
 def accelerate(agent: DQNAgent, compile: bool = False, cuda_graphs: bool = False) -> DQNAgent:
     """The conv nets' layout for the device, then `compile_agent` and `GraphedUpdate` if asked. The
     trainer passes the top-level `compile` and `cuda_graphs` keys."""
-    for net in agent.networks():
-        if not any(p.dim() == 4 for p in net.parameters()):
-            continue
-        if agent.device.type == "cpu":  # same Parameter objects: the optimizer keeps them
-            net.to(memory_format=torch.channels_last)
-        elif hasattr(net, "space_to_depth"):
-            net.space_to_depth = True
+    if agent.device.type == "cpu" or agent.mixed:
+        for net in agent.networks():
+            if any(p.dim() == 4 for p in net.parameters()):  # same Parameter objects: the optimizer keeps them
+                net.to(memory_format=torch.channels_last)
     if compile:
         compile_agent(agent)
     if cuda_graphs:

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812 - the usual torch spelling
 from omegaconf import DictConfig
 from torch import nn
 
@@ -91,16 +90,10 @@ class NatureCNN(nn.Module):
 
     `dueling` gives the value and the advantage their own `hidden`-unit FC layer each over the
     shared conv features, as in Wang et al. (2016).
-
-    `space_to_depth` (set by `accel.accelerate` on GPUs) runs the first conv (8x8, stride 4, over 4
-    frames) as the same sum in another shape: each 4x4 pixel block becomes 16 channels (4 frames ->
-    64 channels at 21x21) and the kernel 2x2 at stride 1. Same weights and outputs; cuDNN has no fast
-    kernel for 4 input channels and a good one for 64.
     """
 
     def __init__(self, in_shape: Sequence[int], n_actions: int, hidden: int = 512, dueling: bool = False):
         super().__init__()
-        self.space_to_depth = False
         c, h, w = in_shape
         self.conv = nn.Sequential(
             nn.Conv2d(c, 32, 8, stride=4), nn.ReLU(),
@@ -118,29 +111,7 @@ class NatureCNN(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         # uint8 frames travel to the device as bytes and are scaled there, in the weights' dtype
-        x = obs.to(self.conv[0].weight.dtype) / 255.0
-        if self.space_to_depth and _blocks_fit(self.conv[0], x.shape):
-            return self.head(self.conv[1:](self._first_conv_as_blocks(x)))
-        return self.head(self.conv(x))
-
-    def _first_conv_as_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        conv = self.conv[0]
-        s = conv.stride[0]
-
-        def blocks(t: torch.Tensor) -> torch.Tensor:  # (n, c, h, w) -> (n, c*s*s, h/s, w/s), pixel (i, j) of a block
-            n, c, h, w = t.shape
-            return t.reshape(n, c, h // s, s, w // s, s).permute(0, 1, 3, 5, 2, 4).reshape(n, c * s * s, h // s, w // s)
-
-        return F.conv2d(blocks(x), blocks(conv.weight), conv.bias)
-
-
-def _blocks_fit(conv: nn.Conv2d, shape: torch.Size) -> bool:
-    """Whether `conv` over inputs of `shape` can run as a stride-1 conv over stride x stride blocks."""
-    s, k = conv.stride, conv.kernel_size
-    return (
-        s[0] == s[1] > 1 and k[0] % s[0] == 0 and k[1] % s[1] == 0 and conv.padding == (0, 0)
-        and conv.dilation == (1, 1) and conv.groups == 1 and shape[-2] % s[0] == 0 and shape[-1] % s[1] == 0
-    )  # fmt: skip
+        return self.head(self.conv(obs.to(self.conv[0].weight.dtype) / 255.0))
 
 
 def make_network(net_cfg: DictConfig, obs_shape: tuple[int, ...], n_actions: int) -> nn.Module:

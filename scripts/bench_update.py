@@ -9,9 +9,9 @@ it the same random uint8 batches from pinned host memory and times `--updates` u
 A variant is `eager` or `graph` (`cuda_graphs=true`) and any of, joined by "+": `compile`
 (`compile=true`), `tf32` (TF32 matmuls for the two linear layers,
 `torch.backends.cuda.matmul.allow_tf32`), `cudnn-benchmark` (`torch.backends.cudnn.benchmark`),
-`bf16` (`precision=bf16-mixed`), `channels-last` (conv weights channels-last, as on the CPU; on a GPU
-they stay NCHW), `no-s2d` (the first conv as a plain 8x8 stride-4 conv, not over 4x4 pixel blocks),
-`fused-adam` (with `compile`: keep the fused Adam kernel rather than a foreach Adam compiled). The
+`bf16` (`precision=bf16-mixed`), `channels-last` or `nchw` (the conv weights' layout; the default on
+a GPU: NCHW in fp32, channels-last in bf16), `fused-adam` (with `compile`: keep the fused Adam
+kernel rather than a foreach Adam compiled). The
 profile lists the GPU kernels of the eager update and of the compiled one (no graph): how many per
 update and the GPU time of each kind. A report: the exit code is 0 whatever the numbers are.
 """
@@ -29,15 +29,15 @@ import torch
 VARIANTS = [
     "eager",
     "graph",
-    "graph+no-s2d",
+    "graph+channels-last",
     "graph+compile",
-    "graph+compile+no-s2d",
+    "graph+compile+channels-last",
     "graph+compile+fused-adam",
     "graph+compile+bf16",
+    "graph+compile+bf16+nchw",
     "graph+bf16",
-    "graph+channels-last+no-s2d",
 ]
-SWITCHES = {"eager", "graph", "compile", "tf32", "cudnn-benchmark", "bf16", "channels-last", "no-s2d", "fused-adam"}
+SWITCHES = {"eager", "graph", "compile", "tf32", "cudnn-benchmark", "bf16", "channels-last", "nchw", "fused-adam"}
 
 
 def build(variant: str, device: str = "cuda"):
@@ -59,10 +59,9 @@ def build(variant: str, device: str = "cuda"):
     agent = make_agent(cfg, (4, 84, 84), 6, torch.device(device))
     accelerate(agent, compile="compile" in switches, cuda_graphs="graph" in switches)
     for net in agent.networks():  # before the first update: the same Parameter objects, Adam keeps them
-        if "channels-last" in switches:
-            net.to(memory_format=torch.channels_last)
-        if "no-s2d" in switches:
-            net.space_to_depth = False
+        for switch, layout in (("channels-last", torch.channels_last), ("nchw", torch.contiguous_format)):
+            if switch in switches:
+                net.to(memory_format=layout)
     if "fused-adam" in switches:
         agent.optimizer = torch.optim.Adam(
             agent._trained_masters, **{**agent.optimizer.defaults, "fused": True, "foreach": None}
