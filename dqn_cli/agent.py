@@ -84,16 +84,14 @@ class DQNAgent:
         # the update's two halves; compile=true swaps in compiled versions (accel.compile_agent)
         self.loss_terms = self._td_loss
         self.clip_and_step = self._clip_and_step
-        self._pool = None
-        if shards > 1:  # each shard thread: the intra-op threads of the calling thread, denormals flushed
-            threads = torch.get_num_threads()
-            self._pool = ThreadPoolExecutor(shards - 1, "dqn-update", _init_shard_thread, (threads,))
+        self._pool: ThreadPoolExecutor | None = None  # the shard threads, started by the first update
+        self._shard_threads = torch.get_num_threads()  # each one's intra-op threads: the caller's
 
     @property
     def can_defer_optimizer(self) -> bool:
         """Whether the optimizer step can run beside acting: there is a shard thread to run it, and
         acting reads only the compute copy (bf16-mixed conv nets), never the masters it steps."""
-        return self._pool is not None and self.mixed and self._greedy_numpy is None
+        return self.shards > 1 and self.mixed and self._greedy_numpy is None
 
     def greedy(self, obs: np.ndarray) -> np.ndarray:
         """argmax_a Q(obs, a) for a batch of observations."""
@@ -147,19 +145,34 @@ class DQNAgent:
             tensors = [frames[:, :k], frames[:, -k:], *tensors[2:]]
         self.finish_update()
         self.optimizer.zero_grad(set_to_none=True)
-        if self._pool is None and not self.mixed:
+        if self.shards == 1 and not self.mixed:
             loss, q, td = self.loss_terms(tensors, len(tensors[2]))
             loss.backward()
             self._optimizer_step()
             return loss.detach(), q.mean(), td
         loss, q, td, grads = self._shard_gradients(tensors, len(tensors[2]))
         if self.defer_optimizer:  # on the shard thread, while the caller goes on; finish_update joins it
-            self._pending = self._pool.submit(self._optimizer_step_to_spare, grads)
+            self._pending = self._threads().submit(self._optimizer_step_to_spare, grads)
         else:
             self._optimizer_step(grads)
             if self.mixed:
                 _copy_weights(self.q_compute, self.q_net)
         return loss, q.mean(), td
+
+    def _threads(self) -> ThreadPoolExecutor:
+        if self._pool is None:  # each shard thread: the caller's intra-op threads, denormals flushed
+            self._pool = ThreadPoolExecutor(self.shards - 1, "dqn-update", _init_shard_thread, (self._shard_threads,))
+        return self._pool
+
+    def close(self) -> None:
+        """Wait for a deferred optimizer step, then end the shard threads (a later update starts new ones).
+        The trainer calls it when training ends: a thread that ran compiled code (compile=true) holds
+        torch thread-local Python objects, and left for interpreter shutdown to end, it aborts the
+        process ("terminate called without an active exception"): 7 of 14 exits in one check."""
+        self.finish_update()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def finish_update(self) -> None:
         """With `defer_optimizer`: wait for the last update's optimizer step, and let the compute net
@@ -229,7 +242,7 @@ class DQNAgent:
 
         bounds = np.linspace(0, batch_size, self.shards + 1).astype(int)
         rows = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
-        futures = [self._pool.submit(shard, r) for r in rows[1:]]  # none with one shard
+        futures = [self._threads().submit(shard, r) for r in rows[1:]]  # none with one shard
         parts = [shard(rows[0])] + [f.result() for f in futures]
         losses, qs, tds, grads = zip(*parts, strict=True)
         return sum(losses), torch.cat(qs), torch.cat(tds), grads

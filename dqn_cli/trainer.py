@@ -119,6 +119,7 @@ class Trainer:
                     )
             finally:
                 logger.close(self.step)
+                self.agent.close()
                 self.env.close()
                 if self.eval_env is not None:
                     self.eval_env.close()

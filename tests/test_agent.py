@@ -278,7 +278,7 @@ def _cnn_agents(shards: tuple[int, ...], **cfg) -> list[DQNAgent]:
 def test_sharded_update_is_the_full_batch_step(shards, prioritized):
     """Splitting the batch across threads gives the same step as one full-batch backward."""
     whole, split = _cnn_agents((1, shards), double=True, max_grad_norm=1.0, lr=1e-3)
-    assert split._pool is not None and whole._pool is None
+    assert split.shards == shards and whole.shards == 1
     batch = _pixel_batch(20, prioritized)
     for step in range(3):
         a, b = whole.update(batch), split.update(batch)

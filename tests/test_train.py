@@ -154,3 +154,19 @@ def test_variants_train_end_to_end(small_cfg_factory, run_dir, overrides):
     assert state["counters"]["step"] == trainer.step
     assert all(torch.isfinite(p).all() for p in trainer.agent.q_net.parameters())
     assert bool(list(run_dir.glob("events.out.tfevents.*"))) == cfg.log.tensorboard
+
+
+def test_compiled_sharded_run_trains_and_ends_its_threads(small_cfg_factory, run_dir):
+    """compile=true with the update in two shards on two threads: it trains, its checkpoint keeps the
+    plain networks' keys, and the shard threads are ended with the run (left to interpreter shutdown,
+    threads that ran compiled code can abort the process as it exits)."""
+    import threading
+
+    cfg = small_cfg_factory("compile=true", "torch_threads=2", "agent.batch_size=32", "precision=bf16-mixed")
+    trainer = Trainer(cfg, run_dir)
+    assert trainer.agent.shards == 2 and trainer.agent.loss_terms is not trainer.agent._td_loss
+    assert np.isfinite(trainer.run()) and trainer.updates > 0
+    assert not [t for t in threading.enumerate() if t.name.startswith("dqn-update")]
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert list(state["agent"]["q_net"]) == list(trainer.agent.q_net.state_dict())
+    assert not any("_orig_mod" in key for key in state["agent"]["q_net"])
