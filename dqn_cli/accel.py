@@ -16,11 +16,13 @@ backward, gradient clipping, Adam, bf16 refresh; compiled or not) as one CUDA gr
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
 from dqn_cli.agent import DQNAgent, update_fields
 from dqn_cli.buffers import Batch
+from dqn_cli.errors import UserError
 from dqn_cli.utils import pinned
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,12 @@ def compile_agent(agent: DQNAgent) -> DQNAgent:
     work between the convs and matmuls, and the backward pass comes compiled with it) and
     `clip_and_step` (gradient clipping and Adam). On a GPU that cuts the update's kernel count, which
     is what a batch-32 update's time is made of."""
+    missing = _missing_compiler(agent.device)
+    if missing:
+        raise UserError(
+            f"compile=true builds the update's kernels with {missing}, and this machine has none. "
+            f"Install it, or drop compile=true: the update then runs uncompiled (the same algorithm)."
+        )
     # Dynamo tells once that it drops Adam's profiler annotation; nothing a user can act on
     logging.getLogger("torch._dynamo.variables.ctx_manager").setLevel(logging.ERROR)
     optimizer = agent.optimizer
@@ -56,6 +64,23 @@ def compile_agent(agent: DQNAgent) -> DQNAgent:
     agent.clip_and_step = torch.compile(agent._clip_and_step, dynamic=False)
     log.info(f"torch.compile on {agent.device}: the first updates are slow while it compiles")
     return agent
+
+
+def _missing_compiler(device: torch.device) -> str | None:
+    """What torch.compile's inductor lacks here to build kernels for `device`, or None: Triton on a
+    GPU, a C++ compiler on the CPU (found as inductor finds it: $CXX, else g++)."""
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "Triton (it comes with torch's CUDA wheels: pip install triton)"
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception:  # inductor's InvalidCxxCompiler, or whatever an odd $CXX raises
+        cxx = os.environ.get("CXX")
+        return f"a C++ compiler ({f'CXX={cxx} is not one' if cxx else 'no g++ found'}; e.g. apt install g++)"
+    return None
 
 
 class GraphedUpdate:

@@ -11,7 +11,9 @@ A variant is `eager` or `graph` (`cuda_graphs=true`) and any of, joined by "+": 
 `torch.backends.cuda.matmul.allow_tf32`), `cudnn-benchmark` (`torch.backends.cudnn.benchmark`),
 `bf16` (`precision=bf16-mixed`), `channels-last` or `nchw` (the conv weights' layout; the default on
 a GPU: NCHW in fp32, channels-last in bf16), `fused-adam` (with `compile`: keep the fused Adam
-kernel rather than a foreach Adam compiled). The
+kernel rather than a foreach Adam compiled), `autotune` (`compile` in inductor's
+"max-autotune-no-cudagraphs" mode, which times Triton conv and matmul templates against cuDNN and
+cuBLAS; minutes of compiling). The
 profile lists the GPU kernels of the eager update and of the compiled one (no graph): how many per
 update and the GPU time of each kind. A report: the exit code is 0 whatever the numbers are.
 """
@@ -37,7 +39,8 @@ VARIANTS = [
     "graph+compile+bf16+nchw",
     "graph+bf16",
 ]
-SWITCHES = {"eager", "graph", "compile", "tf32", "cudnn-benchmark", "bf16", "channels-last", "nchw", "fused-adam"}
+SWITCHES = {"eager", "graph", "compile", "autotune", "fused-adam", "tf32", "cudnn-benchmark", "bf16"}
+SWITCHES |= {"channels-last", "nchw"}
 
 
 def build(variant: str, device: str = "cuda"):
@@ -57,11 +60,15 @@ def build(variant: str, device: str = "cuda"):
         cfg = compose(config_name="train", overrides=overrides)
     torch.manual_seed(0)
     agent = make_agent(cfg, (4, 84, 84), 6, torch.device(device))
-    accelerate(agent, compile="compile" in switches, cuda_graphs="graph" in switches)
+    accelerate(agent, compile=bool({"compile", "autotune"} & switches), cuda_graphs="graph" in switches)
     for net in agent.networks():  # before the first update: the same Parameter objects, Adam keeps them
         for switch, layout in (("channels-last", torch.channels_last), ("nchw", torch.contiguous_format)):
             if switch in switches:
                 net.to(memory_format=layout)
+    if "autotune" in switches:
+        mode = "max-autotune-no-cudagraphs"  # the update's CUDA graph is ours (cuda_graphs=true)
+        agent.loss_terms = torch.compile(agent._td_loss, dynamic=False, mode=mode)
+        agent.clip_and_step = torch.compile(agent._clip_and_step, dynamic=False, mode=mode)
     if "fused-adam" in switches:
         agent.optimizer = torch.optim.Adam(
             agent._trained_masters, **{**agent.optimizer.defaults, "fused": True, "foreach": None}

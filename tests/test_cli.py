@@ -26,8 +26,8 @@ TINY = [
 ]  # fmt: skip
 
 
-def dqn(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+def dqn(*args: str, cwd: Path, timeout: float = 120, **env_vars: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | env_vars
     return subprocess.run([*DQN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -126,6 +126,16 @@ def test_bad_input_fails_cleanly(tmp_path, args, words):
     for word in words:
         assert word in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) <= 12, proc.stderr  # short: no stack, no config dump
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_compile_without_a_cpp_compiler_fails_cleanly(tmp_path):
+    """compile=true on the CPU where inductor finds no C++ compiler ($CXX names none): a message at
+    start-up, not a traceback from deep inside torch.compile at the first update."""
+    proc = dqn("train", *TINY, "compile=true", "hydra.run.dir=run", cwd=tmp_path, CXX=str(tmp_path / "no-g++"))
+    assert proc.returncode == 2, output(proc)
+    assert "Traceback" not in output(proc)
+    assert "compile=true" in proc.stderr and "C++ compiler" in proc.stderr and "no-g++" in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
