@@ -1,21 +1,21 @@
 """GPU micro-benchmark of one DQN update (Nature CNN, batch 32, Pong's 6 actions): where its time goes.
 
-    python scripts/bench_update.py                  # every variant, then the eager kernel profile
+    python scripts/bench_update.py                  # every variant, then the eager and compiled kernels
     python scripts/bench_update.py --variants graph,graph+tf32 --updates 500
 
 Each variant builds the agent of `dqn train env=pong` (the configs' agent and network groups), feeds
 it the same random uint8 batches from pinned host memory and times `--updates` updates back to back
-(wall time between two device synchronisations, so per update: host copies, launch and GPU work).
-A variant is `eager` or `graph` (`cuda_graphs=true`) and any of, joined by "+": `compile`
+(wall time between two device synchronisations, so per update: host copies, launch and GPU work). A
+variant is `eager` or `graph` (`cuda_graphs=true`) and any of, joined by "+": `compile`
 (`compile=true`), `tf32` (TF32 matmuls for the two linear layers,
 `torch.backends.cuda.matmul.allow_tf32`), `cudnn-benchmark` (`torch.backends.cudnn.benchmark`),
 `bf16` (`precision=bf16-mixed`), `channels-last` or `nchw` (the conv weights' layout; the default on
 a GPU: NCHW in fp32, channels-last in bf16), `fused-adam` (with `compile`: keep the fused Adam
 kernel rather than a foreach Adam compiled), `autotune` (`compile` in inductor's
 "max-autotune-no-cudagraphs" mode, which times Triton conv and matmul templates against cuDNN and
-cuBLAS; minutes of compiling). The
-profile lists the GPU kernels of the eager update and of the compiled one (no graph): how many per
-update and the GPU time of each kind. A report: the exit code is 0 whatever the numbers are.
+cuBLAS; minutes of compiling). The profile lists the GPU kernels of the eager update and of the
+compiled one (no graph): how many per update and the GPU time of each kind. A report: the exit code
+is 0 whatever the numbers are.
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ VARIANTS = [
     "graph+compile+bf16+nchw",
     "graph+bf16",
 ]
-SWITCHES = {"eager", "graph", "compile", "autotune", "fused-adam", "tf32", "cudnn-benchmark", "bf16"}
-SWITCHES |= {"channels-last", "nchw"}
+SWITCHES = {
+    "eager", "graph", "compile", "autotune", "fused-adam", "tf32", "cudnn-benchmark", "bf16", "channels-last", "nchw",
+}  # fmt: skip
 
 
 def build(variant: str, device: str = "cuda"):
