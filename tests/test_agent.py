@@ -463,7 +463,7 @@ def test_compiled_update_follows_the_eager_update(shards, prioritized):
     assert int(compiled.optimizer.state[compiled.q_net.head[-1].weight]["step"]) == 4
 
 
-def test_each_new_agent_compiles_past_dynamo_recompile_limit(monkeypatch):
+def test_each_new_agent_compiles_past_dynamo_recompile_limit():
     """Dynamo caches compiled code per code object up to `recompile_limit` entries and each agent adds
     its own; compile_agent drops the earlier agents' so that, e.g., the 9th run of a sequential sweep
     is still compiled (here with the limit at 2: the 3rd agent)."""
@@ -471,10 +471,10 @@ def test_each_new_agent_compiles_past_dynamo_recompile_limit(monkeypatch):
 
     from dqn_cli.accel import accelerate
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
     batch = _random_batch(np.random.default_rng(0), 8, 4, 2)
-    for i in range(3):
-        agent = accelerate(DQNAgent(MLP(4, 2, [8], "relu"), 2, agent_cfg(), CPU), compile=True)
-        graphs = counters["stats"]["unique_graphs"]
-        agent.update(batch)
-        assert counters["stats"]["unique_graphs"] > graphs, f"agent {i} ran uncompiled"
+    with torch._dynamo.config.patch(recompile_limit=2):  # restored after (monkeypatch's undo broke it)
+        for i in range(3):
+            agent = accelerate(DQNAgent(MLP(4, 2, [8], "relu"), 2, agent_cfg(), CPU), compile=True)
+            graphs = counters["stats"]["unique_graphs"]
+            agent.update(batch)
+            assert counters["stats"]["unique_graphs"] > graphs, f"agent {i} ran uncompiled"
