@@ -113,14 +113,14 @@ class GraphedUpdate:
     def reset(self) -> None:
         self.graph, self.key, self.inputs, self.outputs = None, None, [], ()
 
-    def __call__(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        fields = update_fields(batch)
+    def __call__(self, batch: Batch, target_q: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        fields = [*update_fields(batch), target_q]  # target_q is on the device already
         key = tuple(None if x is None else (x.shape, x.dtype) for x in fields)
         if key != self.key:
             self._record(fields, key)
         for static, x in zip(self.inputs, fields, strict=True):
             if x is not None:
-                static.copy_(pinned(torch.from_numpy(x)), non_blocking=True)
+                static.copy_(x if torch.is_tensor(x) else pinned(torch.from_numpy(x)), non_blocking=True)
         self.graph.replay()
         loss, q_mean, td = self.outputs
         # the next replay overwrites the outputs: copies of the metrics, which wait for the next moment;
@@ -130,7 +130,7 @@ class GraphedUpdate:
     def _record(self, fields: list, key: tuple) -> None:
         agent, device = self.agent, self.agent.device
         self.reset()
-        self.inputs = args = [None if x is None else torch.from_numpy(x).to(device) for x in fields]
+        self.inputs = args = [None if x is None else torch.as_tensor(x, device=device).clone() for x in fields]
         saved = _snapshot(agent)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))

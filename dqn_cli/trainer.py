@@ -67,12 +67,14 @@ class Trainer:
         self.buffer = make_buffer(
             cfg.buffer, obs_space.shape, obs_space.dtype, self.env.num_envs, cfg.agent.n_step, cfg.agent.gamma
         )
-        # buffer.storage=device: frames on the device too; with uniform replay a round's batches are drawn at once
+        # buffer.storage=device: frames on the device too; with uniform replay a round's batches are drawn at
+        # once, and with batched_targets the target network scores all their next states in one pass
         self.draw_together = False
         if cfg.buffer.get("storage") == "device":
             storage = getattr(self.buffer, "storage", self.buffer)  # PrioritizedReplay holds its storage
             self.agent.frame_store, self.agent.frame_stack = storage.keep_frames_on(self.device), obs_space.shape[0]
             self.draw_together = not isinstance(self.buffer, PrioritizedReplay)
+        self.batched_targets = self.draw_together and bool(cfg.get("batched_targets", True))
         a = cfg.agent
         self.epsilon = LinearSchedule(
             a.exploration_initial_eps, a.exploration_final_eps, a.exploration_fraction, cfg.total_steps
@@ -86,6 +88,10 @@ class Trainer:
         self.metrics: dict[str, list[float]] = {}  # update metrics since the last log line
         self.pending: list[dict[str, torch.Tensor]] = []  # on a GPU: metrics not yet brought to the host
         self.due_updates = 0  # overlap=true: updates due, run while the envs compute the next step
+        self.round: list[tuple[Batch, torch.Tensor | None]] = []  # the due updates' batches, when drawn at once
+        # overlap=true on a GPU: a quarter of the due updates is queued before the loop waits for the actions
+        # (queued behind the updates in flight), so the GPU has work while the loop takes them and starts the games
+        self.queue_ahead = bool(cfg.get("overlap")) and self.device.type == "cuda"
         self.schedule_steps = int(cfg.total_steps)  # epsilon decays over a fraction of this
         self.learning_starts = int(a.learning_starts)
         self.last_saved: tuple[Path, int] | None = None  # last.pt and its step: the last good checkpoint
@@ -135,7 +141,9 @@ class Trainer:
 
         With `overlap=true` (async vector envs) the updates due after a step run while the envs
         compute the next one: the actions of step t+1 are chosen before step t's updates. Target
-        syncs, logs, evaluations and checkpoints still come after the updates due before them.
+        syncs, logs, evaluations and checkpoints still come after the updates due before them. On a
+        GPU the first quarter of those updates is queued before the loop waits for the actions
+        (`queue_ahead`); the order of the computations stays the same.
         """
         cfg, a, n = self.cfg, self.cfg.agent, self.env.num_envs
         # plain ints: an OmegaConf lookup costs microseconds, too many for a per-step check
@@ -147,12 +155,16 @@ class Trainer:
         obs = self.obs if self.obs is not None else self.env.reset(seed=cfg.seed)[0]
         while self.step < total_steps and not stop.requested:
             epsilon = self.epsilon(self.step)
-            actions = self.agent.act(obs, epsilon, self.rng)
+            act = self.agent.act_later(obs, epsilon, self.rng)
             if overlap:
+                if self.queue_ahead:
+                    self._learn_due(limit=max(1, self.due_updates // 4))
+                actions = act()
                 self.env.step_async(actions)
-                self._learn_due()  # while the games step
+                self._learn_due()  # (the rest) while the games step
                 next_obs, rewards, terminated, truncated, infos = self.env.step_wait()
             else:
+                actions = act()
                 next_obs, rewards, terminated, truncated, infos = self.env.step(actions)
             done = terminated | truncated
             # store s' as the env left it: on an episode end that is final_obs, not the reset obs
@@ -182,17 +194,27 @@ class Trainer:
             logger.progress(self.step)
         return False
 
-    def _learn_due(self) -> None:
-        due, batch_size = self.due_updates, int(self.cfg.agent.batch_size)
-        self.due_updates = 0
-        if self.draw_together and due > 1:  # one draw of due * batch_size (no add comes between them)
-            rows = self.buffer.sample(due * batch_size, self.rng)
-            for i in range(due):
+    def _learn_due(self, limit: int | None = None) -> None:
+        """Run the due updates, or the first `limit` of them (the rest stay due; a round drawn at once is
+        kept for them, so it makes no difference how a round is split)."""
+        batch_size = int(self.cfg.agent.batch_size)
+        if self.draw_together and self.due_updates > 1 and not self.round:
+            # one draw of due * batch_size rows (no add comes between the updates) ...
+            rows = self.buffer.sample(self.due_updates * batch_size, self.rng)
+            # ... nor a target sync: one target network for all of them, which scores their next states at once
+            target_q = self.agent.target_values(rows) if self.batched_targets else None
+            for i in range(self.due_updates):
                 part = slice(i * batch_size, (i + 1) * batch_size)
-                self._learn_batch(Batch(*(None if x is None else x[part] for x in rows)))
-            return
-        for _ in range(due):
-            self._learn(batch_size)
+                batch = Batch(*(None if x is None else x[part] for x in rows))
+                self.round.append((batch, None if target_q is None else target_q[part]))
+            self.round.reverse()  # popped from the end
+        count = self.due_updates if limit is None else min(limit, self.due_updates)
+        for _ in range(count):
+            self.due_updates -= 1
+            if self.round:
+                self._learn_batch(*self.round.pop())
+            else:
+                self._learn(batch_size)
 
     def _learn(self, batch_size: int) -> None:
         """One gradient step on a replay batch, with the NaN guard and priority feedback."""
@@ -200,8 +222,8 @@ class Trainer:
             self.buffer.set_progress(self.step / self.cfg.total_steps)
         self._learn_batch(self.buffer.sample(batch_size, self.rng))
 
-    def _learn_batch(self, batch: Batch) -> None:
-        self.pending.append(self.agent.learn(batch))
+    def _learn_batch(self, batch: Batch, target_q: torch.Tensor | None = None) -> None:
+        self.pending.append(self.agent.learn(batch, target_q))
         self.updates += 1
         if self.device.type != "cuda":  # free on the CPU; a GPU keeps computing until the next moment
             self._collect_metrics()

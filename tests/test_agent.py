@@ -68,6 +68,22 @@ def test_double_dqn_target_on_a_hand_made_batch(double, expected):
     assert agent.update(BATCH)["td_loss"] == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("double", [False, True], ids=["dqn", "double"])
+def test_an_update_uses_the_target_values_computed_ahead(double):
+    """`learn(batch, target_q)` takes Q(s', .; theta-) as given (batched_targets): the same loss as the
+    agent's own target pass when it is that, and a hand-set one moves the target as it should."""
+    target_w = [[0.0, 2.0], [2.0, 0.0]] if double else 2 * np.eye(2)
+    agent = linear_agent(np.eye(2), target_w, loss="mse", double=double)
+    ahead = agent.target_values(BATCH)
+    torch.testing.assert_close(ahead, torch.as_tensor(BATCH.next_obs) @ torch.tensor(target_w, dtype=torch.float32).T)
+    expected = (2.3**2 + 1.12**2 + 2.0**2) / 3 if double else EXPECTED["mse"]
+    assert agent.learn(BATCH, ahead)["td_loss"].item() == pytest.approx(expected, rel=1e-6)
+    # target Q(s') = 0 for every action: y = r (the third row is terminal anyway), q - y = [-0.5, -2.12, -2]
+    agent = linear_agent(np.eye(2), target_w, loss="mse", double=double)
+    zeros = torch.zeros(3, 2)
+    assert agent.learn(BATCH, zeros)["td_loss"].item() == pytest.approx((0.5**2 + 2.12**2 + 2.0**2) / 3, rel=1e-6)
+
+
 def test_gradient_is_that_of_the_loss_against_the_fixed_target():
     agent = linear_agent(np.eye(2), 2 * np.eye(2), loss="mse")
     agent.update(BATCH)
@@ -295,6 +311,36 @@ def test_sharded_update_is_the_full_batch_step(shards, prioritized):
         torch.testing.assert_close(q, p, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "shards, double, compiled", [(1, False, False), (2, True, False), (1, False, True)],
+    ids=["whole-dqn", "2-shards-double", "compiled"],
+)  # fmt: skip
+def test_a_round_of_updates_on_targets_scored_at_once_is_the_same_round(shards, double, compiled):
+    """batched_targets: the target network scores a round's next states in one 96-row pass, each of the 3
+    updates takes its 32 rows of it: the same updates as with a target pass per batch (compile=true: the
+    compiled loss takes them as an input)."""
+    from dqn_cli.accel import accelerate
+
+    per_batch, ahead = _cnn_agents((shards, shards), double=double, max_grad_norm=1.0, lr=1e-3)
+    accelerate(per_batch), accelerate(ahead, compile=compiled)
+    rows = _pixel_batch(96, weights=False)
+    target_q = ahead.target_values(rows)
+    assert target_q.shape == (96, 3) and target_q.dtype == torch.float32
+    torch.testing.assert_close(ahead.target_values(rows, chunk=40), target_q)  # 40 + 40 + 16 rows
+    for i in range(3):
+        part = slice(32 * i, 32 * (i + 1))
+        batch = Batch(*(None if x is None else x[part] for x in rows))
+        a, b = per_batch.update(batch), {k: v.item() for k, v in ahead.learn(batch, target_q[part]).items()}
+        rel, small = (1e-4, 2e-5) if compiled else (1e-5, 1e-7)  # inductor's kernels round differently
+        assert b["td_loss"] == pytest.approx(a["td_loss"], rel=rel)
+        assert b["q_values"] == pytest.approx(a["q_values"], rel=rel, abs=small)  # mean Q ~1e-3 here
+    for p, q in zip(per_batch.q_net.parameters(), ahead.q_net.parameters(), strict=True):
+        if compiled:  # as in test_compiled_update_follows_the_eager_update: Adam's near-zero gradients
+            assert torch.isclose(q, p, rtol=0, atol=1e-4).float().mean() > 0.99 and (q - p).abs().max() < 2e-3
+        else:
+            torch.testing.assert_close(q, p, rtol=0, atol=1e-5)
+
+
 def test_sharded_update_is_deterministic():
     first, second = _cnn_agents((2, 2))
     batch = _pixel_batch(32, weights=False)
@@ -461,6 +507,27 @@ def test_compiled_update_follows_the_eager_update(shards, prioritized):
         assert torch.isclose(q, p, rtol=0, atol=1e-4).float().mean() > 0.99 and (q - p).abs().max() < 2e-3
     assert list(compiled.state_dict()["q_net"]) == list(eager.state_dict()["q_net"])  # no _orig_mod. keys
     assert int(compiled.optimizer.state[compiled.q_net.head[-1].weight]["step"]) == 4
+
+
+def test_compiled_bf16_update_refreshes_the_compute_weights_with_the_step():
+    """bf16-mixed with compile=true: the compiled clip + Adam also writes the bf16 compute weights (the
+    casts as one kernel): after each update they are the new masters, cast; and the updates follow the
+    eager bf16 ones."""
+    from dqn_cli.accel import accelerate
+
+    eager, compiled = (_cnn_agent(1, "bf16-mixed", max_grad_norm=1.0, lr=1e-3) for _ in range(2))
+    accelerate(eager), accelerate(compiled, compile=True)
+    for i in range(3):
+        batch = _pixel_batch(32, weights=False)
+        a, b = (
+            eager.update(batch._replace(rewards=batch.rewards + i)),
+            compiled.update(batch._replace(rewards=batch.rewards + i)),
+        )
+        assert b["td_loss"] == pytest.approx(a["td_loss"], rel=1e-2)
+        for master, compute in zip(compiled.q_net.parameters(), compiled.q_compute.parameters(), strict=True):
+            assert compute.dtype == torch.bfloat16 and torch.equal(compute, master.to(torch.bfloat16))
+    for p, q in zip(eager.q_net.parameters(), compiled.q_net.parameters(), strict=True):
+        assert torch.isclose(q, p, rtol=0, atol=1e-4).float().mean() > 0.9 and (q - p).abs().max() < 4e-3
 
 
 def test_each_new_agent_compiles_past_dynamo_recompile_limit():

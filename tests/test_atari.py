@@ -373,6 +373,32 @@ def test_overlap_steps_async_envs_while_learning_and_keeps_the_updates(vectoriza
         assert a["updates"] == b["updates"] and b["due_updates"] == 0, name
 
 
+@pytest.mark.parametrize("storage", ["host", "device"])
+def test_queueing_part_of_the_updates_before_the_actions_changes_nothing(storage, run_dir, atari_cfg):
+    """queue_ahead (overlap=true on a GPU, forced here on the CPU): a quarter of each round of updates runs
+    before the step's actions are taken, the rest after step_async. The computations are the same, in the
+    same order, so the run is bitwise the plain overlap run; with storage=device the round, drawn at
+    once, is split across the two calls."""
+    from dqn_cli.trainer import Trainer
+
+    common = (*SMALL_ATARI, "env.num_envs=4", "env.vectorization=ale", "overlap=true", "agent.gradient_steps=4",
+              f"buffer.storage={storage}")  # fmt: skip
+    plain = Trainer(atari_cfg(*common), run_dir / "plain")
+    assert not plain.queue_ahead  # the CPU's order: the updates while the games step
+    plain.run()
+    ahead = Trainer(atari_cfg(*common), run_dir / "ahead")
+    ahead.queue_ahead = True
+    events, step_async, learn_batch = [], ahead.env.step_async, ahead._learn_batch
+    ahead.env.step_async = lambda actions: (events.append("step"), step_async(actions))[1]
+    ahead._learn_batch = lambda *a: (events.append("learn"), learn_batch(*a))[1]
+    ahead.run()
+    assert ahead.updates == plain.updates > 0 and ahead.due_updates == 0 and not ahead.round
+    first = events.index("learn")  # the first round of 4: one update before the actions, three after
+    assert events[first : first + 5] == ["learn", "step", "learn", "learn", "learn"]
+    for name, w in plain.agent.q_net.state_dict().items():
+        assert torch.equal(ahead.agent.q_net.state_dict()[name], w), name
+
+
 def test_overlap_with_bf16_on_the_cpu_defers_the_optimizer_step_and_saves_every_update(run_dir, atari_cfg):
     from dqn_cli.checkpoint import load_checkpoint
     from dqn_cli.trainer import Trainer
@@ -425,6 +451,25 @@ def test_device_frame_store_draws_a_round_of_batches_at_once(run_dir, atari_cfg)
     trainer.buffer.sample = lambda size, rng: (draws.append(size), sample(size, rng))[1]
     trainer.run()
     assert set(draws) == {64} and trainer.updates == 2 * len(draws) > 0
+
+
+def test_batched_targets_score_each_round_in_one_target_pass(run_dir, atari_cfg):
+    """batched_targets (default): with a round of 2 updates per vector step, the target network scores
+    the 64 next states of the round in one pass, and the run is the run with a target pass per batch."""
+    from dqn_cli.trainer import Trainer
+
+    round_of_two = (*SMALL_ATARI, "buffer.storage=device", "env.num_envs=4", "agent.gradient_steps=2")
+    per_batch = Trainer(atari_cfg(*round_of_two, "batched_targets=false"), run_dir / "per_batch")
+    ahead = Trainer(atari_cfg(*round_of_two), run_dir / "ahead")
+    assert ahead.batched_targets and not per_batch.batched_targets
+    passes = []
+    target_values = ahead.agent.target_values
+    ahead.agent.target_values = lambda rows: (passes.append(len(rows.actions)), target_values(rows))[1]
+    per_batch.run()
+    ahead.run()
+    assert set(passes) == {64} and ahead.updates == 2 * len(passes) == per_batch.updates > 0
+    for name, w in per_batch.agent.q_net.state_dict().items():
+        torch.testing.assert_close(ahead.agent.q_net.state_dict()[name], w, rtol=0, atol=1e-5, msg=name)
 
 
 def test_device_frame_store_needs_atari_frames(compose_cfg):

@@ -140,6 +140,27 @@ def test_compiled_update_in_a_cuda_graph_follows_the_eager_update():
     assert {int(s["step"]) for s in graphed.optimizer.state.values()} == {6}
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16-mixed"])
+def test_cuda_graph_takes_a_rounds_target_values_as_an_input(precision):
+    """batched_targets: a round's Q(s', .; theta-) scored in one pass on the GPU, each graphed update
+    reading its rows as a static input: the eager updates with a target pass per batch."""
+    eager, graphed = _cnn_agent(precision), _cnn_agent(precision, graphed=True, compiled=precision == "bf16-mixed")
+    rng = np.random.default_rng(3)
+    rel = 1e-3 if precision == "fp32" else 2e-2
+    rows = _pixel_batch(rng, n=128)
+    target_q = graphed.target_values(rows)
+    assert target_q.shape == (128, 3) and target_q.device.type == "cuda" and target_q.dtype == torch.float32
+    for i in range(4):
+        part = slice(32 * i, 32 * (i + 1))
+        batch = Batch(*(None if x is None else x[part] for x in rows))
+        eager.load_state_dict(copy.deepcopy(graphed.state_dict()))
+        a, b = eager.update(batch), {k: v.item() for k, v in graphed.learn(batch, target_q[part]).items()}
+        assert b["td_loss"] == pytest.approx(a["td_loss"], rel=rel)
+        assert b["q_values"] == pytest.approx(a["q_values"], rel=rel, abs=1e-4)
+        _assert_one_step_apart_at_most(eager, graphed, rel)
+    assert graphed.graphed.key[-1] == ((32, 3), torch.float32)  # recorded with the target values as input
+
+
 def test_cuda_graph_sees_target_syncs_and_loaded_checkpoints():
     """Weights changed in place (a target sync) reach the graph; a loaded optimizer state records a new one."""
     eager, graphed = _cnn_agent(), _cnn_agent(graphed=True)
@@ -184,6 +205,8 @@ def test_pong_trains_with_cuda_graphs_and_overlap(compose_cfg, run_dir, storage,
     assert trainer.updates == 2 * (600 - 100) // 4 and trainer.due_updates == 0
     assert (trainer.agent.frame_store is not None) == (storage == "device")
     assert trainer.agent.graphed.graph is not None
+    # storage=device: each round's 2 batches drawn at once, their targets scored in one pass (graph input)
+    assert trainer.batched_targets == (storage == "device") == (trainer.agent.graphed.key[-1] is not None)
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location="cpu")
     assert state["counters"]["updates"] == trainer.updates
     for name, w in trainer.agent.q_net.state_dict().items():
