@@ -8,7 +8,9 @@ take N/4 updates per vector step (`agent.gradient_steps=N/4`; SB3: `train_freq=1
 over N envs). PongNoFrameskip-v4 with the Nature preprocessing on both sides, buffer 100,000, the
 Nature optimizer settings. Ours is the real `Trainer` of `dqn train env=pong` with the row's
 switches: async vector envs (rows starting "ale": `env.vectorization=ale`, ale-py's C++ vector env),
-`cuda_graphs`, `overlap`, `precision`, and "device" for `buffer.storage=device`. SB3 is
+`cuda_graphs`, `overlap`, `compile`, `precision`, "device" for `buffer.storage=device` and
+"unbatched" for `batched_targets=false` (rounds of updates drawn at once with "device" have the
+target network score all their next states in one pass unless it is set). SB3 is
 `DQN("CnnPolicy")` on `make_atari_env` (SubprocVecEnv for N > 1) + `VecFrameStack(4)`. Env steps/s
 counts the transitions stored from `learning_starts + warmup` to the end over the wall time between
 them (acting, env stepping, storing and updating; no start-up, no CUDA-graph recording, no evaluation).
@@ -52,6 +54,7 @@ SWITCHES = {  # a row name's "+"-joined words -> our overrides (ale: env.vectori
     "overlap": ["overlap=true"],
     "device": ["buffer.storage=device"],
     "compile": ["compile=true"],
+    "unbatched": ["batched_targets=false"],  # a target-network pass per update, not one per round
     "ale": [],
 }
 
@@ -112,18 +115,25 @@ def _time_sections(trainer) -> dict:
     sections: dict = {"_on": False}
     env_parts = ["step_async", "step_wait"] if trainer.cfg.get("overlap") else ["step"]  # step calls both
     parts = [(trainer.env, name) for name in env_parts]
-    parts += [(trainer.agent, "act"), (trainer.buffer, "sample"), (trainer.agent, "learn"), (trainer.buffer, "add")]
-    for obj, name in parts:
-        inner, label = getattr(obj, name), f"{type(obj).__name__}.{name}"
+    parts += [(trainer.agent, "act_later"), (trainer.buffer, "sample"), (trainer.agent, "target_values")]
+    parts += [(trainer.agent, "learn"), (trainer.buffer, "add")]
 
-        def timed(*args, _inner=inner, _label=label, **kwargs):
+    def timer(inner, label: str):
+        def timed(*args, **kwargs):
             t = time.perf_counter()
-            out = _inner(*args, **kwargs)
+            out = inner(*args, **kwargs)
             if sections["_on"]:
-                sections[_label] = sections.get(_label, 0.0) + time.perf_counter() - t
+                sections[label] = sections.get(label, 0.0) + time.perf_counter() - t
             return out
 
-        setattr(obj, name, timed)
+        return timed
+
+    for obj, name in parts:
+        setattr(obj, name, timer(getattr(obj, name), f"{type(obj).__name__}.{name}"))
+    # act_later only queues the greedy pass on a GPU: the wait for the actions (and so for the updates queued
+    # before them) is the function it returns
+    queue = trainer.agent.act_later
+    trainer.agent.act_later = lambda *args: timer(queue(*args), "DQNAgent.act (waits for the GPU)")
     return sections
 
 

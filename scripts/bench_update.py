@@ -13,14 +13,17 @@ variant is `eager` or `graph` (`cuda_graphs=true`) and any of, joined by "+": `c
 a GPU: NCHW in fp32, channels-last in bf16), `fused-adam` (with `compile`: keep the fused Adam
 kernel rather than a foreach Adam compiled), `autotune` (`compile` in inductor's
 "max-autotune-no-cudagraphs" mode, which times Triton conv and matmul templates against cuDNN and
-cuBLAS; minutes of compiling). The profile lists the GPU kernels of the eager update and of the
-compiled one (no graph): how many per update and the GPU time of each kind. A report: the exit code
-is 0 whatever the numbers are.
+cuBLAS; minutes of compiling), `ahead` (`batched_targets`: rounds of 32 updates, each round's
+next states scored by the target network in one 1,024-row pass, whose time is counted, and each
+update taking its rows; 128 envs at the Nature ratio make such rounds). The profile lists the GPU
+kernels of the eager update and of the compiled one (no graph): how many per update and the GPU time
+of each kind. A report: the exit code is 0 whatever the numbers are.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from collections import defaultdict
@@ -38,10 +41,13 @@ VARIANTS = [
     "graph+compile+bf16",
     "graph+compile+bf16+nchw",
     "graph+bf16",
+    "graph+compile+bf16+ahead",
 ]
 SWITCHES = {
     "eager", "graph", "compile", "autotune", "fused-adam", "tf32", "cudnn-benchmark", "bf16", "channels-last", "nchw",
+    "ahead",
 }  # fmt: skip
+ROUND = 32  # updates per round with "ahead"
 
 
 def build(variant: str, device: str = "cuda"):
@@ -77,50 +83,80 @@ def build(variant: str, device: str = "cuda"):
     return agent
 
 
-def batches(count: int, seed: int = 0) -> list:
+def batches(count: int, seed: int = 0, rows: int = 32) -> list:
     from dqn_cli.buffers import Batch
 
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):
-        frames = rng.integers(0, 256, (32, 5, 84, 84), dtype=np.uint8)
+        frames = rng.integers(0, 256, (rows, 5, 84, 84), dtype=np.uint8)
         out.append(
             Batch(
                 obs=frames[:, :4],
                 next_obs=frames[:, 1:],
-                actions=rng.integers(0, 6, 32),
-                rewards=rng.normal(size=32).astype(np.float32),
-                terminated=(rng.random(32) < 0.1).astype(np.float32),
-                discounts=np.full(32, 0.99, np.float32),
+                actions=rng.integers(0, 6, rows),
+                rewards=rng.normal(size=rows).astype(np.float32),
+                terminated=(rng.random(rows) < 0.1).astype(np.float32),
+                discounts=np.full(rows, 0.99, np.float32),
             )  # fmt: skip
         )
     return out
 
 
+def update_calls(variant: str, device: str = "cuda"):
+    """The variant's agent, and an endless supply of its updates as calls: the batches in turn, or (ahead)
+    rounds of ROUND updates on 32-row parts of one batch, whose target values the first call computes."""
+    from dqn_cli.buffers import Batch
+
+    agent = build(variant, device)
+    ahead = "ahead" in variant.split("+")
+    data = batches(2, rows=32 * ROUND) if ahead else batches(16)
+
+    def calls():
+        for i in itertools.count():
+            batch = data[i % len(data)]
+            if not ahead:
+                yield lambda batch=batch: agent.learn(batch)
+                continue
+            round_ = {}
+            for j in range(ROUND):
+                part = Batch(*(x if x is None else x[32 * j : 32 * (j + 1)] for x in batch))
+
+                def call(part=part, j=j, batch=batch, round_=round_):
+                    if j == 0:
+                        round_["target_q"] = agent.target_values(batch)
+                    return agent.learn(part, round_["target_q"][32 * j : 32 * (j + 1)])
+
+                yield call
+
+    return agent, calls()
+
+
 def time_variant(variant: str, updates: int, device: str = "cuda") -> dict:
-    agent, data = build(variant, device), batches(16)
-    for i in range(20):  # recording, cuDNN set-up, allocator warm-up
-        agent.learn(data[i % len(data)])
+    _, calls = update_calls(variant, device)
+    for _ in range(2 * ROUND):  # recording, cuDNN set-up, allocator warm-up; whole rounds with "ahead"
+        next(calls)()
+    updates = ROUND * max(1, round(updates / ROUND))  # whole rounds: each round's target pass is counted
     sync = torch.cuda.synchronize if device == "cuda" else lambda: None
     sync()
     start = time.perf_counter()
-    for i in range(updates):
-        agent.learn(data[i % len(data)])
+    for _ in range(updates):
+        next(calls)()
     sync()
     ms = 1000 * (time.perf_counter() - start) / updates
     return {"variant": variant, "ms_per_update": round(ms, 4), "updates_per_s": round(1000 / ms)}
 
 
-def kernel_profile(variant: str = "eager", updates: int = 20) -> dict:
+def kernel_profile(variant: str = "eager", updates: int = ROUND) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
-    agent, data = build(variant), batches(4)
-    for i in range(10):
-        agent.learn(data[i % len(data)])
+    _, calls = update_calls(variant)
+    for _ in range(ROUND):
+        next(calls)()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for i in range(updates):
-            agent.learn(data[i % len(data)])
+        for _ in range(updates):
+            next(calls)()
         torch.cuda.synchronize()
     totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     for e in prof.events():
