@@ -190,7 +190,8 @@ class DQNAgent:
         batch-32 pass per update (`batched_targets`). Each update then runs only the online network.
         A GPU takes 1,024 rows a pass. On the CPU wide passes cost more per row (the activations leave
         the caches): 64 rows a pass, 2.71 ms per 32 rows against 2.88 for 32-row passes and 6.17 for
-        one 1,024-row pass (Nature CNN, fp32, one thread, 2-core Xeon).
+        one 1,024-row pass (Nature CNN, fp32, one thread, 2-core Xeon). The trainer batches targets on
+        a GPU only: on the CPU an update's own target pass is split over its shard threads.
         """
         chunk = chunk or (1024 if self.device.type == "cuda" else 64)
         self.finish_update()

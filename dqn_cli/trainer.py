@@ -74,7 +74,9 @@ class Trainer:
             storage = getattr(self.buffer, "storage", self.buffer)  # PrioritizedReplay holds its storage
             self.agent.frame_store, self.agent.frame_stack = storage.keep_frames_on(self.device), obs_space.shape[0]
             self.draw_together = not isinstance(self.buffer, PrioritizedReplay)
-        self.batched_targets = self.draw_together and bool(cfg.get("batched_targets", True))
+        # (on a GPU: on the CPU the per-batch passes run on both shard threads, the round's pass on one, slower)
+        on_gpu = self.device.type == "cuda"
+        self.batched_targets = self.draw_together and on_gpu and bool(cfg.get("batched_targets", True))
         a = cfg.agent
         self.epsilon = LinearSchedule(
             a.exploration_initial_eps, a.exploration_final_eps, a.exploration_fraction, cfg.total_steps

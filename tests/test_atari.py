@@ -454,14 +454,16 @@ def test_device_frame_store_draws_a_round_of_batches_at_once(run_dir, atari_cfg)
 
 
 def test_batched_targets_score_each_round_in_one_target_pass(run_dir, atari_cfg):
-    """batched_targets (default): with a round of 2 updates per vector step, the target network scores
-    the 64 next states of the round in one pass, and the run is the run with a target pass per batch."""
+    """batched_targets (default; on a GPU, forced here on the CPU): with a round of 2 updates per vector step,
+    the target network scores the 64 next states of the round in one pass, and the run is the run with
+    a target pass per batch."""
     from dqn_cli.trainer import Trainer
 
     round_of_two = (*SMALL_ATARI, "buffer.storage=device", "env.num_envs=4", "agent.gradient_steps=2")
-    per_batch = Trainer(atari_cfg(*round_of_two, "batched_targets=false"), run_dir / "per_batch")
+    per_batch = Trainer(atari_cfg(*round_of_two), run_dir / "per_batch")
+    assert not per_batch.batched_targets  # the CPU's shard threads split each update's own target pass
     ahead = Trainer(atari_cfg(*round_of_two), run_dir / "ahead")
-    assert ahead.batched_targets and not per_batch.batched_targets
+    ahead.batched_targets = True
     passes = []
     target_values = ahead.agent.target_values
     ahead.agent.target_values = lambda rows: (passes.append(len(rows.actions)), target_values(rows))[1]
