@@ -205,6 +205,7 @@ def test_pong_trains_with_cuda_graphs_and_overlap(compose_cfg, run_dir, storage,
     assert trainer.updates == 2 * (600 - 100) // 4 and trainer.due_updates == 0
     assert (trainer.agent.frame_store is not None) == (storage == "device")
     assert trainer.agent.graphed.graph is not None
+    assert trainer.queue_ahead  # a quarter of each round queued before the loop waits for the actions
     # storage=device: each round's 2 batches drawn at once, their targets scored in one pass (graph input)
     assert trainer.batched_targets == (storage == "device") == (trainer.agent.graphed.key[-1] is not None)
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location="cpu")
