@@ -56,11 +56,11 @@ def compile_agent(agent: DQNAgent) -> DQNAgent:
         )
     # Dynamo tells once that it drops Adam's profiler annotation; nothing a user can act on
     logging.getLogger("torch._dynamo.variables.ctx_manager").setLevel(logging.ERROR)
-    # Dynamo keeps compiled code per code object, up to `recompile_limit` (8) entries, and every agent
-    # adds its own: drop the earlier agents' (in a sequential sweep, finished runs), or from the 9th
-    # run in one process on the update would silently run uncompiled
-    for method in (DQNAgent._td_loss, DQNAgent._clip_and_step):
-        torch._dynamo.reset_code(method.__code__)
+    # Dynamo keeps compiled code per code object (the update's methods, and the frames it resumes in
+    # inside Optimizer.step), up to `recompile_limit` (8) entries, and every agent adds its own: drop
+    # the earlier agents' (in a sequential sweep, finished runs), or from the 9th run in one process on
+    # the Adam step would silently run uncompiled. Any other compiled code recompiles at its next call.
+    torch._dynamo.reset_code_caches()
     optimizer = agent.optimizer
     if not optimizer.state:  # no step yet: fused Adam is one opaque kernel, inductor fuses a foreach one itself
         settings = {**optimizer.defaults, "fused": False, "foreach": True}
