@@ -62,7 +62,9 @@ def compile_agent(agent: DQNAgent) -> DQNAgent:
     # the Adam step would silently run uncompiled. Any other compiled code recompiles at its next call.
     torch._dynamo.reset_code_caches()
     optimizer = agent.optimizer
-    if not optimizer.state:  # no step yet: fused Adam is one opaque kernel, inductor fuses a foreach one itself
+    # on a GPU fused Adam is one opaque kernel and inductor fuses a foreach Adam itself, faster (0.455 against
+    # 0.498 ms per update, H200); on the CPU fused Adam's own kernel is the faster (1.4 against 2.6 ms per step)
+    if agent.device.type == "cuda" and not optimizer.state:  # no step yet: nothing to carry over
         settings = {**optimizer.defaults, "fused": False, "foreach": True}
         agent.optimizer = torch.optim.Adam(agent._trained_masters, **settings)
     agent.loss_terms = torch.compile(agent._td_loss, dynamic=False)

@@ -493,6 +493,7 @@ def test_compiled_update_follows_the_eager_update(shards, prioritized):
     eager, compiled = _cnn_agents((shards, shards), double=True, max_grad_norm=1.0, lr=1e-3)
     accelerate(eager), accelerate(compiled, compile=True)
     assert compiled.loss_terms is not compiled._td_loss and eager.loss_terms == eager._td_loss
+    assert compiled.optimizer.defaults["fused"]  # on the CPU fused Adam stays: faster than a compiled foreach one
     for i in range(4):
         batch = _pixel_batch(32, weights=prioritized)
         batch = batch._replace(rewards=batch.rewards + i)  # a different TD target each time
@@ -543,7 +544,10 @@ def test_each_new_agent_compiles_past_dynamo_recompile_limit():
     compiled = []
     with torch._dynamo.config.patch(recompile_limit=2):  # restored after (monkeypatch's undo broke it)
         for _ in range(4):
-            agent = accelerate(DQNAgent(MLP(4, 2, [8], "relu"), 2, agent_cfg(max_grad_norm=1.0), CPU), compile=True)
+            agent = DQNAgent(MLP(4, 2, [8], "relu"), 2, agent_cfg(max_grad_norm=1.0), CPU)
+            # the foreach Adam that compile_agent puts in on a GPU (the CPU keeps the fused one)
+            agent.optimizer = torch.optim.Adam(agent._trained_masters, **{**agent.optimizer.defaults, "fused": False})
+            accelerate(agent, compile=True)
             graphs = counters["stats"]["unique_graphs"]
             agent.update(batch)
             compiled.append(counters["stats"]["unique_graphs"] - graphs)
