@@ -195,7 +195,8 @@ class DQNAgent:
         """
         chunk = chunk or (1024 if self.device.type == "cuda" else 64)
         self.finish_update()
-        _, next_obs = self._stacks([self._tensor(x) for x in update_fields(batch)[:2]])[:2]
+        obs, next_obs = update_fields(batch)[:2]  # with buffer.storage=device: frame-store rows, None
+        next_obs = self._tensor(next_obs) if next_obs is not None else self._stacks([self._tensor(obs), None])[1]
         return torch.cat([self.target_compute(next_obs[i : i + chunk]).float() for i in range(0, len(next_obs), chunk)])
 
     def _threads(self) -> ThreadPoolExecutor:
