@@ -15,7 +15,9 @@ kernel rather than a foreach Adam compiled), `autotune` (`compile` in inductor's
 "max-autotune-no-cudagraphs" mode, which times Triton conv and matmul templates against cuDNN and
 cuBLAS; minutes of compiling), `ahead` (`batched_targets`: rounds of 32 updates, each round's
 next states scored by the target network in one 1,024-row pass, whose time is counted, and each
-update taking its rows; 128 envs at the Nature ratio make such rounds). The profile lists the GPU
+update taking its rows; 128 envs at the Nature ratio make such rounds), `device`
+(`buffer.storage=device`: the batches are rows of a 100,000-frame store on the device, gathered
+inside the update; only the rows and the scalars travel). The profile lists the GPU
 kernels of the eager update and of the compiled one (no graph): how many per update and the GPU time
 of each kind. A report: the exit code is 0 whatever the numbers are.
 """
@@ -41,13 +43,15 @@ VARIANTS = [
     "graph+compile+bf16",
     "graph+compile+bf16+nchw",
     "graph+bf16",
-    "graph+compile+bf16+ahead",
+    "graph+compile+bf16+device",
+    "graph+compile+bf16+device+ahead",
 ]
 SWITCHES = {
     "eager", "graph", "compile", "autotune", "fused-adam", "tf32", "cudnn-benchmark", "bf16", "channels-last", "nchw",
-    "ahead",
+    "ahead", "device",
 }  # fmt: skip
 ROUND = 32  # updates per round with "ahead"
+STORE_FRAMES = 100_000  # with "device": the frame store of a 100,000-transition buffer
 
 
 def build(variant: str, device: str = "cuda"):
@@ -83,21 +87,27 @@ def build(variant: str, device: str = "cuda"):
     return agent
 
 
-def batches(count: int, seed: int = 0, rows: int = 32) -> list:
+def batches(count: int, seed: int = 0, rows: int = 32, store_rows: bool = False) -> list:
+    """Random batches of 4-frame stacks, or (store_rows) of 5 frame-store rows each, as the frame-once
+    replay samples them with buffer.storage=device."""
     from dqn_cli.buffers import Batch
 
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):
-        frames = rng.integers(0, 256, (rows, 5, 84, 84), dtype=np.uint8)
+        if store_rows:
+            index, frames = rng.integers(0, STORE_FRAMES, (rows, 5)), None
+        else:
+            index, frames = None, rng.integers(0, 256, (rows, 5, 84, 84), dtype=np.uint8)
         out.append(
             Batch(
-                obs=frames[:, :4],
-                next_obs=frames[:, 1:],
+                obs=None if frames is None else frames[:, :4],
+                next_obs=None if frames is None else frames[:, 1:],
                 actions=rng.integers(0, 6, rows),
                 rewards=rng.normal(size=rows).astype(np.float32),
                 terminated=(rng.random(rows) < 0.1).astype(np.float32),
                 discounts=np.full(rows, 0.99, np.float32),
+                frames=index,
             )  # fmt: skip
         )
     return out
@@ -109,8 +119,12 @@ def update_calls(variant: str, device: str = "cuda"):
     from dqn_cli.buffers import Batch
 
     agent = build(variant, device)
-    ahead = "ahead" in variant.split("+")
-    data = batches(2, rows=32 * ROUND) if ahead else batches(16)
+    switches = variant.split("+")
+    ahead, store_rows = "ahead" in switches, "device" in switches
+    if store_rows:
+        agent.frame_store = torch.randint(0, 256, (STORE_FRAMES, 84, 84), dtype=torch.uint8, device=device)
+        agent.frame_stack = 4
+    data = batches(2, rows=32 * ROUND, store_rows=store_rows) if ahead else batches(16, store_rows=store_rows)
 
     def calls():
         for i in itertools.count():
