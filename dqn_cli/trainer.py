@@ -77,6 +77,9 @@ class Trainer:
         # (on a GPU: on the CPU the per-batch passes run on both shard threads, the round's pass on one, slower)
         on_gpu = self.device.type == "cuda"
         self.batched_targets = self.draw_together and on_gpu and bool(cfg.get("batched_targets", True))
+        # overlap=true on a GPU: a quarter of the due updates is queued before the loop waits for the actions
+        # (queued behind the updates in flight), so the GPU has work while the loop takes them and starts the games
+        self.queue_ahead = bool(cfg.get("overlap")) and on_gpu
         a = cfg.agent
         self.epsilon = LinearSchedule(
             a.exploration_initial_eps, a.exploration_final_eps, a.exploration_fraction, cfg.total_steps
@@ -91,9 +94,6 @@ class Trainer:
         self.pending: list[dict[str, torch.Tensor]] = []  # on a GPU: metrics not yet brought to the host
         self.due_updates = 0  # overlap=true: updates due, run while the envs compute the next step
         self.round: list[tuple[Batch, torch.Tensor | None]] = []  # the due updates' batches, when drawn at once
-        # overlap=true on a GPU: a quarter of the due updates is queued before the loop waits for the actions
-        # (queued behind the updates in flight), so the GPU has work while the loop takes them and starts the games
-        self.queue_ahead = bool(cfg.get("overlap")) and self.device.type == "cuda"
         self.schedule_steps = int(cfg.total_steps)  # epsilon decays over a fraction of this
         self.learning_starts = int(a.learning_starts)
         self.last_saved: tuple[Path, int] | None = None  # last.pt and its step: the last good checkpoint
