@@ -196,7 +196,10 @@ class DQNAgent:
         chunk = chunk or (1024 if self.device.type == "cuda" else 64)
         self.finish_update()
         obs, next_obs = update_fields(batch)[:2]  # with buffer.storage=device: frame-store rows, None
-        next_obs = self._tensor(next_obs) if next_obs is not None else self._stacks([self._tensor(obs), None])[1]
+        if next_obs is None:  # gather only the next stacks' rows: the last K of each row's window
+            next_obs = self._stacks([self._tensor(obs[:, -self.frame_stack :]), None])[1]
+        else:
+            next_obs = self._tensor(next_obs)
         return torch.cat([self.target_compute(next_obs[i : i + chunk]).float() for i in range(0, len(next_obs), chunk)])
 
     def _threads(self) -> ThreadPoolExecutor:
