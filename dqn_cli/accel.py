@@ -15,8 +15,10 @@ backward, gradient clipping, Adam, bf16 refresh; compiled or not) as one CUDA gr
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -91,7 +93,8 @@ def _missing_compiler(device: torch.device) -> str | None:
 
 
 class GraphedUpdate:
-    """`agent.step` recorded once as a CUDA graph and replayed for every later batch.
+    """`agent.step` recorded once as a CUDA graph and replayed for every later batch; a round of updates
+    drawn at once (`agent.round_step`) likewise, as one graph for the whole round.
 
     The batch is copied (uint8 frames, or frame-store rows with buffer.storage=device, through
     pinned memory) into static input tensors that the graph reads; the graph writes the loss, mean
@@ -101,7 +104,8 @@ class GraphedUpdate:
     so both are put back afterwards: the first replayed update is the run's first update. Weights
     changed in place later (target sync, `load_state_dict` of the networks) are seen by the graph; a
     new optimizer state (`load_state_dict`) calls `reset`, and a batch of another shape (or
-    with/without importance weights) records a new graph.
+    with/without importance weights or target values) or a round of another length records a graph of
+    its own (`graphs`, by `key`).
     """
 
     WARMUP_STEPS = 3
@@ -113,40 +117,49 @@ class GraphedUpdate:
         self.reset()
 
     def reset(self) -> None:
-        self.graph, self.key, self.inputs, self.outputs = None, None, [], ()
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list, tuple]] = {}  # key: graph, inputs, outputs
 
     def __call__(self, batch: Batch, target_q: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        fields = [*update_fields(batch), target_q]  # target_q is on the device already
-        key = tuple(None if x is None else (x.shape, x.dtype) for x in fields)
-        if key != self.key:
-            self._record(fields, key)
-        for static, x in zip(self.inputs, fields, strict=True):
-            if x is not None:
-                static.copy_(x if torch.is_tensor(x) else pinned(torch.from_numpy(x)), non_blocking=True)
-        self.graph.replay()
-        loss, q_mean, td = self.outputs
+        loss, q_mean, td = self._replay("update", [*update_fields(batch), target_q], self.agent.step)
         # the next replay overwrites the outputs: copies of the metrics, which wait for the next moment;
         # the TD errors are read at once (prioritized replay), in stream order before that replay
         return loss.clone(), q_mean.clone(), td
 
-    def _record(self, fields: list, key: tuple) -> None:
+    def round(self, rows: Batch, count: int, batched_targets: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """`agent.round_step` on `count` batches (`rows`, one after another): the round's target pass and
+        all its updates in one replay, after one copy per field. Returns copies of the losses and mean Qs."""
+        step = functools.partial(self.agent.round_step, count=count, batched_targets=batched_targets)
+        losses, qs = self._replay(("round", count, batched_targets), update_fields(rows), step)
+        return losses.clone(), qs.clone()
+
+    def _replay(self, kind: str | tuple, fields: list, step: Callable[[list], tuple]) -> tuple:
+        key = (kind, *(None if x is None else (tuple(x.shape), x.dtype) for x in fields))  # None: no such input
+        if key not in self.graphs:
+            self.graphs[key] = self._record(fields, step)
+            log.info(f"recorded {kind} as a CUDA graph on {self.agent.device} (inputs {[k and k[0] for k in key[1:]]})")
+        graph, inputs, outputs = self.graphs[key]
+        for static, x in zip(inputs, fields, strict=True):  # a tensor (target_q) is on the device already
+            if x is not None:
+                static.copy_(x if torch.is_tensor(x) else pinned(torch.from_numpy(x)), non_blocking=True)
+        graph.replay()
+        return outputs
+
+    def _record(self, fields: list, step: Callable[[list], tuple]) -> tuple[torch.cuda.CUDAGraph, list, tuple]:
         agent, device = self.agent, self.agent.device
-        self.reset()
-        self.inputs = args = [None if x is None else torch.as_tensor(x, device=device).clone() for x in fields]
+        inputs = [None if x is None else torch.as_tensor(x, device=device).clone() for x in fields]
         saved = _snapshot(agent)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(self.WARMUP_STEPS):
-                agent.step(args)
+                step(inputs)
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         agent.optimizer.zero_grad(set_to_none=True)
         with torch.cuda.graph(graph):
-            self.outputs = agent.step(args)
+            outputs = step(inputs)
         _restore(agent, saved)
-        self.graph, self.key = graph, key
-        log.info(f"recorded the update as a CUDA graph on {device} (batch shapes {[k and k[0] for k in key]})")
+        return graph, inputs, outputs
 
 
 def _snapshot(agent: DQNAgent) -> tuple[list[torch.Tensor], dict]:

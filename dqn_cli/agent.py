@@ -150,6 +150,31 @@ class DQNAgent:
             self.td_abs = td.abs().cpu().numpy()
         return {"td_loss": loss, "q_values": q_mean}
 
+    def learn_round(self, rows: Batch, count: int, batched_targets: bool = True) -> list[dict[str, torch.Tensor]]:
+        """`learn` on each of `count` batches, `rows` holding them one after another (no importance
+        weights; nothing comes between the updates): `round_step` on the device, one CUDA graph replay
+        with `cuda_graphs=true`. Returns each update's loss and mean Q, as `learn` does."""
+        if self.graphed is not None:
+            losses, qs = self.graphed.round(rows, count, batched_targets)
+        else:
+            losses, qs = self.round_step([self._tensor(x) for x in update_fields(rows)], count, batched_targets)
+        return [{"td_loss": loss, "q_values": q} for loss, q in zip(losses, qs, strict=True)]
+
+    def round_step(self, tensors: list, count: int, batched_targets: bool = True) -> tuple[torch.Tensor, ...]:
+        """`count` updates (`step`) on equal consecutive parts of `tensors`, the device tensors of a
+        round's `update_fields`. With `batched_targets` the target network first scores every part's
+        next states in one pass (`target_values`: the updates of a round all see one target network).
+        Returns the updates' losses and mean Qs, stacked. This is what `cuda_graphs=true` records as one
+        CUDA graph per round (`GraphedUpdate.round`)."""
+        target_q = self._target_pass(*tensors[:2]) if batched_targets else None
+        size = len(tensors[2]) // count
+        metrics = []
+        for i in range(count):
+            part = slice(i * size, (i + 1) * size)
+            metrics.append(self.step([None if t is None else t[part] for t in (*tensors, target_q)])[:2])
+        losses, qs = zip(*metrics, strict=True)
+        return torch.stack(losses), torch.stack(qs)
+
     def step(self, tensors: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The update on the device tensors of `update_fields` and the batch's `target_q` (or None):
         gradient, clipping, optimizer step, compute-copy refresh (with `defer_optimizer` the last three
@@ -193,13 +218,16 @@ class DQNAgent:
         one 1,024-row pass (Nature CNN, fp32, one thread, 2-core Xeon). The trainer batches targets on
         a GPU only: on the CPU an update's own target pass is split over its shard threads.
         """
-        chunk = chunk or (1024 if self.device.type == "cuda" else 64)
         self.finish_update()
         obs, next_obs = update_fields(batch)[:2]  # with buffer.storage=device: frame-store rows, None
-        if next_obs is None:  # gather only the next stacks' rows: the last K of each row's window
-            next_obs = self._stacks([self._tensor(obs[:, -self.frame_stack :]), None])[1]
-        else:
-            next_obs = self._tensor(next_obs)
+        return self._target_pass(self._tensor(obs), self._tensor(next_obs), chunk)
+
+    @torch.no_grad()
+    def _target_pass(self, obs: torch.Tensor, next_obs: torch.Tensor | None, chunk: int | None = None) -> torch.Tensor:
+        """`target_values` on device tensors (obs the frame-store rows when next_obs is None)."""
+        chunk = chunk or (1024 if self.device.type == "cuda" else 64)
+        if next_obs is None:  # gather only the next stacks' frames: the last K of each row's window
+            next_obs = self._stacks([obs[:, -self.frame_stack :], None])[1]
         return torch.cat([self.target_compute(next_obs[i : i + chunk]).float() for i in range(0, len(next_obs), chunk)])
 
     def _threads(self) -> ThreadPoolExecutor:

@@ -153,6 +153,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "cuda_graphs": BOOL,
     "overlap": BOOL,
     "batched_targets": BOOL,
+    "round_graphs": BOOL,
     "precision": Choice("fp32", "bf16-mixed"),
     "network.name": Choice("mlp", "nature_cnn"),
     "network.hidden_sizes": Rule("int_list"),

@@ -80,6 +80,9 @@ class Trainer:
         # overlap=true on a GPU: a quarter of the due updates is queued before the loop waits for the actions
         # (queued behind the updates in flight), so the GPU has work while the loop takes them and starts the games
         self.queue_ahead = bool(cfg.get("overlap")) and on_gpu
+        # cuda_graphs=true: a round drawn at once is one graph replay (its target pass and all its updates)
+        graphed = self.agent.graphed is not None
+        self.round_graphs = self.draw_together and graphed and bool(cfg.get("round_graphs", True))
         a = cfg.agent
         self.epsilon = LinearSchedule(
             a.exploration_initial_eps, a.exploration_final_eps, a.exploration_fraction, cfg.total_steps
@@ -198,11 +201,16 @@ class Trainer:
 
     def _learn_due(self, limit: int | None = None) -> None:
         """Run the due updates, or the first `limit` of them (the rest stay due; a round drawn at once is
-        kept for them, so it makes no difference how a round is split)."""
+        kept for them, so it makes no difference how a round is split). With `round_graphs` a round drawn
+        at once runs whole, whatever the limit: it is one graph replay."""
         batch_size = int(self.cfg.agent.batch_size)
         if self.draw_together and self.due_updates > 1 and not self.round:
             # one draw of due * batch_size rows (no add comes between the updates) ...
             rows = self.buffer.sample(self.due_updates * batch_size, self.rng)
+            if self.round_graphs:
+                count, self.due_updates = self.due_updates, 0
+                self._learned(self.agent.learn_round(rows, count, self.batched_targets))
+                return
             # ... nor a target sync: one target network for all of them, which scores their next states at once
             target_q = self.agent.target_values(rows) if self.batched_targets else None
             for i in range(self.due_updates):
@@ -225,12 +233,16 @@ class Trainer:
         self._learn_batch(self.buffer.sample(batch_size, self.rng))
 
     def _learn_batch(self, batch: Batch, target_q: torch.Tensor | None = None) -> None:
-        self.pending.append(self.agent.learn(batch, target_q))
-        self.updates += 1
-        if self.device.type != "cuda":  # free on the CPU; a GPU keeps computing until the next moment
-            self._collect_metrics()
+        self._learned([self.agent.learn(batch, target_q)])
         if batch.weights is not None:  # prioritized replay: new priorities from |TD|
             self.buffer.update_priorities(batch.indices, self.agent.td_abs)
+
+    def _learned(self, metrics: list[dict[str, torch.Tensor]]) -> None:
+        """Count the updates just made, keeping their metrics for the next moment."""
+        self.pending.extend(metrics)
+        self.updates += len(metrics)
+        if self.device.type != "cuda":  # free on the CPU; a GPU keeps computing until the next moment
+            self._collect_metrics()
 
     def _collect_metrics(self) -> None:
         """Bring the pending updates' metrics to the host (one wait for the GPU) and NaN-check them:

@@ -341,6 +341,32 @@ def test_a_round_of_updates_on_targets_scored_at_once_is_the_same_round(shards, 
             torch.testing.assert_close(q, p, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("batched_targets", [True, False], ids=["batched-targets", "per-batch-targets"])
+def test_learn_round_is_its_updates_one_after_another(batched_targets):
+    """learn_round (what cuda_graphs=true records as one graph per round): 3 updates on consecutive 32-row
+    parts of the round's rows, after one target pass over all of them (batched_targets) or each with its
+    own: bitwise the updates made one by one, with their losses and mean Qs in order."""
+    one_by_one, round_ = _cnn_agents((2, 2), double=False, max_grad_norm=1.0, lr=1e-3)
+    rows = _pixel_batch(96, weights=False)
+    target_q = one_by_one.target_values(rows) if batched_targets else None
+    expected = []
+    for i in range(3):
+        part = slice(32 * i, 32 * (i + 1))
+        batch = Batch(*(None if x is None else x[part] for x in rows))
+        metrics = one_by_one.learn(batch, None if target_q is None else target_q[part])
+        expected.append({k: v.item() for k, v in metrics.items()})
+    passes = []  # the rows of each target-network pass
+    round_.target_compute.register_forward_hook(lambda net, args, out: passes.append(len(args[0])))
+    got = round_.learn_round(rows, 3, batched_targets)
+    # the CPU's batched passes take 64 rows at most; without, each update's 2 shards score their 16 rows
+    assert passes == ([64, 32] if batched_targets else [16] * 6)
+    assert [{k: v.item() for k, v in m.items()} for m in got] == expected
+    assert len({m["td_loss"] for m in expected}) == 3  # three different updates
+    for p, q in zip(one_by_one.q_net.parameters(), round_.q_net.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert {int(s["step"]) for s in round_.optimizer.state.values()} == {3}
+
+
 def test_sharded_update_is_deterministic():
     first, second = _cnn_agents((2, 2))
     batch = _pixel_batch(32, weights=False)

@@ -474,6 +474,33 @@ def test_batched_targets_score_each_round_in_one_target_pass(run_dir, atari_cfg)
         torch.testing.assert_close(ahead.agent.q_net.state_dict()[name], w, rtol=0, atol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("ahead, batched", [(False, False), (True, True)], ids=["plain", "ahead-batched"])
+def test_a_round_run_whole_is_the_round_run_update_by_update(run_dir, atari_cfg, ahead, batched):
+    """round_graphs (with cuda_graphs=true on a GPU each round is one graph replay; forced here on the CPU,
+    eager): each round drawn at once runs whole through agent.learn_round, also where queue_ahead asks for a
+    quarter of it first, with or without batched targets. The run is bitwise the run update by update."""
+    from dqn_cli.trainer import Trainer
+
+    common = (*SMALL_ATARI, "buffer.storage=device", "env.num_envs=4", "env.vectorization=ale", "overlap=true",
+              "agent.gradient_steps=4")  # fmt: skip
+    trainers = {}
+    for name in ("by_update", "whole"):
+        trainers[name] = trainer = Trainer(atari_cfg(*common), run_dir / name)
+        assert not trainer.round_graphs  # no CUDA graphs on the CPU
+        trainer.batched_targets = batched
+    whole = trainers["whole"]
+    whole.round_graphs, whole.queue_ahead = True, ahead
+    rounds, learn_round = [], whole.agent.learn_round
+    whole.agent.learn_round = lambda rows, count, targets: (rounds.append(count), learn_round(rows, count, targets))[1]
+    for trainer in trainers.values():
+        trainer.run()
+    by_update = trainers["by_update"]
+    assert set(rounds) == {4} and whole.updates == 4 * len(rounds) == by_update.updates > 0
+    assert whole.due_updates == 0 and not whole.round
+    for name, w in by_update.agent.q_net.state_dict().items():
+        assert torch.equal(whole.agent.q_net.state_dict()[name], w), name
+
+
 def test_device_frame_store_needs_atari_frames(compose_cfg):
     with pytest.raises(UserError, match=r"buffer.storage=device keeps stacked Atari frames .* env.kind=classic"):
         validate_train(compose_cfg("train", ["buffer.storage=device"]))
