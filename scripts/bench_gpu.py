@@ -10,7 +10,8 @@ Nature optimizer settings. Ours is the real `Trainer` of `dqn train env=pong` wi
 switches: async vector envs (rows starting "ale": `env.vectorization=ale`, ale-py's C++ vector env),
 `cuda_graphs`, `overlap`, `compile`, `precision`, "device" for `buffer.storage=device` and
 "unbatched" for `batched_targets=false` (rounds of updates drawn at once with "device" have the
-target network score all their next states in one pass unless it is set). SB3 is
+target network score all their next states in one pass unless it is set), "per-update" for
+`round_graphs=false` (with "graphs" and "device" a round is one graph replay unless it is set). SB3 is
 `DQN("CnnPolicy")` on `make_atari_env` (SubprocVecEnv for N > 1) + `VecFrameStack(4)`. Env steps/s
 counts the transitions stored from `learning_starts + warmup` to the end over the wall time between
 them (acting, env stepping, storing and updating; no start-up, no CUDA-graph recording, no evaluation).
@@ -55,6 +56,7 @@ SWITCHES = {  # a row name's "+"-joined words -> our overrides (ale: env.vectori
     "device": ["buffer.storage=device"],
     "compile": ["compile=true"],
     "unbatched": ["batched_targets=false"],  # a target-network pass per update, not one per round
+    "per-update": ["round_graphs=false"],  # a graph replay per update, not one per round
     "ale": [],
 }
 
@@ -116,7 +118,7 @@ def _time_sections(trainer) -> dict:
     env_parts = ["step_async", "step_wait"] if trainer.cfg.get("overlap") else ["step"]  # step calls both
     parts = [(trainer.env, name) for name in env_parts]
     parts += [(trainer.agent, "act_later"), (trainer.buffer, "sample"), (trainer.agent, "target_values")]
-    parts += [(trainer.agent, "learn"), (trainer.buffer, "add")]
+    parts += [(trainer.agent, "learn"), (trainer.agent, "learn_round"), (trainer.buffer, "add")]
 
     def timer(inner, label: str):
         def timed(*args, **kwargs):

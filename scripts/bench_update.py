@@ -17,7 +17,9 @@ cuBLAS; minutes of compiling), `ahead` (`batched_targets`: rounds of 32 updates,
 next states scored by the target network in one 1,024-row pass, whose time is counted, and each
 update taking its rows; 128 envs at the Nature ratio make such rounds), `device`
 (`buffer.storage=device`: the batches are rows of a 100,000-frame store on the device, gathered
-inside the update; only the rows and the scalars travel). The profile lists the GPU
+inside the update; only the rows and the scalars travel), `round` (`round_graphs`: a round of 32
+updates in one `learn_round` call, with `graph` one CUDA graph replay per round, its target pass
+included with `ahead`). The profile lists the GPU
 kernels of the eager update and of the compiled one (no graph): how many per update and the GPU time
 of each kind. A report: the exit code is 0 whatever the numbers are.
 """
@@ -45,12 +47,13 @@ VARIANTS = [
     "graph+bf16",
     "graph+compile+bf16+device",
     "graph+compile+bf16+device+ahead",
+    "graph+compile+bf16+device+ahead+round",
 ]
 SWITCHES = {
     "eager", "graph", "compile", "autotune", "fused-adam", "tf32", "cudnn-benchmark", "bf16", "channels-last", "nchw",
-    "ahead", "device",
+    "ahead", "device", "round",
 }  # fmt: skip
-ROUND = 32  # updates per round with "ahead"
+ROUND = 32  # updates per round with "ahead" or "round"
 STORE_FRAMES = 100_000  # with "device": the frame store of a 100,000-transition buffer
 
 
@@ -114,23 +117,28 @@ def batches(count: int, seed: int = 0, rows: int = 32, store_rows: bool = False)
 
 
 def update_calls(variant: str, device: str = "cuda"):
-    """The variant's agent, and an endless supply of its updates as calls: the batches in turn, or (ahead)
-    rounds of ROUND updates on 32-row parts of one batch, whose target values the first call computes."""
+    """The variant's agent, and an endless supply of its updates as (call, updates it makes) pairs: the
+    batches in turn; or (ahead) rounds of ROUND updates on 32-row parts of one batch, whose target values
+    the first call computes; or (round) one `learn_round` call per round."""
     from dqn_cli.buffers import Batch
 
     agent = build(variant, device)
     switches = variant.split("+")
-    ahead, store_rows = "ahead" in switches, "device" in switches
+    ahead, store_rows, whole = "ahead" in switches, "device" in switches, "round" in switches
     if store_rows:
         agent.frame_store = torch.randint(0, 256, (STORE_FRAMES, 84, 84), dtype=torch.uint8, device=device)
         agent.frame_stack = 4
-    data = batches(2, rows=32 * ROUND, store_rows=store_rows) if ahead else batches(16, store_rows=store_rows)
+    rounds = ahead or whole
+    data = batches(2, rows=32 * ROUND, store_rows=store_rows) if rounds else batches(16, store_rows=store_rows)
 
     def calls():
         for i in itertools.count():
             batch = data[i % len(data)]
+            if whole:
+                yield (lambda batch=batch: agent.learn_round(batch, ROUND, batched_targets=ahead)), ROUND
+                continue
             if not ahead:
-                yield lambda batch=batch: agent.learn(batch)
+                yield (lambda batch=batch: agent.learn(batch)), 1
                 continue
             round_ = {}
             for j in range(ROUND):
@@ -141,21 +149,28 @@ def update_calls(variant: str, device: str = "cuda"):
                         round_["target_q"] = agent.target_values(batch)
                     return agent.learn(part, round_["target_q"][32 * j : 32 * (j + 1)])
 
-                yield call
+                yield call, 1
 
     return agent, calls()
 
 
+def run_updates(calls, updates: int) -> None:
+    """Make `updates` updates (whole rounds of those that come in rounds) from `update_calls`."""
+    done = 0
+    while done < updates:
+        call, count = next(calls)
+        call()
+        done += count
+
+
 def time_variant(variant: str, updates: int, device: str = "cuda") -> dict:
     _, calls = update_calls(variant, device)
-    for _ in range(2 * ROUND):  # recording, cuDNN set-up, allocator warm-up; whole rounds with "ahead"
-        next(calls)()
+    run_updates(calls, 2 * ROUND)  # recording, cuDNN set-up, allocator warm-up; whole rounds with "ahead"
     updates = ROUND * max(1, round(updates / ROUND))  # whole rounds: each round's target pass is counted
     sync = torch.cuda.synchronize if device == "cuda" else lambda: None
     sync()
     start = time.perf_counter()
-    for _ in range(updates):
-        next(calls)()
+    run_updates(calls, updates)
     sync()
     ms = 1000 * (time.perf_counter() - start) / updates
     return {"variant": variant, "ms_per_update": round(ms, 4), "updates_per_s": round(1000 / ms)}
@@ -165,12 +180,10 @@ def kernel_profile(variant: str = "eager", updates: int = ROUND) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     _, calls = update_calls(variant)
-    for _ in range(ROUND):
-        next(calls)()
+    run_updates(calls, ROUND)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(updates):
-            next(calls)()
+        run_updates(calls, updates)
         torch.cuda.synchronize()
     totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     for e in prof.events():

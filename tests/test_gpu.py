@@ -108,17 +108,18 @@ def test_cuda_graph_update_follows_the_eager_update(precision, weights):
         if weights:
             np.testing.assert_allclose(graphed.td_abs, eager.td_abs, rtol=rel * 10, atol=rel)
         _assert_one_step_apart_at_most(eager, graphed, rel)
-    assert graphed.graphed.graph is not None
+    assert [key[0] for key in graphed.graphed.graphs] == ["update"]  # one graph, replayed
     assert all(p.dtype == torch.float32 for p in graphed.q_net.parameters())
     steps = {int(s["step"]) for s in graphed.optimizer.state.values()}
     assert steps == {6}  # Adam counted the 6 real updates, not the warm-up
 
 
-def _assert_one_step_apart_at_most(eager, graphed, rel: float) -> None:
-    """Nearly every weight agrees; a flipped near-zero gradient moves a weight ~lr (1e-3) the other way."""
+def _assert_one_step_apart_at_most(eager, graphed, rel: float, steps: int = 1) -> None:
+    """Nearly every weight agrees; a flipped near-zero gradient moves a weight ~lr (1e-3) the other way
+    (in each of `steps` updates)."""
     for p, q in zip(eager.q_net.parameters(), graphed.q_net.parameters(), strict=True):
         close = torch.isclose(q, p, rtol=rel, atol=rel * p.abs().max().item())
-        assert close.float().mean() > 0.99 and (q - p).abs().max() < 3e-3
+        assert close.float().mean() > 0.99 and (q - p).abs().max() < 3e-3 * steps
 
 
 def test_compiled_update_in_a_cuda_graph_follows_the_eager_update():
@@ -136,7 +137,7 @@ def test_compiled_update_in_a_cuda_graph_follows_the_eager_update():
         if i >= 3:
             np.testing.assert_allclose(graphed.td_abs, eager.td_abs, rtol=1e-2, atol=1e-3)
         _assert_one_step_apart_at_most(eager, graphed, 1e-3)
-    assert graphed.graphed.graph is not None and graphed.graphed.key[-2] is not None  # the weighted graph
+    assert [key[-2] is not None for key in graphed.graphed.graphs] == [False, True]  # then the weighted graph
     assert graphed.optimizer.defaults["foreach"] and not graphed.optimizer.defaults["fused"]  # inductor fuses it
     assert {int(s["step"]) for s in graphed.optimizer.state.values()} == {6}
 
@@ -159,7 +160,30 @@ def test_cuda_graph_takes_a_rounds_target_values_as_an_input(precision):
         assert b["td_loss"] == pytest.approx(a["td_loss"], rel=rel)
         assert b["q_values"] == pytest.approx(a["q_values"], rel=rel, abs=1e-4)
         _assert_one_step_apart_at_most(eager, graphed, rel)
-    assert graphed.graphed.key[-1] == ((32, 3), torch.float32)  # recorded with the target values as input
+    assert [key[-1] for key in graphed.graphed.graphs] == [((32, 3), torch.float32)]  # target values as input
+
+
+@pytest.mark.parametrize("precision, compiled", [("fp32", False), ("bf16-mixed", True)])
+def test_a_round_recorded_as_one_cuda_graph_follows_the_eager_round(precision, compiled):
+    """round_graphs: a round of 4 updates, its target pass included, replayed as one graph gives the eager
+    round's losses, mean Qs and weights. The second round replays the same graph, and the first round's
+    metrics are copies it does not overwrite. Each round starts from the graphed agent's state."""
+    eager, graphed = _cnn_agent(precision), _cnn_agent(precision, graphed=True, compiled=compiled)
+    rng = np.random.default_rng(4)
+    rel = 1e-3 if precision == "fp32" else 2e-2
+    rounds = []
+    for _ in range(2):
+        rows = _pixel_batch(rng, n=128)
+        eager.load_state_dict(copy.deepcopy(graphed.state_dict()))
+        rounds.append((eager.learn_round(rows, 4), graphed.learn_round(rows, 4)))
+        _assert_one_step_apart_at_most(eager, graphed, rel, steps=4)
+    for a, b in rounds:  # read after both rounds
+        assert len(a) == len(b) == 4
+        for m_a, m_b in zip(a, b, strict=True):
+            assert m_b["td_loss"].item() == pytest.approx(m_a["td_loss"].item(), rel=rel)
+            assert m_b["q_values"].item() == pytest.approx(m_a["q_values"].item(), rel=rel, abs=1e-4)
+    assert [key[0] for key in graphed.graphed.graphs] == [("round", 4, True)]
+    assert {int(s["step"]) for s in graphed.optimizer.state.values()} == {8}  # not the warm-up's
 
 
 def test_cuda_graph_sees_target_syncs_and_loaded_checkpoints():
@@ -172,7 +196,7 @@ def test_cuda_graph_sees_target_syncs_and_loaded_checkpoints():
         assert b["td_loss"] == pytest.approx(a["td_loss"], rel=1e-3)
         if i == 1:
             eager.sync_target(), graphed.sync_target()
-    first = graphed.graphed.graph
+    (first,) = (graph for graph, _, _ in graphed.graphed.graphs.values())
     other = _cnn_agent()
     other.update(_pixel_batch(rng))
     for agent in (eager, graphed):  # own copies: a loaded optimizer keeps the tensors it is given
@@ -181,7 +205,8 @@ def test_cuda_graph_sees_target_syncs_and_loaded_checkpoints():
         batch = _pixel_batch(rng)
         a, b = eager.update(batch), graphed.update(batch)
         assert b["td_loss"] == pytest.approx(a["td_loss"], rel=1e-3)
-    assert graphed.graphed.graph is not None and graphed.graphed.graph is not first
+    (second,) = (graph for graph, _, _ in graphed.graphed.graphs.values())
+    assert second is not first  # recorded anew for the loaded optimizer state
 
 
 @pytest.mark.parametrize(
@@ -205,10 +230,12 @@ def test_pong_trains_with_cuda_graphs_and_overlap(compose_cfg, run_dir, storage,
     trainer.run()
     assert trainer.updates == 2 * (600 - 100) // 4 and trainer.due_updates == 0
     assert (trainer.agent.frame_store is not None) == (storage == "device")
-    assert trainer.agent.graphed.graph is not None
-    assert trainer.queue_ahead  # a quarter of each round queued before the loop waits for the actions
-    # storage=device: each round's 2 batches drawn at once, their targets scored in one pass (graph input)
-    assert trainer.batched_targets == (storage == "device") == (trainer.agent.graphed.key[-1] is not None)
+    assert trainer.queue_ahead  # host storage: a quarter of each round queued before the loop waits for the actions
+    # storage=device: each round's 2 batches drawn at once and replayed as one graph (round_graphs), which
+    # scores their targets in one pass (batched_targets)
+    assert trainer.batched_targets == trainer.round_graphs == (storage == "device")
+    kinds = {key[0] for key in trainer.agent.graphed.graphs}
+    assert kinds == ({("round", 2, True)} if storage == "device" else {"update"})
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location="cpu")
     assert state["counters"]["updates"] == trainer.updates
     for name, w in trainer.agent.q_net.state_dict().items():
