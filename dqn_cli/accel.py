@@ -10,7 +10,8 @@ themselves stay plain modules (state-dict keys and checkpoints are unchanged, ac
 `cuda_graphs=true` (CUDA only, checked in config.py) records the whole update (forward, TD loss,
 backward, gradient clipping, Adam, bf16 refresh; compiled or not) as one CUDA graph
 (`GraphedUpdate`): an update is then a few host-to-GPU copies and one graph launch instead of
-~100 kernel launches from Python.
+~100 kernel launches from Python. With `round_graphs=true` a round of updates drawn at once is one
+graph (its target pass and all its updates).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class GraphedUpdate:
     changed in place later (target sync, `load_state_dict` of the networks) are seen by the graph; a
     new optimizer state (`load_state_dict`) calls `reset`, and a batch of another shape (or
     with/without importance weights or target values) or a round of another length records a graph of
-    its own (`graphs`, by `key`).
+    its own (`graphs`, keyed by kind and input shapes).
     """
 
     WARMUP_STEPS = 3
