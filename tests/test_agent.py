@@ -367,6 +367,23 @@ def test_learn_round_is_its_updates_one_after_another(batched_targets):
     assert {int(s["step"]) for s in round_.optimizer.state.values()} == {3}
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16-mixed"])
+def test_the_step_after_the_shards_takes_all_the_update_threads(precision):
+    """2 shards of 1 thread each: the gradient sum, clipping and Adam (bf16: and the refresh) run on the
+    caller with both threads, while the shard thread waits; then acting gets its one thread back."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # as make_agent leaves it for torch_threads=2 and 2 shards
+        agent = _cnn_agent(2, precision)
+        seen, clip_and_step = [], agent.clip_and_step
+        agent.clip_and_step = lambda refresh=None: (seen.append(torch.get_num_threads()), clip_and_step(refresh))[1]
+        for _ in range(2):
+            agent.update(_pixel_batch(32, weights=False))
+        assert seen == [2, 2] and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_sharded_update_is_deterministic():
     first, second = _cnn_agents((2, 2))
     batch = _pixel_batch(32, weights=False)
