@@ -399,7 +399,7 @@ def intra_op_threads(threads: int) -> Iterator[None]:
 
     With update shards, the gradient sum, clipping and Adam after the shards run on the caller alone
     while the shard threads wait: with all the update's threads they took 1.4 ms instead of 2.2 per
-    Nature-CNN update, and Pong trained 2-5% faster in fp32 (2-core Xeon, three pairs of runs)."""
+    Nature-CNN update, and Pong trained 1-6% faster in fp32 (2-core Xeon, three pairs of runs)."""
     before = torch.get_num_threads()
     if threads == before:
         yield
