@@ -96,7 +96,7 @@ class Trainer:
         self.metrics: dict[str, list[float]] = {}  # update metrics since the last log line
         self.pending: list[dict[str, torch.Tensor]] = []  # on a GPU: metrics not yet brought to the host
         self.due_updates = 0  # overlap=true: updates due, run while the envs compute the next step
-        self.round: list[tuple[Batch, torch.Tensor | None]] = []  # the due updates' batches, when drawn at once
+        self.round: list[tuple[Batch, torch.Tensor | None]] = []  # a round drawn at once, run update by update
         self.schedule_steps = int(cfg.total_steps)  # epsilon decays over a fraction of this
         self.learning_starts = int(a.learning_starts)
         self.last_saved: tuple[Path, int] | None = None  # last.pt and its step: the last good checkpoint
