@@ -104,6 +104,10 @@ def main() -> None:
     from dqn_cli.signals import TrainingStoppedError
 
     try:
+        if command == "train" and _is_sweep(args[1:]):
+            from dqn_cli.sweep import check_sweep
+
+            check_sweep([a for a in args[1:] if a not in SWEEP_FLAGS])
         _hydra_app(config_name, task)()
         if _KEPT:
             raise _KEPT[0]
@@ -121,6 +125,16 @@ def main() -> None:
         name = signal.Signals(signum).name
         print(f"dqn {command}: aborted by {name}; checkpoints already written are kept", file=sys.stderr)
         sys.exit(128 + signum)
+
+
+SWEEP_FLAGS = ("-m", "--multirun")
+
+
+def _is_sweep(args: list[str]) -> bool:
+    """Whether `args` launch a sweep whose jobs `check_sweep` can check first: -m, and no other Hydra flag
+    (--cfg, --info, -cd DIR, ... print instead of running, or take values of their own)."""
+    flags = [a for a in args if a.startswith("-")]
+    return bool(flags) and all(a in SWEEP_FLAGS for a in flags)
 
 
 def _resume_in_place(args: list[str]) -> list[str]:

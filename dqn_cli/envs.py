@@ -35,9 +35,7 @@ def make_env(
         from dqn_cli.atari import make_atari_env  # ale-py loads only for Atari
 
         return make_atari_env(env_cfg, seed, n, training, render)
-    if env_cfg.kind != "classic":
-        raise UserError(f"env.kind={env_cfg.kind!r} is not supported; allowed: classic, atari.")
-    _check_registered(env_cfg.id)
+    check_env(env_cfg)
     kwargs = {"render_mode": "rgb_array"} if render else {}
     if env_cfg.get("max_episode_steps") is not None:
         kwargs["max_episode_steps"] = int(env_cfg.max_episode_steps)
@@ -52,6 +50,18 @@ def make_env(
     _check_spaces(env, env_cfg.id)
     env.action_space.seed(seed)
     return env
+
+
+def check_env(env_cfg: DictConfig) -> None:
+    """The UserError `make_env` raises for an unknown env kind, id or ALE game, without building the env."""
+    if env_cfg.kind == "atari":
+        from dqn_cli.atari import check_game
+
+        check_game(env_cfg)
+    elif env_cfg.kind == "classic":
+        _check_registered(env_cfg.id)
+    else:
+        raise UserError(f"env.kind={env_cfg.kind!r} is not supported; allowed: classic, atari.")
 
 
 def _check_registered(env_id: str) -> None:

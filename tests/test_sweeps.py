@@ -21,7 +21,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from dqn_cli.checkpoint import load_checkpoint
-from dqn_cli.sweep import SUMMARY, QuietRayNotices, write_summary
+from dqn_cli.errors import UserError
+from dqn_cli.sweep import CHECK_LIMIT, SUMMARY, QuietRayNotices, _jobs, check_sweep, write_summary
 
 REPO = Path(__file__).resolve().parents[1]
 _SCRIPT = Path(sys.executable).with_name("dqn")
@@ -139,6 +140,75 @@ def test_plot_script_draws_a_png_of_the_requested_size(joblib_sweep, tmp_path):
 
     pixels = matplotlib.image.imread(out)
     assert pixels.shape[:2] == (200, 300) and pixels.std() > 0.01  # something was drawn
+
+
+# ---- every job checked before the first one runs ---------------------------------------------------
+
+
+def test_a_bad_value_in_a_later_job_stops_the_sweep_before_the_first_job(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = multirun(sweep_dir, "agent.lr=1e-3,abc")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out and "Error executing job" not in out, out
+    assert "in the sweep's job with agent.lr=abc: invalid config: agent.lr='abc'" in proc.stderr, out
+    assert "No job was started." in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, out
+    assert not sweep_dir.exists()  # job 0 (agent.lr=1e-3, a good config) did not run either
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["agent.lr=1e-3,-1"], ["job with agent.lr=-1:", "must be a number > 0"]),
+        # 80 jobs, more than CHECK_LIMIT: each value is still checked once
+        (["seed=range(0,40)", "agent.lr=1e-3,-1"], ["job with seed=0 agent.lr=-1:"]),
+        (["seed=range(0,40)", "agent.lr=1e-3,5e-4", "agent.gamma=0.99,1.5"],
+         ["seed=0 agent.lr=0.001 agent.gamma=1.5:"]),
+        # combinations: each value alone is good, the pair is not (the batch must fit in the buffer)
+        (["agent.batch_size=16,600", "buffer.capacity=500,1000"], ["agent.batch_size=600 buffer.capacity=500:"]),
+        (["env=atari", "env.game=Pong,Pongg"], ["job with env.game=Pongg:", "not an ALE game", "Close matches: Pong"]),
+        (["env=cartpole", "env.id=CartPole-v1,CartPole-v9"], ["env.id=CartPole-v9:", "not a registered"]),
+        (["seed=0,1", "resume=/some/run"], ["job with seed=0:", "cannot be part of a sweep"]),
+        # Optuna's search space (the config's, or a command-line sweep): both ends of an interval, every choice
+        (["hparams_search=cartpole_optuna", "agent.exploration_fraction=interval(0.5, 1.5)"],
+         ["agent.exploration_fraction=1.5:", "must be a number in [0, 1]"]),
+        # a searched key set on the command line is pinned, not searched
+        (["hparams_search=cartpole_optuna", "agent.batch_size=100000"], ["agent.batch_size=100000 is larger"]),
+    ],
+)  # fmt: skip
+def test_check_sweep_names_the_job_with_the_bad_value(overrides, words):
+    with pytest.raises(UserError) as e:
+        check_sweep([*TINY, *overrides])
+    for word in words:
+        assert word in str(e.value), str(e.value)
+    assert str(e.value).endswith("No job was started.")
+    assert "agent.batch_size=32" not in str(e.value)  # a pinned key is not searched
+
+
+def test_check_sweep_checks_the_configs_search_space():
+    unpinned = [o for o in TINY if not o.startswith("agent.batch_size=")]  # learning_starts=100 < choice 128
+    with pytest.raises(UserError) as e:
+        check_sweep([*unpinned, "hparams_search=cartpole_optuna"])
+    assert "job with agent.lr=0.0003 agent.batch_size=128 agent.target_update_interval=100" in str(e.value)
+    assert "agent.learning_starts=100 is smaller than agent.batch_size=128" in str(e.value)
+
+
+def test_check_sweep_passes_good_sweeps():
+    check_sweep([*TINY, "seed=0,1,2", "agent.lr=1e-3,5e-4"])
+    check_sweep([*TINY, "hparams_search=cartpole_optuna", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
+    check_sweep(["env=glob(*,exclude=atari)", "device=cpu"])  # every env preset (atari needs env.game)
+    check_sweep(["env=pong", "env/preset=nature,machado", "device=cpu"])
+
+
+def test_sweeps_up_to_the_limit_are_checked_job_by_job_and_larger_ones_value_by_value():
+    small = [["a=1", "a=2"], ["b=1", "b=2", "b=3"]]
+    assert sorted(map(tuple, _jobs(small))) == sorted((a, b) for a in small[0] for b in small[1])
+    large = [[f"s={i}" for i in range(CHECK_LIMIT + 1)], ["l=1", "l=2"], ["g=1", "g=2"]]
+    jobs = list(_jobs(large))
+    assert len(jobs) == 1 + CHECK_LIMIT + 1 + 1
+    assert jobs[0] == ["s=0", "l=1", "g=1"] and ["s=0", "l=2", "g=1"] in jobs and ["s=0", "l=1", "g=2"] in jobs
+    assert {j[0] for j in jobs} == set(large[0])  # every value once
+    assert all(sum(v != f for v, f in zip(j, jobs[0], strict=True)) <= 1 for j in jobs)
 
 
 # ---- Optuna ---------------------------------------------------------------------------------------
