@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,6 +11,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from dqn_cli.errors import UserError
+
+log = logging.getLogger(__name__)
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
 _NUMPY_ACTIVATIONS = {
@@ -121,6 +124,11 @@ def make_network(net_cfg: DictConfig, obs_shape: tuple[int, ...], n_actions: int
     if net_cfg.name == "mlp":
         if net_cfg.activation not in ACTIVATIONS:
             raise UserError(f"network.activation={net_cfg.activation!r} is unknown; allowed: {', '.join(ACTIVATIONS)}.")
+        if len(obs_shape) == 3:  # allowed (a baseline, a test), but rarely what was meant
+            log.warning(
+                f"network=mlp flattens this env's image observations {tuple(obs_shape)} into "
+                f"{int(np.prod(obs_shape)):,} inputs; the Nature DQN setup for frames is network=nature_cnn."
+            )
         return MLP(int(np.prod(obs_shape)), n_actions, list(net_cfg.hidden_sizes), net_cfg.activation, dueling)
     if net_cfg.name == "nature_cnn":
         if len(obs_shape) != 3:

@@ -117,9 +117,9 @@ def _build_error(cfg, obs_shape: tuple[int, ...]) -> str | None:
 
 
 @pytest.mark.parametrize("env_option, network", PAIRS, ids=[f"env={e},network={n}" for e, n in PAIRS])
-def test_every_env_and_network_builds(compose_cfg, env_option, network):
+def test_every_env_and_network_builds(compose_cfg, env_option, network, caplog):
     """The builders turn each env x network pair into a working env, agent and (small) replay buffer,
-    or refuse a pair that cannot work with a UserError that says why."""
+    or refuse a pair that cannot work with a UserError that says why; an MLP over frames is warned of."""
     cfg = compose_filled(compose_cfg, [f"env={env_option}", f"network={network}", "buffer.capacity=1000"])
     validate_train(cfg)
     env = make_env(cfg.env, seed=0)
@@ -130,7 +130,10 @@ def test_every_env_and_network_builds(compose_cfg, env_option, network):
             with pytest.raises(UserError, match=re.escape(expected_error)):
                 make_agent(cfg, obs_space.shape, n_actions, torch.device("cpu"))
             return
-        agent = make_agent(cfg, obs_space.shape, n_actions, torch.device("cpu"))
+        with caplog.at_level("WARNING", logger="dqn_cli.networks"):
+            agent = make_agent(cfg, obs_space.shape, n_actions, torch.device("cpu"))
+        warned = [r.getMessage() for r in caplog.records if "network=mlp flattens" in r.getMessage()]
+        assert len(warned) == (network == "mlp" and len(obs_space.shape) == 3), warned
         obs, _ = env.reset(seed=0)
         with torch.no_grad():
             q = agent.q_net(torch.as_tensor(obs))
