@@ -118,7 +118,7 @@ def main() -> None:
         print(f"dqn {command}: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except (HydraException, OmegaConfBaseException) as e:
-        print(f"dqn {command}: error: {_one_paragraph(e)}", file=sys.stderr)
+        print(f"dqn {command}: error: {_unknown_override(e, command) or _one_paragraph(e)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:  # a second Ctrl-C, or one before training began
         signum = getattr(e, "signum", signal.SIGINT)
@@ -149,6 +149,25 @@ def _resume_in_place(args: list[str]) -> list[str]:
     if not any(a.startswith("hydra.output_subdir=") for a in args):
         extra.append("hydra.output_subdir=null")
     return [*args, *extra]
+
+
+def _unknown_override(e: BaseException, command: str) -> str | None:
+    """Hydra's "Could not override 'KEY'. To append to your config use +KEY=..." for a key the config lacks,
+    said as `unknown_key` says it (the key meant, the keys there are; appending would be refused too), or
+    for a key of other group options (env.vectorization with env=cartpole) which group lacks it."""
+    import re
+
+    from dqn_cli.config import EVAL_RULES, TRAIN_RULES, options_with, unknown_key
+
+    found = re.match(r"Could not override '([\w.]+)'", str(e))
+    if found is None or "not in struct" not in f"{e} {e.__cause__}":
+        return None
+    key, rules = found.group(1), TRAIN_RULES if command == "train" else EVAL_RULES
+    if key not in rules:
+        return unknown_key(key, rules)
+    group, options = key.split(".")[0], options_with(key, command)
+    having = f"the {group} options that have it: {', '.join(options)}" if options else f"no {group} option has it"
+    return f"{key} is not in the {group} config this run composes; {having}. Pick one of those, or drop {key}."
 
 
 def _one_paragraph(e: BaseException) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass
@@ -239,15 +240,66 @@ def _check(cfg: DictConfig, rules: dict[str, Rule]) -> list[str]:
             if not any_missing:  # a required key left unset explains it better
                 problems.append(f"{key} cannot be resolved: {value}.")
         elif rule is None:
-            group = key.split(".")[0] + "." if "." in key else ""
-            known = sorted(k for k in rules if k.startswith(group)) if group else sorted(rules)
-            where = f" in {group[:-1]}" if group else ""
-            problems.append(f"{key} is not a known key (known{where}: {', '.join(known)}).")
+            problems.append(unknown_key(key, rules))
         elif value == "???":
             problems.append(f"{key} is required; set it with {key}=..., it must be {rule.describe()}.")
         elif not rule.ok(value):
             problems.append(f"{key}={value!r} is invalid: it must be {rule.describe()}.")
     return problems
+
+
+# What users of Stable-Baselines3 and CleanRL type, and the key it is here
+OTHER_NAMES = {
+    "learning_rate": "agent.lr",
+    "buffer_size": "buffer.capacity",
+    "total_timesteps": "total_steps",
+    "target_network_frequency": "agent.target_update_interval",
+    "train_frequency": "agent.train_freq",
+    "start_e": "agent.exploration_initial_eps",
+    "end_e": "agent.exploration_final_eps",
+    "optimize_memory_usage": "buffer.kind",
+    "num_envs": "env.num_envs",
+    "env_id": "env.id",
+}
+
+
+def unknown_key(key: str, rules: dict[str, Rule]) -> str:
+    """The message for a key no config has: the key meant (an SB3 or CleanRL name, or a close spelling)
+    and the keys its group has."""
+    group = key.split(".")[0] + "." if "." in key else ""
+    leaf = key.rsplit(".", 1)[-1]
+    if OTHER_NAMES.get(leaf) in rules:
+        hint = f" Did you mean {OTHER_NAMES[leaf]} (what Stable-Baselines3 or CleanRL call {leaf})?"
+    else:
+        by_leaf = {k.rsplit(".", 1)[-1]: k for k in rules if k.startswith(group)}
+        close = difflib.get_close_matches(key, list(rules), n=2, cutoff=0.85)
+        close += [by_leaf[m] for m in difflib.get_close_matches(leaf, list(by_leaf), n=2, cutoff=0.8)]
+        hint = f" Did you mean {' or '.join(dict.fromkeys(close))}?" if close else ""
+    if group:
+        known = f"known in {group[:-1]}: {', '.join(sorted(k for k in rules if k.startswith(group)))}"
+    else:
+        known = f"known at the top: {', '.join(sorted({k.split('.')[0] for k in rules}))}"
+    return f"{key} is not a known key.{hint} ({known}.)"
+
+
+def options_with(key: str, config_name: str = "train") -> list[str]:
+    """The options of `key`'s config group (`env.vectorization`: env) whose composed config has `key`."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    group, _, rest = key.partition(".")
+    folder = Path(config_dir()) / group
+    if not rest or not folder.is_dir():
+        return []
+    GlobalHydra.instance().clear()  # what a failed Hydra app left
+    found = []
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        for option in sorted(p.stem for p in folder.glob("*.yaml")):
+            parent_key, _, leaf = key.rpartition(".")
+            parent = OmegaConf.select(compose(config_name, [f"{group}={option}"]), parent_key)
+            if isinstance(parent, DictConfig) and leaf in parent.keys():  # (`in` is False for ???)
+                found.append(option)
+    return found
 
 
 # Keys the trainer reads in every run; a config that lost one (`~agent.gamma`) is refused up front.

@@ -109,6 +109,11 @@ def test_eval_help(tmp_path):
 BAD = [
     (["train", "env=foo"], ["env", "foo"]),
     (["train", "foo=1"], ["foo"]),
+    (["train", "agent.learning_rate=1e-3"], ["agent.learning_rate is not a known key", "Did you mean agent.lr"]),
+    (["train", "agent.exploraton_fraction=0.2"], ["Did you mean agent.exploration_fraction?"]),
+    (["train", "env=cartpole", "env.vectorization=ale"], ["env.vectorization", "have it: atari, breakout, pong"]),
+    (["train", "buffer.alpha=0.5"], ["buffer.alpha", "have it: prioritized"]),
+    (["eval", "episodez=3"], ["episodez is not a known key", "Did you mean episodes"]),
     (["train", "agent.lr=abc"], ["agent.lr", "abc"]),
     (["train", "agent.gamma=1.5"], ["agent.gamma", "1.5"]),
     (["eval", "checkpoint=missing.pt"], ["missing.pt", "does not exist"]),

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dqn_cli.agent import make_agent
 from dqn_cli.buffers import make_buffer
-from dqn_cli.config import TRAIN_RULES, Rule, config_dir, validate_eval, validate_train
+from dqn_cli.config import OTHER_NAMES, TRAIN_RULES, Rule, config_dir, options_with, validate_eval, validate_train
 from dqn_cli.envs import make_env
 from dqn_cli.errors import UserError
 
@@ -209,6 +209,37 @@ def test_bad_override_is_a_user_error_naming_the_key(small_cfg_factory, override
     message = str(info.value)
     assert re.search(rf"(?<![\w.]){re.escape(key)}\b", message), message
     assert "\n" not in message  # one paragraph
+
+
+@pytest.mark.parametrize(
+    "key, hint",
+    [
+        ("agent.learning_rate", "Did you mean agent.lr (what Stable-Baselines3 or CleanRL call learning_rate)?"),
+        ("buffer.buffer_size", "Did you mean buffer.capacity"),
+        ("total_timesteps", "Did you mean total_steps"),
+        ("agent.exploraton_fraction", "Did you mean agent.exploration_fraction?"),
+        ("agent.gama", "Did you mean agent.gamma?"),
+        ("foo", "(known at the top: agent, batched_targets, buffer,"),
+    ],
+)
+def test_an_unknown_key_names_the_key_meant(small_cfg_factory, key, hint):
+    with pytest.raises(UserError) as info:
+        validate_train(small_cfg_factory(f"+{key}=1"))
+    assert f"{key} is not a known key." in str(info.value) and hint in str(info.value), str(info.value)
+
+
+def test_every_other_name_points_at_a_key_that_exists():
+    for name, key in OTHER_NAMES.items():
+        assert key in TRAIN_RULES, key
+        assert {k for k in TRAIN_RULES if k.rsplit(".", 1)[-1] == name} <= {key}  # never away from a key of ours
+
+
+def test_options_with_a_key_are_found_by_composing_each_option():
+    assert options_with("env.vectorization") == ["atari", "breakout", "pong"]
+    assert options_with("buffer.alpha") == ["prioritized"]
+    assert options_with("network.activation") == ["mlp"] and options_with("network.hidden") == ["nature_cnn"]
+    assert options_with("env.game") == ["atari", "breakout", "pong"]  # atari's is ??? (required)
+    assert options_with("seed") == [] and options_with("agent.no_such_key") == []
 
 
 def _bad_values(rule: Rule) -> list:
