@@ -115,9 +115,12 @@ def _fsync_dir(directory: Path) -> None:
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a dqn_cli checkpoint safely; every failure is a UserError naming the file."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*.pt")) or sorted(path.glob("checkpoints/*.pt"))
+        inside = f"the checkpoints in it: {', '.join(str(p) for p in found[:6])}" if found else "it holds no .pt file"
+        raise UserError(f"checkpoint={str(path)!r} is a directory, not a checkpoint file; {inside}.")
     if not path.is_file():
-        hint = " It is a directory; point at a .pt file inside checkpoints/." if path.is_dir() else ""
-        raise UserError(f"checkpoint={str(path)!r} does not exist.{hint}")
+        raise UserError(f"checkpoint={str(path)!r} does not exist.")
     if path.stat().st_size == 0:
         raise UserError(f"checkpoint={str(path)!r} is an empty file, not a dqn_cli checkpoint.")
     try:

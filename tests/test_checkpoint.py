@@ -69,8 +69,15 @@ def test_missing_file(tmp_path):
 
 
 def test_directory_instead_of_file(tmp_path):
-    with pytest.raises(UserError, match="is a directory"):
+    with pytest.raises(UserError, match="is a directory, not a checkpoint file; it holds no .pt file"):
         load_checkpoint(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    for name in ("last.pt", "best.pt"):
+        (tmp_path / "checkpoints" / name).touch()
+    with pytest.raises(UserError) as e:  # a run dir: its checkpoints are named
+        load_checkpoint(tmp_path)
+    ckpts = tmp_path / "checkpoints"
+    assert str(e.value).endswith(f"the checkpoints in it: {ckpts / 'best.pt'}, {ckpts / 'last.pt'}."), str(e.value)
 
 
 def test_empty_file(tmp_path):
