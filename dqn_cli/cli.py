@@ -120,6 +120,11 @@ def main() -> None:
     except (HydraException, OmegaConfBaseException) as e:
         print(f"dqn {command}: error: {_unknown_override(e, command) or _one_paragraph(e)}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # the file system said no: a run dir that cannot be made, a full disk
+        where = f": {e.filename}" if e.filename else ""
+        hint = " The run dir is hydra.run.dir (outputs/DATE/TIME under the working directory unless set)."
+        print(f"dqn {command}: error: {e.strerror or e}{where}.{hint if command == 'train' else ''}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt as e:  # a second Ctrl-C, or one before training began
         signum = getattr(e, "signum", signal.SIGINT)
         name = signal.Signals(signum).name

@@ -248,7 +248,7 @@ def _check(cfg: DictConfig, rules: dict[str, Rule]) -> list[str]:
     return problems
 
 
-# What users of Stable-Baselines3 and CleanRL type, and the key it is here
+# What users of Stable-Baselines3, CleanRL and the ALE type, and the key it is here
 OTHER_NAMES = {
     "learning_rate": "agent.lr",
     "buffer_size": "buffer.capacity",
@@ -260,6 +260,7 @@ OTHER_NAMES = {
     "optimize_memory_usage": "buffer.kind",
     "num_envs": "env.num_envs",
     "env_id": "env.id",
+    "repeat_action_probability": "env.preset.sticky_actions",  # the ALE's name
 }
 
 
@@ -269,7 +270,7 @@ def unknown_key(key: str, rules: dict[str, Rule]) -> str:
     group = key.split(".")[0] + "." if "." in key else ""
     leaf = key.rsplit(".", 1)[-1]
     if OTHER_NAMES.get(leaf) in rules:
-        hint = f" Did you mean {OTHER_NAMES[leaf]} (what Stable-Baselines3 or CleanRL call {leaf})?"
+        hint = f" Did you mean {OTHER_NAMES[leaf]} (what Stable-Baselines3, CleanRL or the ALE call {leaf})?"
     else:
         by_leaf = {k.rsplit(".", 1)[-1]: k for k in rules if k.startswith(group)}
         close = difflib.get_close_matches(key, list(rules), n=2, cutoff=0.85)

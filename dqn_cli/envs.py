@@ -8,6 +8,7 @@ placed before any reward clipping so they are the true scores.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import gymnasium as gym
@@ -37,6 +38,9 @@ def make_env(
         return make_atari_env(env_cfg, seed, n, training, render)
     check_env(env_cfg)
     kwargs = {"render_mode": "rgb_array"} if render else {}
+    if render:  # classic control draws with pygame, whose SDL looks for a display (and on a headless
+        # machine prints "error: XDG_RUNTIME_DIR is invalid"); rgb_array frames need none
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     if env_cfg.get("max_episode_steps") is not None:
         kwargs["max_episode_steps"] = int(env_cfg.max_episode_steps)
     env = gym.make_vec(

@@ -82,6 +82,8 @@ def evaluate(cfg: DictConfig) -> dict:
     protocol_name = protocol.name if protocol is not None else "custom"
     env_cfg = apply_eval_protocol(train_cfg.env, protocol)
     run_dir = run_dir_of(cfg.checkpoint)
+    if cfg.output:  # before the games: a path that cannot be written fails now, not after them
+        _writable(Path(cfg.output))
     video = None
     if cfg.get("video"):
         where = (run_dir or Path(cfg.checkpoint).resolve().parent) / "videos"
@@ -121,10 +123,28 @@ def evaluate(cfg: DictConfig) -> dict:
         _add_to_tensorboard(run_dir, f"eval_{protocol_name}", result, step)
     if cfg.output:
         out = Path(cfg.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        try:
+            out.write_text(json.dumps(result, indent=2) + "\n")
+        except OSError as e:
+            raise UserError(f"output={str(out)!r} cannot be written ({e.strerror}); the scores are above.") from None
         log.info(f"wrote {out}")
     return result
+
+
+def _writable(out: Path) -> None:
+    """Create `output`'s folder and check that a file can be written there, else a UserError."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        existed = out.exists()
+        with open(out, "a"):  # appends nothing
+            pass
+        if not existed:
+            out.unlink()
+    except OSError as e:
+        raise UserError(
+            f"output={str(out)!r} cannot be written ({e.strerror}: {e.filename}); give a path in a folder you can "
+            "write to."
+        ) from None
 
 
 def _add_to_tensorboard(run_dir: Path, prefix: str, result: dict, step: int) -> None:

@@ -75,6 +75,15 @@ def test_eval_writes_json(trained, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]  # no run dir, no log file for eval
 
 
+def test_eval_video_of_a_classic_env_on_a_headless_machine(trained, tmp_path):
+    ckpt = trained / "checkpoints" / "last.pt"
+    proc = dqn("eval", f"checkpoint={ckpt}", "episodes=1", "device=cpu", "video=true", cwd=tmp_path, XDG_RUNTIME_DIR="")
+    assert proc.returncode == 0, output(proc)
+    video = trained / "videos" / "eval_greedy_step300.mp4"
+    assert f"wrote {video}" in output(proc) and video.stat().st_size > 1000
+    assert "error" not in output(proc).lower(), output(proc)  # pygame's SDL found no display and said so
+
+
 def test_top_level_help(tmp_path):
     proc = dqn("--help", cwd=tmp_path)
     assert proc.returncode == 0
@@ -132,6 +141,27 @@ def test_bad_input_fails_cleanly(tmp_path, args, words):
         assert word in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) <= 12, proc.stderr  # short: no stack, no config dump
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_run_dir_that_cannot_be_made_fails_cleanly(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    proc = dqn("train", "env=cartpole", f"hydra.run.dir={tmp_path / 'file' / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in output(proc), output(proc)
+    assert proc.stderr.strip() == (
+        f"dqn train: error: Not a directory: {tmp_path / 'file' / 'run'}. The run dir is hydra.run.dir "
+        "(outputs/DATE/TIME under the working directory unless set)."
+    )
+
+
+@pytest.mark.parametrize("path", ["file/x.json", "."])
+def test_an_eval_output_that_cannot_be_written_fails_before_the_games(trained, tmp_path, path):
+    (tmp_path / "file").write_text("not a folder")
+    ckpt = trained / "checkpoints" / "last.pt"
+    proc = dqn("eval", f"checkpoint={ckpt}", "episodes=2", "device=cpu", f"output={path}", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in output(proc), output(proc)
+    assert f"dqn eval: error: output='{path}' cannot be written (" in proc.stderr, proc.stderr
+    assert "mean return" not in output(proc)  # no game was played
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 def test_compile_without_a_cpp_compiler_fails_cleanly(tmp_path):

@@ -214,7 +214,8 @@ def test_bad_override_is_a_user_error_naming_the_key(small_cfg_factory, override
 @pytest.mark.parametrize(
     "key, hint",
     [
-        ("agent.learning_rate", "Did you mean agent.lr (what Stable-Baselines3 or CleanRL call learning_rate)?"),
+        ("agent.learning_rate", "Did you mean agent.lr (what Stable-Baselines3, CleanRL or the ALE call learning_rate"),
+        ("env.preset.repeat_action_probability", "Did you mean env.preset.sticky_actions"),
         ("buffer.buffer_size", "Did you mean buffer.capacity"),
         ("total_timesteps", "Did you mean total_steps"),
         ("agent.exploraton_fraction", "Did you mean agent.exploration_fraction?"),
