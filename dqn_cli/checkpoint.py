@@ -3,6 +3,7 @@ read back with `torch.load(weights_only=True)`, so a file can never run code whe
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tempfile
@@ -20,27 +21,41 @@ FORMAT = "dqn_cli/checkpoint-v1"
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
-    """Write `state` to `path` atomically: temp file in the same dir, fsync, rename."""
-    return atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
+    """Write `state` to `path` atomically: temp file in the same dir, fsync, rename. It is serialised in
+    memory first (a few tens of MB for the Nature CNN with Adam), so a full disk fails as the file
+    write's OSError: torch's zip writer says only "unexpected pos 768 vs 662"."""
+
+    def write(f: BinaryIO) -> None:
+        data = io.BytesIO()
+        torch.save({"format": FORMAT, **state}, data)
+        f.write(data.getbuffer())
+
+    return atomic_write(path, write)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Call `write(f)` on a temp file beside `path`, fsync it, rename it over `path`, fsync the dir.
 
     A crash at any moment leaves either the old file or the new one at `path`, never a mix; at worst
-    a `.NAME.*.tmp` file stays behind (`remove_temp_files` clears those).
+    a `.NAME.*.tmp` file stays behind (`remove_temp_files` clears those). A write the file system
+    refuses (a full disk, a read-only folder) is a UserError naming the file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            kept = "the one there before is kept" if path.exists() else "there was none before"
+            raise UserError(f"could not write {path} ({e.strerror or e}); {kept}.") from None
         raise
     _fsync_dir(path.parent)
     return path

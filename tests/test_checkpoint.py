@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from dqn_cli.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from dqn_cli.checkpoint import FORMAT, load_checkpoint, save_arrays, save_checkpoint
 from dqn_cli.errors import UserError
 
 
@@ -58,6 +59,48 @@ def test_failed_save_keeps_the_old_file_and_removes_the_temp_file(tmp_path):
         save_checkpoint({"counters": {"step": 2}, "bad": lambda: None}, path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+class _FullDisk:
+    """A file that takes `room` bytes, then fails as a full disk does."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def write(self, data) -> int:
+        if len(memoryview(data)) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(memoryview(data))
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+@pytest.mark.parametrize("what", ["checkpoint", "replay"])
+def test_a_full_disk_is_a_clear_error_and_keeps_the_old_file(tmp_path, monkeypatch, what):
+    path = tmp_path / ("last.pt" if what == "checkpoint" else "replay_1.npz")
+
+    def save(n: int) -> None:
+        if what == "checkpoint":
+            save_checkpoint({"x": torch.arange(n)}, path)
+        else:
+            save_arrays({"x": np.arange(n)}, path)
+
+    save(10)
+    before = path.read_bytes()
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode: _FullDisk(real_fdopen(fd, mode), room=len(before)))
+    with pytest.raises(UserError) as e:
+        save(100_000)
+    assert str(e.value) == f"could not write {path} (No space left on device); the one there before is kept."
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
 
 
 # ---- bad files ---------------------------------------------------------------------------------------
