@@ -164,7 +164,12 @@ def _unknown_override(e: BaseException, command: str) -> str | None:
 
     from dqn_cli.config import EVAL_RULES, TRAIN_RULES, options_with, unknown_key
 
-    found = re.match(r"Could not override '([\w.]+)'", str(e))
+    found = re.match(r"Could not override '([\w./]+)'", str(e))
+    if found is not None and "/" in found.group(1) and "No match in the defaults list" in str(e):
+        group = found.group(1)  # a nested group (env/preset) that the parent option chosen lacks
+        parent, options = group.split("/")[0], options_with(group.replace("/", "."), command)
+        having = f"of the {parent} options {', '.join(options)}" if options else "that no option uses"
+        return f"{group} is a config group {having}; the {parent} this run composes has none. Pick one of those."
     if found is None or "not in struct" not in f"{e} {e.__cause__}":
         return None
     key, rules = found.group(1), TRAIN_RULES if command == "train" else EVAL_RULES

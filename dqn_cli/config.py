@@ -273,7 +273,8 @@ def unknown_key(key: str, rules: dict[str, Rule]) -> str:
         hint = f" Did you mean {OTHER_NAMES[leaf]} (what Stable-Baselines3, CleanRL or the ALE call {leaf})?"
     else:
         by_leaf = {k.rsplit(".", 1)[-1]: k for k in rules if k.startswith(group)}
-        close = difflib.get_close_matches(key, list(rules), n=2, cutoff=0.85)
+        tops = sorted({k.split(".")[0] for k in rules})  # groups too: netwrk=mlp
+        close = difflib.get_close_matches(key, [*rules, *tops], n=2, cutoff=0.85)
         close += [by_leaf[m] for m in difflib.get_close_matches(leaf, list(by_leaf), n=2, cutoff=0.8)]
         hint = f" Did you mean {' or '.join(dict.fromkeys(close))}?" if close else ""
     if group:

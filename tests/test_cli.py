@@ -123,6 +123,8 @@ BAD = [
     (["train", "env=cartpole", "env.vectorization=ale"], ["env.vectorization", "have it: atari, breakout, pong"]),
     (["train", "buffer.alpha=0.5"], ["buffer.alpha", "have it: prioritized"]),
     (["eval", "episodez=3"], ["episodez is not a known key", "Did you mean episodes"]),
+    (["train", "netwrk=mlp"], ["netwrk is not a known key. Did you mean network?"]),
+    (["train", "env/preset=machado"], ["env/preset is a config group of the env options atari, breakout, pong"]),
     (["train", "agent.lr=abc"], ["agent.lr", "abc"]),
     (["train", "agent.gamma=1.5"], ["agent.gamma", "1.5"]),
     (["eval", "checkpoint=missing.pt"], ["missing.pt", "does not exist"]),
