@@ -257,7 +257,6 @@ OTHER_NAMES = {
     "train_frequency": "agent.train_freq",
     "start_e": "agent.exploration_initial_eps",
     "end_e": "agent.exploration_final_eps",
-    "optimize_memory_usage": "buffer.kind",
     "num_envs": "env.num_envs",
     "env_id": "env.id",
     "repeat_action_probability": "env.preset.sticky_actions",  # the ALE's name
@@ -265,8 +264,8 @@ OTHER_NAMES = {
 
 
 def unknown_key(key: str, rules: dict[str, Rule]) -> str:
-    """The message for a key no config has: the key meant (an SB3 or CleanRL name, or a close spelling)
-    and the keys its group has."""
+    """The message for a key no config has: the key meant (by its SB3, CleanRL or ALE name, or a close
+    spelling) and the keys its group has."""
     group = key.split(".")[0] + "." if "." in key else ""
     leaf = key.rsplit(".", 1)[-1]
     if OTHER_NAMES.get(leaf) in rules:
@@ -294,10 +293,9 @@ def options_with(key: str, config_name: str = "train") -> list[str]:
     if not rest or not folder.is_dir():
         return []
     GlobalHydra.instance().clear()  # what a failed Hydra app left
-    found = []
+    found, (parent_key, _, leaf) = [], key.rpartition(".")
     with initialize_config_dir(config_dir(), version_base="1.3"):
         for option in sorted(p.stem for p in folder.glob("*.yaml")):
-            parent_key, _, leaf = key.rpartition(".")
             parent = OmegaConf.select(compose(config_name, [f"{group}={option}"]), parent_key)
             if isinstance(parent, DictConfig) and leaf in parent.keys():  # (`in` is False for ???)
                 found.append(option)
