@@ -105,9 +105,7 @@ def main() -> None:
 
     try:
         if command == "train" and _is_sweep(args[1:]):
-            from dqn_cli.sweep import check_sweep
-
-            check_sweep([a for a in args[1:] if a not in SWEEP_FLAGS])
+            _check_sweep([a for a in args[1:] if a not in SWEEP_FLAGS])
         _hydra_app(config_name, task)()
         if _KEPT:
             raise _KEPT[0]
@@ -140,6 +138,24 @@ def _is_sweep(args: list[str]) -> bool:
     (--cfg, --info, -cd DIR, ... print instead of running, or take values of their own)."""
     flags = [a for a in args if a.startswith("-")]
     return bool(flags) and all(a in SWEEP_FLAGS for a in flags)
+
+
+def _check_sweep(overrides: list[str]) -> None:
+    """`check_sweep`: a bad job config stops the sweep; a failure of the check itself only says so (it
+    is a convenience, and Hydra still composes each job as it starts)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from dqn_cli.errors import UserError
+    from dqn_cli.sweep import check_sweep
+
+    try:
+        check_sweep(overrides)
+    except (UserError, HydraException, OmegaConfBaseException):
+        raise
+    except Exception as e:  # noqa: BLE001 - anything else is the check's own failure
+        what = f"{type(e).__name__}: {e}"
+        print(f"dqn train: warning: the jobs' configs were not checked first ({what})", file=sys.stderr)
 
 
 def _resume_in_place(args: list[str]) -> list[str]:

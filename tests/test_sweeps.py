@@ -200,6 +200,19 @@ def test_check_sweep_passes_good_sweeps():
     check_sweep(["env=pong", "env/preset=nature,machado", "device=cpu"])
 
 
+def test_a_failure_of_the_check_itself_only_warns(monkeypatch, capsys):
+    import dqn_cli.sweep
+    from dqn_cli.cli import _check_sweep
+
+    def broken(overrides):
+        raise RuntimeError("a bug in the check")
+
+    monkeypatch.setattr(dqn_cli.sweep, "check_sweep", broken)
+    _check_sweep(["seed=0,1"])  # the sweep goes on
+    err = capsys.readouterr().err
+    assert "warning: the jobs' configs were not checked first (RuntimeError: a bug in the check)" in err
+
+
 def test_sweeps_up_to_the_limit_are_checked_job_by_job_and_larger_ones_value_by_value():
     small = [["a=1", "a=2"], ["b=1", "b=2", "b=3"]]
     assert sorted(map(tuple, _jobs(small))) == sorted((a, b) for a in small[0] for b in small[1])
