@@ -54,12 +54,12 @@ def _train(cfg):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from dqn_cli.errors import UserError
+    from dqn_cli.sweep import refuse_resume
     from dqn_cli.trainer import train
 
     hydra_cfg = HydraConfig.get()
-    if cfg.get("resume") and hydra_cfg.mode == RunMode.MULTIRUN:
-        raise UserError(f"resume={cfg.resume!r} continues one run; it cannot be part of a sweep (-m).")
+    if hydra_cfg.mode == RunMode.MULTIRUN:  # (check_sweep refused it already, unless other flags skipped that)
+        refuse_resume(cfg)
     return train(cfg, hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task))
 
 

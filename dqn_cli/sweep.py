@@ -128,8 +128,7 @@ def check_sweep(overrides: list[str]) -> None:
         for job in _jobs(values):
             cfg = compose("train", [*fixed, *job])
             try:
-                if cfg.get("resume"):
-                    raise UserError(f"resume={cfg.resume!r} continues one run; it cannot be part of a sweep (-m).")
+                refuse_resume(cfg)
                 validate_train(cfg)
                 env_key = (cfg.env.kind, cfg.env.id, cfg.env.get("game"))
                 if env_key not in checked_envs:
@@ -138,6 +137,14 @@ def check_sweep(overrides: list[str]) -> None:
             except UserError as e:
                 where = f"in the sweep's job with {' '.join(job)}: " if job else ""
                 raise UserError(f"{where}{e} No job was started.") from None
+
+
+def refuse_resume(cfg: DictConfig) -> None:
+    """A sweep's job may not set `resume=`: that continues one run, in its own dir."""
+    from dqn_cli.errors import UserError
+
+    if cfg.get("resume"):
+        raise UserError(f"resume={cfg.resume!r} continues one run; it cannot be part of a sweep (-m).")
 
 
 def _sweep_values(override) -> list[str]:
