@@ -100,6 +100,21 @@ def test_eval_configs_validate(protocol, compose_cfg):
     assert cfg.epsilon == {"greedy": 0.0, "nature": 0.05}[protocol]
 
 
+@pytest.mark.parametrize(
+    "overrides, episodes, epsilon",
+    [
+        (["env=pong"], 10, 0.0),
+        (["env=pong", "eval_protocol=nature"], 30, 0.05),  # the protocol's count, in training too
+        (["env=breakout", "eval_protocol=nature", "eval.episodes=5"], 5, 0.05),
+        (["env=pong", "eval_protocol=nature", "experiment=pong_fast"], 3, 0.05),  # the bundle keeps evals short
+        (["env=cartpole", "eval_protocol=nature"], 20, 0.05),  # CartPole's solved test is over 20 episodes
+    ],
+)
+def test_training_evaluations_follow_the_eval_protocol(compose_cfg, overrides, episodes, epsilon):
+    cfg = compose_cfg("train", overrides)
+    assert (cfg.eval.episodes, cfg.eval.epsilon) == (episodes, epsilon)
+
+
 def test_atari_without_a_game_asks_for_env_game(compose_cfg):
     with pytest.raises(UserError, match=r"env.game is required"):
         validate_train(compose_cfg("train", ["env=atari"]))
