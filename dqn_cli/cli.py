@@ -54,11 +54,11 @@ def _train(cfg):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from dqn_cli.sweep import refuse_resume
+    from dqn_cli.config import refuse_resume
     from dqn_cli.trainer import train
 
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode == RunMode.MULTIRUN:  # (check_sweep refused it already, unless other flags skipped that)
+    if hydra_cfg.mode == RunMode.MULTIRUN:  # (refused before the start already, unless other flags skipped that)
         refuse_resume(cfg)
     return train(cfg, hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task))
 
@@ -104,8 +104,8 @@ def main() -> None:
     from dqn_cli.signals import TrainingStoppedError
 
     try:
-        if command == "train" and _is_sweep(args[1:]):
-            _check_sweep([a for a in args[1:] if a not in SWEEP_FLAGS])
+        if command == "train":
+            _check_first(args[1:])
         _hydra_app(config_name, task)()
         if _KEPT:
             raise _KEPT[0]
@@ -133,40 +133,45 @@ def main() -> None:
 SWEEP_FLAGS = ("-m", "--multirun")
 
 
-def _is_sweep(args: list[str]) -> bool:
-    """Whether `args` launch a sweep whose jobs `check_sweep` can check first: -m, and no other Hydra flag
-    (--cfg, --info, -cd DIR, ... print instead of running, or take values of their own)."""
-    flags = [a for a in args if a.startswith("-")]
-    return bool(flags) and all(a in SWEEP_FLAGS for a in flags)
-
-
-def _check_sweep(overrides: list[str]) -> None:
-    """`check_sweep`: a bad job config stops the sweep; a failure of the check itself only says so (it
-    is a convenience, and Hydra still composes each job as it starts)."""
+def _check_first(args: list[str]) -> None:
+    """`check_command_line` on `dqn train ARGS`, before Hydra makes a run dir or starts a sweep's first job.
+    Skipped with Hydra flags other than -m (--cfg, --info, -cd DIR, ... print instead of running, or
+    take values) and for a single run with resume= (its config is the run's own; `resume_config` checks
+    it). A failure of the check itself only says so: Hydra and the trainer check each job anyway."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from dqn_cli.config import check_command_line
     from dqn_cli.errors import UserError
-    from dqn_cli.sweep import check_sweep
 
+    flags = [a for a in args if a.startswith("-")]
+    overrides = [a for a in args if a not in SWEEP_FLAGS]
+    if any(a not in SWEEP_FLAGS for a in flags) or (not flags and _resumed(args)):
+        return
     try:
-        check_sweep(overrides)
+        check_command_line(overrides, multirun=bool(flags))
     except (UserError, HydraException, OmegaConfBaseException):
         raise
     except Exception as e:  # noqa: BLE001 - anything else is the check's own failure
         what = f"{type(e).__name__}: {e}"
-        print(f"dqn train: warning: the jobs' configs were not checked first ({what})", file=sys.stderr)
+        print(f"dqn train: warning: the config was not checked before the start ({what})", file=sys.stderr)
+
+
+def _resumed(args: list[str]) -> str | None:
+    """The run dir of `resume=RUN_DIR` in `args`, or None."""
+    resume = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
+    return resume[-1] if resume and resume[-1] not in ("", "null") else None
 
 
 def _resume_in_place(args: list[str]) -> list[str]:
     """`resume=RUN_DIR` writes into RUN_DIR itself (logs, TensorBoard, checkpoints) and leaves the
     run's .hydra/ record as the original run wrote it."""
-    resume = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
-    if not resume or resume[-1] in ("", "null"):
+    run_dir = _resumed(args)
+    if run_dir is None:
         return args
     extra = []
     if not any(a.startswith("hydra.run.dir=") for a in args):
-        extra.append(f"hydra.run.dir={resume[-1]}")
+        extra.append(f"hydra.run.dir={run_dir}")
     if not any(a.startswith("hydra.output_subdir=") for a in args):
         extra.append("hydra.output_subdir=null")
     return [*args, *extra]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -419,3 +421,85 @@ def validate_eval(cfg: DictConfig) -> None:
                 "by `dqn train` (look in outputs/DATE/TIME/checkpoints/)."
             ] + [p for p in problems if not p.startswith("checkpoint is required")]
         raise UserError("invalid config: " + " ".join(problems))
+
+
+# ---- the command line, before Hydra runs it ---------------------------------------------------------
+
+CHECK_LIMIT = 32  # a sweep of up to this many jobs has each one checked; a larger one varies one key at a time
+
+
+def check_command_line(overrides: list[str], multirun: bool = False) -> None:
+    """Compose and check the config of the run, or of every job of a sweep (`multirun`), that these
+    `dqn train` overrides make, before Hydra makes a run dir or starts a job: a mistake leaves no
+    outputs/DATE/TIME behind, and a bad value in a sweep's sixth job stops it before the first trains.
+
+    A sweep's values are those of the command line's sweeps (comma lists, `range`, `choice`, `glob`)
+    and of `hydra.sweeper.params` (a search space: every option of a `choice`, both ends of an
+    `interval`); a key also set on the command line takes that value. Up to `CHECK_LIMIT` jobs are all
+    checked; beyond that, each value once with the other keys at their first value. Each config passes
+    `validate_train` and the env check of `make_env` (a registered id, an ALE game), and a sweep's jobs
+    `refuse_resume`. Raises UserError (in a sweep naming the job's swept values); a bad override or group
+    option raises Hydra's own error. A single run with a sweep in it is left to Hydra, which says how
+    to sweep."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from dqn_cli.envs import check_env
+
+    with initialize_config_dir(config_dir(), version_base="1.3", job_name="dqn_check"):
+        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+        given = parser.parse_overrides(overrides)
+        fixed = [o.input_line for o in given if not o.is_sweep_override()]
+        if not multirun and len(fixed) < len(given):
+            return
+        space = {}
+        if multirun:
+            space = OmegaConf.select(compose("train", fixed, return_hydra_config=True), "hydra.sweeper.params") or {}
+        keys = {o.get_key_element() for o in given}
+        searched = [f"{k}={v}" for k, v in space.items() if k not in keys]
+        swept = [o for o in [*parser.parse_overrides(searched), *given] if o.is_sweep_override()]
+        values = [[f"{o.get_key_element()}={v}" for v in _sweep_values(o)] for o in swept]
+        checked_envs: set[tuple] = set()
+        for job in _jobs(values):
+            cfg = compose("train", [*fixed, *job])
+            try:
+                if multirun:
+                    refuse_resume(cfg)
+                validate_train(cfg)
+                env_key = (cfg.env.kind, cfg.env.id, cfg.env.get("game"))
+                if env_key not in checked_envs:
+                    check_env(cfg.env)
+                    checked_envs.add(env_key)
+            except UserError as e:
+                if not multirun:
+                    raise
+                where = f"in the sweep's job with {' '.join(job)}: " if job else ""
+                raise UserError(f"{where}{e} No job was started.") from None
+
+
+def refuse_resume(cfg: DictConfig) -> None:
+    """A sweep's job may not set `resume=`: that continues one run, in its own dir."""
+    if cfg.get("resume"):
+        raise UserError(f"resume={cfg.resume!r} continues one run; it cannot be part of a sweep (-m).")
+
+
+def _sweep_values(override) -> list[str]:
+    """The values a sweep override takes (an interval: its two ends, what a search samples between)."""
+    if override.is_interval_sweep():
+        sweep = override.value()
+        return [str(sweep.start), str(sweep.end)]
+    return list(override.sweep_string_iterator())
+
+
+def _jobs(values: list[list[str]]) -> Iterator[list[str]]:
+    """Every combination of `values` (one list per swept key) if there are up to CHECK_LIMIT, else each
+    value once, the other keys at their first."""
+    if math.prod(len(v) for v in values) <= CHECK_LIMIT:
+        yield from (list(job) for job in itertools.product(*values))
+        return
+    first = [v[0] for v in values]
+    yield first
+    for i, options in enumerate(values):
+        for value in options[1:]:
+            yield [*first[:i], value, *first[i + 1 :]]

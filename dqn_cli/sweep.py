@@ -7,20 +7,17 @@ cluster the sweep dir must be on a shared filesystem (as it must be for the run 
 
 Rewrite a summary by hand, e.g. after a sweep with failed jobs: `python -m dqn_cli.sweep SWEEP_DIR`.
 
-`check_sweep` runs before any of that: `dqn train -m` composes and checks the configs of the sweep's
-jobs before Hydra starts the first one.
+Before any of that, `dqn train -m` checks the config of every job (`dqn_cli.config.check_command_line`).
 """
 
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import logging
 import math
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,82 +87,6 @@ def _not_auth_notice(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith(
         ("Token authentication is enabled for this Ray cluster", "Generated new authentication token")
     )
-
-
-# ---- before the first job ---------------------------------------------------------------------
-
-CHECK_LIMIT = 32  # a sweep of up to this many jobs has each one checked; a larger one varies one key at a time
-
-
-def check_sweep(overrides: list[str]) -> None:
-    """Compose and check the config of every job a `dqn train -m` sweep would run, before Hydra starts
-    the first: a bad value in the sixth job stops the sweep at once, not after five runs.
-
-    The values swept are those of the command line's sweeps (comma lists, `range`, `choice`, `glob`)
-    and of `hydra.sweeper.params` (a search space: every option of a `choice`, both ends of an
-    `interval`); a key also set on the command line takes that value. Up to `CHECK_LIMIT` jobs are all
-    checked; beyond that, each value once with the other keys at their first value. Each job passes
-    `validate_train` and the env check of `make_env` (a registered id, an ALE game). Raises UserError
-    naming the job's swept values; a bad override or group option raises Hydra's own error."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from dqn_cli.config import config_dir, validate_train
-    from dqn_cli.envs import check_env
-    from dqn_cli.errors import UserError
-
-    with initialize_config_dir(config_dir(), version_base="1.3", job_name="dqn_sweep_check"):
-        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
-        given = parser.parse_overrides(overrides)
-        fixed = [o.input_line for o in given if not o.is_sweep_override()]
-        space = OmegaConf.select(compose("train", fixed, return_hydra_config=True), "hydra.sweeper.params") or {}
-        keys = {o.get_key_element() for o in given}
-        searched = [f"{k}={v}" for k, v in space.items() if k not in keys]
-        swept = [o for o in [*parser.parse_overrides(searched), *given] if o.is_sweep_override()]
-        values = [[f"{o.get_key_element()}={v}" for v in _sweep_values(o)] for o in swept]
-        checked_envs: set[tuple] = set()
-        for job in _jobs(values):
-            cfg = compose("train", [*fixed, *job])
-            try:
-                refuse_resume(cfg)
-                validate_train(cfg)
-                env_key = (cfg.env.kind, cfg.env.id, cfg.env.get("game"))
-                if env_key not in checked_envs:
-                    check_env(cfg.env)
-                    checked_envs.add(env_key)
-            except UserError as e:
-                where = f"in the sweep's job with {' '.join(job)}: " if job else ""
-                raise UserError(f"{where}{e} No job was started.") from None
-
-
-def refuse_resume(cfg: DictConfig) -> None:
-    """A sweep's job may not set `resume=`: that continues one run, in its own dir."""
-    from dqn_cli.errors import UserError
-
-    if cfg.get("resume"):
-        raise UserError(f"resume={cfg.resume!r} continues one run; it cannot be part of a sweep (-m).")
-
-
-def _sweep_values(override) -> list[str]:
-    """The values a sweep override takes (an interval: its two ends, what a search samples between)."""
-    if override.is_interval_sweep():
-        sweep = override.value()
-        return [str(sweep.start), str(sweep.end)]
-    return list(override.sweep_string_iterator())
-
-
-def _jobs(values: list[list[str]]) -> Iterator[list[str]]:
-    """Every combination of `values` (one list per swept key) if there are up to CHECK_LIMIT, else each
-    value once, the other keys at their first."""
-    if math.prod(len(v) for v in values) <= CHECK_LIMIT:
-        yield from (list(job) for job in itertools.product(*values))
-        return
-    first = [v[0] for v in values]
-    yield first
-    for i, options in enumerate(values):
-        for value in options[1:]:
-            yield [*first[:i], value, *first[i + 1 :]]
 
 
 # ---- the summary -------------------------------------------------------------------------------

@@ -21,8 +21,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from dqn_cli.checkpoint import load_checkpoint
+from dqn_cli.config import CHECK_LIMIT, _jobs, check_command_line
 from dqn_cli.errors import UserError
-from dqn_cli.sweep import CHECK_LIMIT, SUMMARY, QuietRayNotices, _jobs, check_sweep, write_summary
+from dqn_cli.sweep import SUMMARY, QuietRayNotices, write_summary
 
 REPO = Path(__file__).resolve().parents[1]
 _SCRIPT = Path(sys.executable).with_name("dqn")
@@ -176,41 +177,44 @@ def test_a_bad_value_in_a_later_job_stops_the_sweep_before_the_first_job(tmp_pat
         (["hparams_search=cartpole_optuna", "agent.batch_size=100000"], ["agent.batch_size=100000 is larger"]),
     ],
 )  # fmt: skip
-def test_check_sweep_names_the_job_with_the_bad_value(overrides, words):
+def test_the_check_names_the_sweeps_job_with_the_bad_value(overrides, words):
     with pytest.raises(UserError) as e:
-        check_sweep([*TINY, *overrides])
+        check_command_line([*TINY, *overrides], multirun=True)
     for word in words:
         assert word in str(e.value), str(e.value)
     assert str(e.value).endswith("No job was started.")
     assert "agent.batch_size=32" not in str(e.value)  # a pinned key is not searched
 
 
-def test_check_sweep_checks_the_configs_search_space():
+def test_the_check_covers_the_configs_search_space():
     unpinned = [o for o in TINY if not o.startswith("agent.batch_size=")]  # learning_starts=100 < choice 128
     with pytest.raises(UserError) as e:
-        check_sweep([*unpinned, "hparams_search=cartpole_optuna"])
+        check_command_line([*unpinned, "hparams_search=cartpole_optuna"], multirun=True)
     assert "job with agent.lr=0.0003 agent.batch_size=128 agent.target_update_interval=100" in str(e.value)
     assert "agent.learning_starts=100 is smaller than agent.batch_size=128" in str(e.value)
 
 
-def test_check_sweep_passes_good_sweeps():
-    check_sweep([*TINY, "seed=0,1,2", "agent.lr=1e-3,5e-4"])
-    check_sweep([*TINY, "hparams_search=cartpole_optuna", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
-    check_sweep(["env=glob(*,exclude=atari)", "device=cpu"])  # every env preset (atari needs env.game)
-    check_sweep(["env=pong", "env/preset=nature,machado", "device=cpu"])
+def test_the_check_passes_good_sweeps():
+    for overrides in (
+        [*TINY, "seed=0,1,2", "agent.lr=1e-3,5e-4"],
+        [*TINY, "hparams_search=cartpole_optuna", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+        ["env=glob(*,exclude=atari)", "device=cpu"],  # every env preset (atari needs env.game)
+        ["env=pong", "env/preset=nature,machado", "device=cpu"],
+    ):
+        check_command_line(overrides, multirun=True)
 
 
 def test_a_failure_of_the_check_itself_only_warns(monkeypatch, capsys):
-    import dqn_cli.sweep
-    from dqn_cli.cli import _check_sweep
+    import dqn_cli.config
+    from dqn_cli.cli import _check_first
 
-    def broken(overrides):
+    def broken(overrides, multirun):
         raise RuntimeError("a bug in the check")
 
-    monkeypatch.setattr(dqn_cli.sweep, "check_sweep", broken)
-    _check_sweep(["seed=0,1"])  # the sweep goes on
+    monkeypatch.setattr(dqn_cli.config, "check_command_line", broken)
+    _check_first(["-m", "seed=0,1"])  # the sweep goes on
     err = capsys.readouterr().err
-    assert "warning: the jobs' configs were not checked first (RuntimeError: a bug in the check)" in err
+    assert "warning: the config was not checked before the start (RuntimeError: a bug in the check)" in err
 
 
 def test_sweeps_up_to_the_limit_are_checked_job_by_job_and_larger_ones_value_by_value():
