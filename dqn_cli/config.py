@@ -270,18 +270,18 @@ def unknown_key(key: str, rules: dict[str, Rule]) -> str:
     spelling) and the keys its group has."""
     group = key.split(".")[0] + "." if "." in key else ""
     leaf = key.rsplit(".", 1)[-1]
+    tops = sorted({k.split(".")[0] for k in rules})  # the top-level keys and groups
     if OTHER_NAMES.get(leaf) in rules:
         hint = f" Did you mean {OTHER_NAMES[leaf]} (what Stable-Baselines3, CleanRL or the ALE call {leaf})?"
     else:
         by_leaf = {k.rsplit(".", 1)[-1]: k for k in rules if k.startswith(group)}
-        tops = sorted({k.split(".")[0] for k in rules})  # groups too: netwrk=mlp
-        close = difflib.get_close_matches(key, [*rules, *tops], n=2, cutoff=0.85)
+        close = difflib.get_close_matches(key, [*rules, *tops], n=2, cutoff=0.85)  # groups too: netwrk=mlp
         close += [by_leaf[m] for m in difflib.get_close_matches(leaf, list(by_leaf), n=2, cutoff=0.8)]
         hint = f" Did you mean {' or '.join(dict.fromkeys(close))}?" if close else ""
     if group:
         known = f"known in {group[:-1]}: {', '.join(sorted(k for k in rules if k.startswith(group)))}"
     else:
-        known = f"known at the top: {', '.join(sorted({k.split('.')[0] for k in rules}))}"
+        known = f"known at the top: {', '.join(tops)}"
     return f"{key} is not a known key.{hint} ({known}.)"
 
 
