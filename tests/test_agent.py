@@ -84,6 +84,14 @@ def test_an_update_uses_the_target_values_computed_ahead(double):
     assert agent.learn(BATCH, zeros)["td_loss"].item() == pytest.approx((0.5**2 + 2.12**2 + 2.0**2) / 3, rel=1e-6)
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 3, 64])
+def test_target_values_in_passes_of_chunk_rows_score_every_row(chunk):
+    """Passes of `chunk` rows cover the whole batch, a last pass of a single row included (3 rows, chunk 2)."""
+    agent = linear_agent(np.eye(2), 2 * np.eye(2))
+    # target Q(s') = 2 s': [[2, 6], [-4, -2], [8, 10]]
+    np.testing.assert_array_equal(agent.target_values(BATCH, chunk=chunk).numpy(), [[2, 6], [-4, -2], [8, 10]])
+
+
 def test_gradient_is_that_of_the_loss_against_the_fixed_target():
     agent = linear_agent(np.eye(2), 2 * np.eye(2), loss="mse")
     agent.update(BATCH)
@@ -251,6 +259,23 @@ def test_epsilon_mixes_greedy_and_random(mlp_agent):
     # P(greedy action) = 1 - eps + eps / n_actions
     assert np.mean(actions == greedy) == pytest.approx(0.7 + 0.1, abs=0.03)
     assert np.all((actions >= 0) & (actions < 3))
+
+
+def test_exploring_actions_are_drawn_from_the_given_generator(mlp_agent):
+    """The caller's generator decides the exploring actions: the same seed repeats them, and each call draws
+    new ones. (Actions drawn from any other generator would not follow the seed, and one seeded inside
+    `act` would repeat call after call.)"""
+    obs = np.zeros((3000, 4), np.float32)  # one state: the greedy action is the same everywhere
+    greedy = mlp_agent.greedy(obs[:1])[0]
+    for epsilon in (1.0, 0.5):  # every action random; random and greedy mixed
+        a, b = (mlp_agent.act(obs, epsilon, np.random.default_rng(7)) for _ in range(2))
+        np.testing.assert_array_equal(a, b)
+        rng = np.random.default_rng(7)
+        first, second = mlp_agent.act(obs, epsilon, rng), mlp_agent.act(obs, epsilon, rng)
+        explored = (first != greedy) & (second != greedy)  # surely random in both calls (~4/9 or ~1/9 of rows)
+        assert explored.sum() > 200
+        # two independent uniform draws that both missed the greedy action agree half of the time
+        assert np.mean(first[explored] == second[explored]) == pytest.approx(0.5, abs=0.1)
 
 
 def test_state_dict_round_trip(mlp_agent, small_cfg):
@@ -522,6 +547,34 @@ def test_deferred_optimizer_step_runs_beside_acting_and_ends_as_the_inline_one()
     assert torch.equal(_flat(deferred.q_compute.parameters()), _flat(inline.q_compute.parameters()))
     for p, q in zip(deferred.q_compute.parameters(), inline.q_compute.parameters(), strict=True):
         assert p.stride() == q.stride() and p.dtype == q.dtype == torch.bfloat16  # the swapped-in tensors' layout
+
+
+def test_target_sync_waits_for_a_deferred_optimizer_step():
+    """With the optimizer step deferred to the shard thread (overlap=true), a target sync copies the weights
+    that step writes, not the ones from before it: sync_target waits for the step in flight."""
+    import threading
+
+    agent = _cnn_agent(2, "bf16-mixed", tau=1.0, lr=1e-3)
+    agent.defer_optimizer = True
+    release, step = threading.Event(), agent._optimizer_step_to_spare
+
+    def late_step(grads):  # the step starts only once `release` is set, 0.3 s after the update
+        release.wait(10)
+        step(grads)
+
+    agent._optimizer_step_to_spare = late_step
+    before = _flat(agent.q_net.parameters()).clone()
+    timer = threading.Timer(0.3, release.set)
+    timer.start()
+    try:
+        agent.update(_pixel_batch(32, weights=False))
+        agent.sync_target()
+    finally:
+        release.set()
+        timer.cancel()
+    agent.finish_update()
+    assert not torch.equal(_flat(agent.q_net.parameters()), before)  # the step was taken
+    assert torch.equal(_flat(agent.target_net.parameters()), _flat(agent.q_net.parameters()))
 
 
 # ---- compile=true ----------------------------------------------------------------------------------------
