@@ -143,6 +143,16 @@ def test_sum_tree_updates_and_rebuild_agree():
     assert tree.total == pytest.approx(tree.leaves(37).sum())
 
 
+def test_sum_tree_find_on_interval_boundaries():
+    """Leaf i holds the masses [c_i, c_i + p_i), c_i the sum of the priorities before it: a mass on a boundary
+    goes to the leaf that starts there, and a zero-priority leaf holds none."""
+    tree = SumTree(5)  # padded to 8 leaves
+    tree.set(np.arange(5), np.array([1.0, 2.0, 0.0, 3.0, 0.5]))
+    # leaf 0: [0, 1), leaf 1: [1, 3), leaf 2: empty, leaf 3: [3, 6), leaf 4: [6, 6.5)
+    mass = np.array([0.0, 0.999, 1.0, 2.5, 3.0, 5.999, 6.0, 6.25])
+    np.testing.assert_array_equal(tree.find(mass), [0, 0, 1, 1, 3, 3, 4, 4])
+
+
 def filled_prioritized(num_envs=1, steps=10, alpha=1.0, beta0=0.4, obs_shape=(2,), dtype=np.float32, storage=None):
     if storage is None:
         storage = ReplayBuffer(100, obs_shape, dtype, num_envs=num_envs)
@@ -190,6 +200,48 @@ def test_new_transitions_get_the_max_priority():
     assert per.tree.get(np.array([4]))[0] == pytest.approx(5.0 + 1e-6)
 
 
+def add_one(per: PrioritizedReplay) -> None:
+    per.add(np.zeros((1, 2)), np.array([0]), np.zeros(1), np.zeros((1, 2)), np.zeros(1, bool), np.zeros(1, bool))
+
+
+def test_new_transitions_get_the_largest_priority_seen_raised_to_alpha():
+    """The max priority is the largest |TD| + eps of all updates so far, not of the last one, and a new slot's
+    leaf holds it to the power alpha, like every other leaf."""
+    per = filled_prioritized(steps=4, alpha=0.5)
+    per.update_priorities(np.array([0]), np.array([4.0]))
+    per.update_priorities(np.array([1]), np.array([0.25]))  # a later, smaller update
+    add_one(per)
+    assert per.max_priority == pytest.approx(4.0 + 1e-6, rel=1e-12)
+    np.testing.assert_allclose(per.tree.get(np.array([0, 1, 4])), [2.0, 0.5, 2.0], rtol=1e-5)  # (4 + eps)^0.5, ...
+
+
+def test_a_zero_td_error_keeps_a_priority_of_eps():
+    """p = |TD| + eps: a transition the net already fits keeps eps^alpha > 0, so it can still be drawn; a negative
+    TD error counts by its size."""
+    per = filled_prioritized(steps=4, alpha=0.5)
+    per.update_priorities(np.arange(4), np.array([0.0, -4.0, 0.0, 0.0]))
+    np.testing.assert_allclose(per.tree.get(np.arange(4)), [1e-3, 2.0, 1e-3, 1e-3], rtol=1e-5)  # (1e-6)^0.5 = 1e-3
+
+
+class AlmostOne:
+    """A generator stand-in whose every uniform draw is the largest float below 1."""
+
+    def random(self, size: int) -> np.ndarray:
+        return np.full(size, np.nextafter(1.0, 0.0))
+
+
+def test_a_draw_rounded_onto_an_empty_leaf_is_redrawn():
+    """One transition in a 4-slot buffer: total priority 1. The last of 3 stratified draws, (2 + r) / 3 with r
+    the largest float below 1, rounds to exactly 1.0; that mass walks the tree past the filled leaf onto an
+    empty one, which sample must redraw, never gather."""
+    per = PrioritizedReplay(ReplayBuffer(4, (2,), np.float32), alpha=1.0)
+    per.add(np.full((1, 2), 5.0), np.array([1]), np.ones(1), np.full((1, 2), 6.0), np.zeros(1, bool), np.zeros(1, bool))
+    assert per.tree.total == 1.0 and per.tree.find(np.array([1.0]))[0] == 3  # mass == total: the empty leaf 3
+    batch = per.sample(3, AlmostOne())
+    np.testing.assert_array_equal(batch.indices, [0, 0, 0])
+    np.testing.assert_array_equal(batch.obs, np.full((3, 2), 5.0))
+
+
 def test_prioritized_skips_slots_the_storage_cannot_use():
     class EvenSlotsOnly(ReplayBuffer):  # stands in for a frame-once layout's unusable slots
         def sampleable(self, t, env):
@@ -197,8 +249,12 @@ def test_prioritized_skips_slots_the_storage_cannot_use():
 
     per = filled_prioritized(steps=10, storage=EvenSlotsOnly(100, (2,), np.float32))
     per.update_priorities(np.arange(10), np.where(np.arange(10) % 2, 50.0, 1.0))  # odd slots dominate
-    batch = per.sample(64, np.random.default_rng(0))
-    assert (batch.indices % 2 == 0).all()
+    rng = np.random.default_rng(0)
+    indices = np.concatenate([per.sample(64, rng).indices for _ in range(50)])
+    assert (indices % 2 == 0).all()
+    # redraws come from the whole priority mass: among the usable slots P(i) stays proportional to p_i,
+    # here equal for the five even slots
+    assert chi_square_p(np.bincount(indices, minlength=10)[::2], np.ones(5)) > 0.001
 
 
 def test_prioritized_vector_envs():
