@@ -126,6 +126,26 @@ def test_episode_start_pads_with_zeros_not_the_previous_episode():
     assert not obs[:, :-2].any() and obs[:, -2:].all()
 
 
+def test_a_first_add_with_unknown_history_is_not_sampled_until_its_stack_is_stored():
+    """A buffer that starts mid-episode (a resumed run without its replay file): the first observation's
+    older frames were never stored, so its stack cannot be rebuilt (it is no episode start to pad with
+    zeros); the stacks from slot K-1 on reach back only to stored frames."""
+    buf = FrameStackReplay(20, (K, H, W), np.uint8)
+    frames = [np.full((H, W), v, np.uint8) for v in range(1, 10)]  # distinct nonzero frames
+
+    def stack(t: int) -> np.ndarray:  # obs_t: frames t .. t+K-1, none zero
+        return np.stack(frames[t : t + K])[None]
+
+    no = np.zeros(1, bool)
+    for t in range(5):
+        buf.add(stack(t), np.zeros(1, np.int64), np.ones(1, np.float32), stack(t + 1), no, no)
+    env = np.zeros(5, int)
+    np.testing.assert_array_equal(buf.sampleable(np.arange(5), env), [False, False, False, True, True])
+    batch = buf._gather(np.array([3, 4]), env[:2])
+    np.testing.assert_array_equal(batch.obs, np.concatenate([stack(3), stack(4)]))
+    np.testing.assert_array_equal(batch.next_obs, np.concatenate([stack(4), stack(5)]))
+
+
 def test_truncated_next_obs_comes_from_the_side_store_and_evicted_slots_are_skipped():
     frames, naive = fill_both(3000, 1, 2000, p_end=0.3)
     truncated = np.flatnonzero(frames.truncated[: frames.pos, 0] & ~frames.terminated[: frames.pos, 0])
@@ -135,6 +155,34 @@ def test_truncated_next_obs_comes_from_the_side_store_and_evicted_slots_are_skip
     assert ok.sum() == frames.side_capacity and not ok[: len(truncated) - frames.side_capacity].any()
     got, want = frames._next_obs_at(truncated[ok], env[ok]), naive._next_obs_at(truncated[ok], env[ok])
     np.testing.assert_array_equal(got, want)
+
+
+def add_truncated_episodes(buf: FrameStackReplay, episodes: int, length: int) -> None:
+    """`episodes` episodes of `length` steps in one stream, each cut by a time limit (a side frame each).
+    Frames: obs of step s of episode e ends with frame 1 + (length * e + s) % 200, its final frame is 255."""
+    t = 0
+    for _ in range(episodes):
+        stack = np.zeros((1, K, H, W), np.uint8)
+        for s in range(length):
+            end = s == length - 1
+            stack[0, -1] = 1 + t % 200
+            nxt = np.concatenate([stack[:, 1:], np.full((1, 1, H, W), 255 if end else 1 + (t + 1) % 200, np.uint8)], 1)
+            buf.add(stack, np.zeros(1, np.int64), np.ones(1, np.float32), nxt, np.zeros(1, bool), np.array([end]))
+            stack, t = nxt, t + 1
+
+
+def test_n_step_windows_that_end_in_an_evicted_truncation_are_not_sampled():
+    """3-step windows bootstrap from the side frame of the truncation that cuts them: once the side ring has
+    dropped it, every window ending there is unusable, not only the truncated step's own."""
+    buf = FrameStackReplay(1000, (K, H, W), np.uint8, 1, 3, 0.5)
+    episodes = buf.side_capacity + 2  # 3-step episodes: the first two episodes' side frames are overwritten
+    add_truncated_episodes(buf, episodes, 3)
+    ok = buf.sampleable(np.arange(3 * episodes), np.zeros(3 * episodes, int))
+    assert not ok[:6].any() and ok[6:].all()
+    batch = buf._gather(np.array([6]), np.zeros(1, int))  # episode 2: frames 7, 8, 9, then its final frame
+    np.testing.assert_array_equal(batch.obs[0], [np.full((H, W), v, np.uint8) for v in (0, 0, 0, 7)])
+    np.testing.assert_array_equal(batch.next_obs[0], [np.full((H, W), v, np.uint8) for v in (7, 8, 9, 255)])
+    assert batch.rewards[0] == 1 + 0.5 + 0.25 and batch.discounts[0] == 0.125 and batch.terminated[0] == 0
 
 
 def test_sample_draws_only_full_transitions():
@@ -160,6 +208,31 @@ def test_state_dict_round_trip_continues_identically():
     np.testing.assert_array_equal(a.sampleable(t, env), b.sampleable(t, env))
     ok = a.sampleable(t, env)
     np.testing.assert_array_equal(a._gather(t[ok], env[ok]).obs, b._gather(t[ok], env[ok]).obs)
+
+
+def test_state_dict_round_trip_keeps_the_newest_transition_and_the_episode_ends():
+    """A loaded buffer gives the same batches at once (the newest transition's next frame is saved too) and
+    goes on as the saved one: a stream whose episode ended at the last saved step starts a new episode at
+    the next add (zero padding), while the other stream's episode goes on."""
+    rng = np.random.default_rng(4)
+    a = FrameStackReplay(200, (K, H, W), np.uint8, 2, 1, 0.9)
+    naive = ReplayBuffer(200, (K, H, W), np.uint8, 2, 1, 0.9)
+    streams = StackedStreams(2, rng, p_end=0.3)
+    for i in range(60):  # until a step after which exactly one stream starts a new episode
+        step = streams.step()
+        a.add(*step)
+        naive.add(*step)
+        if i >= 5 and a.prev_done.sum() == 1:
+            break
+    assert a.prev_done.sum() == 1
+    b = FrameStackReplay(200, (K, H, W), np.uint8, 2, 1, 0.9)
+    b.load_state_dict({k: np.array(v) for k, v in a.state_dict().items()})
+    assert assert_same_batches(b, naive) == a.pos * 2
+    for _ in range(4):
+        step = streams.step()
+        b.add(*step)
+        naive.add(*step)
+    assert_same_batches(b, naive)
 
 
 # ---- buffer.storage=device: frame-store rows instead of frame stacks ------------------------------------
@@ -201,6 +274,27 @@ def test_device_store_rows_rebuild_the_naive_stacks(n_envs, n_step):
     np.testing.assert_array_equal(got.rewards, want.rewards)
     cut = frames.truncated[t, env] & ~frames.terminated[t, env]
     assert cut.any() and (got.frames >= frames.size_per_env * n_envs).any()  # side frames and zero padding used
+
+
+def test_device_store_pads_with_its_zero_row_when_every_side_frame_is_in_use():
+    """Padding rows point at the store's zero row, after the side frames: once more truncations than side
+    frames have come, the last side frame holds a real frame, which must not leak into padded stacks."""
+    import torch
+
+    buf = FrameStackReplay(200, (K, H, W), np.uint8)
+    store = buf.keep_frames_on(torch.device("cpu"))
+    episodes = buf.side_capacity + 6  # one-step episodes, each truncated: the side ring wraps
+    add_truncated_episodes(buf, episodes, 1)
+    t = np.arange(episodes)
+    ok = buf.sampleable(t, np.zeros(episodes, int))
+    assert ok.sum() == buf.side_capacity and ok[6:].all()
+    obs, next_obs = gather_rows(store, buf._gather(t[ok], np.zeros(ok.sum(), int)).frames)
+    newest = np.broadcast_to((t[ok] + 1)[:, None, None], (ok.sum(), H, W))  # frame 1 + t of episode t
+    np.testing.assert_array_equal(obs[:, :-1], 0)  # every observation starts an episode: K-1 padding frames
+    np.testing.assert_array_equal(obs[:, -1], newest)
+    np.testing.assert_array_equal(next_obs[:, :-2], 0)
+    np.testing.assert_array_equal(next_obs[:, -2], newest)
+    np.testing.assert_array_equal(next_obs[:, -1], 255)  # the final frame, from the side store
 
 
 def test_device_store_is_refilled_from_a_loaded_replay_file():
