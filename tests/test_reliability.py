@@ -194,12 +194,30 @@ def _roundtrip(state: dict, tmp_path: Path) -> dict:
     return load_checkpoint(path)["env"]  # through weights_only=True: plain data only
 
 
-def _continue_equal(a, b, n_actions: int, steps: int) -> None:
+def _episodes(infos: dict) -> list[tuple[int, float, int, float]]:
+    """(env, return, length, seconds) of each episode that ended in a vector step (RecordEpisodeStatistics)."""
+    final = infos.get("final_info", {})
+    if "episode" not in final:
+        return []
+    ep = final["episode"]
+    return [(int(i), float(ep["r"][i]), int(ep["l"][i]), float(ep["t"][i])) for i in np.flatnonzero(final["_episode"])]
+
+
+def _continue_equal(a, b, n_actions: int, steps: int) -> int:
+    """Step both envs with the same actions: the same observations, rewards and episode ends, and the same
+    episode statistics (return and length; the wall-clock duration to a second). Returns the episodes ended."""
     rng = np.random.default_rng(1)
+    ended = 0
     for _ in range(steps):
         actions = rng.integers(0, n_actions, a.num_envs)
-        for x, y in zip(a.step(actions)[:4], b.step(actions)[:4], strict=True):
+        out_a, out_b = a.step(actions), b.step(actions)
+        for x, y in zip(out_a[:4], out_b[:4], strict=True):
             assert np.array_equal(x, y)
+        ep_a, ep_b = _episodes(out_a[4]), _episodes(out_b[4])
+        assert [e[:3] for e in ep_a] == [e[:3] for e in ep_b]
+        assert all(abs(x[3] - y[3]) < 1.0 for x, y in zip(ep_a, ep_b, strict=True)), (ep_a, ep_b)
+        ended += len(ep_a)
+    return ended
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Acrobot-v1", "MountainCar-v0"])
@@ -215,8 +233,12 @@ def test_env_state_continues_classic_envs_mid_episode(tmp_path, env_id):
     for actions in np.random.default_rng(0).integers(0, 2, (137, 2)):
         a.step(actions)
     b.reset(seed=99)
-    env_state.set_state(b, _roundtrip(env_state.get_state(a), tmp_path))
-    _continue_equal(a, b, 2, 400)  # across episode ends and time limits
+    state = _roundtrip(env_state.get_state(a), tmp_path)
+    env_state.set_state(b, state)
+    assert_same(env_state.get_state(b), state)  # every layer holds what was saved
+    for sub_a, sub_b in zip(a.envs, b.envs, strict=True):  # RecordEpisodeStatistics keeps its last 100 episodes
+        assert sub_b.return_queue.maxlen == sub_a.return_queue.maxlen == 100
+    assert _continue_equal(a, b, 2, 400) > 0  # across episode ends and time limits
 
 
 def test_env_state_continues_an_atari_env(tmp_path, compose_cfg):
@@ -231,7 +253,11 @@ def test_env_state_continues_an_atari_env(tmp_path, compose_cfg):
     for actions in np.random.default_rng(0).integers(0, 4, (150, 2)):
         a.step(actions)
     b.reset(seed=5)
-    env_state.set_state(b, _roundtrip(env_state.get_state(a), tmp_path))
+    state = _roundtrip(env_state.get_state(a), tmp_path)
+    env_state.set_state(b, state)
+    # every layer holds what was saved: the emulator, and AtariPreprocessing's two max-pooled frames, which
+    # give the last observation of a game that ends before the frame skip's last two frames
+    assert_same(env_state.get_state(b), state)
     _continue_equal(a, b, 4, 300)
 
 
@@ -244,6 +270,12 @@ def test_env_state_reports_an_unknown_wrapper():
     env = gym.vector.SyncVectorEnv([lambda: Counting(gym.make("CartPole-v1"))])
     assert "Counting has no saved-state handler" in env_state.unsupported(env)
     assert env_state.get_state(env) is None
+
+    class CountingTimeLimit(gym.wrappers.TimeLimit):  # a subclass may keep state its parent's handler misses
+        pass
+
+    env = gym.vector.SyncVectorEnv([lambda: CountingTimeLimit(gym.make("CartPole-v1"), 50)])
+    assert "CountingTimeLimit has no saved-state handler" in env_state.unsupported(env)
 
 
 # ---- signals ----------------------------------------------------------------------------------------
