@@ -205,7 +205,8 @@ def _episodes(infos: dict) -> list[tuple[int, float, int, float]]:
 
 def _continue_equal(a, b, n_actions: int, steps: int) -> int:
     """Step both envs with the same actions: the same observations, rewards and episode ends, and the same
-    episode statistics (return and length; the wall-clock duration to a second). Returns the episodes ended."""
+    episode statistics (return and length; the wall-clock duration to 10 s, slack for a loaded machine).
+    Returns the episodes ended."""
     rng = np.random.default_rng(1)
     ended = 0
     for _ in range(steps):
@@ -215,7 +216,7 @@ def _continue_equal(a, b, n_actions: int, steps: int) -> int:
             assert np.array_equal(x, y)
         ep_a, ep_b = _episodes(out_a[4]), _episodes(out_b[4])
         assert [e[:3] for e in ep_a] == [e[:3] for e in ep_b]
-        assert all(abs(x[3] - y[3]) < 1.0 for x, y in zip(ep_a, ep_b, strict=True)), (ep_a, ep_b)
+        assert all(abs(x[3] - y[3]) < 10.0 for x, y in zip(ep_a, ep_b, strict=True)), (ep_a, ep_b)
         ended += len(ep_a)
     return ended
 
