@@ -229,6 +229,16 @@ def test_an_unknown_key_names_the_key_meant(small_cfg_factory, key, hint):
     assert f"{key} is not a known key." in str(info.value) and hint in str(info.value), str(info.value)
 
 
+def test_an_eval_key_is_not_pointed_at_a_train_only_key(compose_cfg):
+    # learning_rate is SB3's agent.lr, a key `dqn eval` does not have: no hint, the eval config's keys
+    with pytest.raises(UserError) as info:
+        validate_eval(compose_cfg("eval", ["checkpoint=last.pt", "+learning_rate=1"]))
+    assert str(info.value) == (
+        "invalid config: learning_rate is not a known key. (known at the top: checkpoint, device, episodes, epsilon, "
+        "eval_protocol, output, seed, tensorboard, torch_threads, video.)"
+    )
+
+
 def test_every_other_name_points_at_a_key_that_exists():
     for name, key in OTHER_NAMES.items():
         assert key in TRAIN_RULES, key
@@ -252,8 +262,8 @@ def _bad_values(rule: Rule) -> list:
     if rule.kind == "choice":
         return ["__not_an_option__"]
     if rule.kind == "int_list":
-        return [[], [0], [16, -1], "64"]
-    bad = ["abc", float("nan")] + ([1.5] if rule.kind == "int" else [])
+        return [[], [0], [16, -1], "64", [True]]
+    bad = ["abc", float("nan"), True] + ([1.5] if rule.kind == "int" else [])  # a bool is not a number
     if rule.lo is not None:
         bad.append(rule.lo if rule.lo_open else rule.lo - 1)
     if rule.hi is not None:
@@ -273,6 +283,51 @@ def test_every_rule_rejects_a_bad_value(small_cfg, key, bad):
         validate_train(small_cfg)
 
 
+# The smallest and largest value each number key takes, written out by hand (not read from its rule, so a
+# bound moved in TRAIN_RULES shows): 0 where it turns a feature off (eval.interval, checkpoint.interval,
+# keep_last) or means "none" (noop_max, sticky_actions), probabilities on [0, 1], rates just above 0.
+EDGES = {
+    "seed": [0, 2**32 - 1], "torch_threads": [1], "total_steps": [1],
+    "eval.interval": [0], "eval.episodes": [1], "eval.epsilon": [0, 1, 0.0, 1.0], "eval.stop_return": [None, -5.0],
+    "eval.seed_offset": [0], "checkpoint.interval": [0], "checkpoint.keep_last": [0], "log.interval": [1],
+    "env.num_envs": [1], "env.max_episode_steps": [None, 1], "env.solved_return": [None, -5.0],
+    "env.num_threads": [0], "env.preset.noop_max": [0], "env.preset.frame_skip": [1], "env.preset.screen_size": [36],
+    "env.preset.frame_stack": [1], "env.preset.sticky_actions": [0, 1, 0.0, 1.0],
+    "env.preset.max_episode_frames": [1], "eval_protocol.epsilon": [0, 1, 0.0, 1.0], "eval_protocol.episodes": [1],
+    "eval_protocol.max_episode_frames": [None, 1], "eval_protocol.noop_max": [None, 0], "network.hidden": [1],
+    "buffer.capacity": [1], "buffer.alpha": [0, 1, 0.0, 1.0], "buffer.beta0": [0, 1, 0.0, 1.0], "buffer.eps": [1e-12],
+    "agent.gamma": [0, 1, 0.0, 1.0], "agent.n_step": [1], "agent.lr": [1e-12], "agent.adam_eps": [1e-12],
+    "agent.batch_size": [1], "agent.learning_starts": [0], "agent.train_freq": [1], "agent.gradient_steps": [1],
+    "agent.target_update_interval": [1], "agent.tau": [1e-12, 1, 1.0], "agent.max_grad_norm": [None, 1e-12],
+    "agent.exploration_initial_eps": [0, 1, 0.0, 1.0], "agent.exploration_final_eps": [0, 1, 0.0, 1.0],
+    "agent.exploration_fraction": [0, 1, 0.0, 1.0],
+}  # fmt: skip
+
+
+def _good_values(key: str, rule: Rule) -> list:
+    """Values that the rule of `key` must accept: a number key's EDGES, each choice, both bools."""
+    if rule.kind in ("int", "float"):
+        return EDGES[key]
+    return {"bool": [True, False], "str": ["cpu"], "choice": list(rule.choices), "int_list": [[1], [3, 1]]}[rule.kind]
+
+
+def test_every_number_key_has_its_edges_written_out():
+    assert set(EDGES) == {k for k, r in TRAIN_RULES.items() if r.kind in ("int", "float")}
+
+
+GOOD_CASES = [(key, good) for key, rule in TRAIN_RULES.items() for good in _good_values(key, rule)]
+
+
+@pytest.mark.parametrize("key, good", GOOD_CASES, ids=[f"{k}={g!r}" for k, g in GOOD_CASES])
+def test_every_rule_accepts_the_ends_of_its_range(small_cfg, key, good):
+    # the value itself passes; a rule tying it to other keys may still object (capacity=1 < batch_size)
+    OmegaConf.update(small_cfg, key, good, force_add=True)
+    try:
+        validate_train(small_cfg)
+    except UserError as e:
+        assert f"{key}={good!r} is invalid" not in str(e), str(e)
+
+
 def test_good_values_at_the_edges_pass(small_cfg_factory):
     cfg = small_cfg_factory(
         "agent.gamma=0",
@@ -286,3 +341,63 @@ def test_good_values_at_the_edges_pass(small_cfg_factory):
         "env.max_episode_steps=50",
     )
     validate_train(cfg)
+
+
+def test_gamma_of_one_is_allowed(small_cfg_factory):
+    validate_train(small_cfg_factory("agent.gamma=1"))  # undiscounted, [0, 1] as the rule says
+    validate_train(small_cfg_factory("agent.gamma=1.0"))
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        # seed 4294957295 + seed_offset 10000 = 4294967295 = 2**32 - 1, the largest seed numpy takes
+        (["seed=4294957295"], None),
+        (["seed=4294957296"], "evaluation seed 4294967296, above 2**32 - 1"),
+        # each of the 16 envs keeps one step of the 16: enough for 1-step returns
+        (["env.num_envs=16", "buffer.capacity=16", "agent.n_step=1"], None),
+        (["env.num_envs=17", "buffer.capacity=16", "agent.n_step=1"], "capacity=16 must be at least env.num_envs=17"),
+        # an n-step window as long as the 500 steps one env keeps still fits
+        (["agent.n_step=500"], None),
+        (["agent.n_step=501"], "agent.n_step=501 is longer than the 500 steps each env keeps"),
+        (["env.num_envs=2", "agent.n_step=251"], "agent.n_step=251 is longer than the 250 steps each env keeps"),
+    ],
+)
+def test_cross_key_rules_at_their_bounds(small_cfg_factory, overrides, expected):
+    cfg = small_cfg_factory(*overrides)
+    if expected is None:
+        validate_train(cfg)
+    else:
+        with pytest.raises(UserError, match=re.escape(expected)):
+            validate_train(cfg)
+
+
+def test_a_missing_game_is_the_only_complaint_not_the_ids_built_from_it(compose_cfg):
+    # env.id and env.preset.id interpolate env.game; that they cannot resolve says nothing new
+    with pytest.raises(UserError) as info:
+        validate_train(compose_cfg("train", ["env=atari"]))
+    assert str(info.value) == "invalid config: env.game is required; set it with env.game=..., it must be a string."
+
+
+def test_an_interpolation_that_cannot_resolve_is_named(small_cfg_factory):
+    with pytest.raises(UserError) as info:
+        validate_train(small_cfg_factory("agent.lr=${agent.nope}"))
+    assert str(info.value) == "invalid config: agent.lr cannot be resolved: Interpolation key 'agent.nope' not found."
+
+
+@pytest.mark.parametrize("env_option", ["pong", "atari"])
+def test_an_atari_config_without_a_preset_key_is_refused(compose_cfg, env_option):
+    overrides = [f"env={env_option}", "~env.preset.frame_skip"] + (["env.game=Pong"] if env_option == "atari" else [])
+    with pytest.raises(UserError) as info:
+        validate_train(compose_cfg("train", overrides))
+    assert "env.preset.frame_skip is missing; every train config needs it (an integer >= 1)." in str(info.value)
+
+
+def test_an_unknown_key_in_a_group_lists_only_that_groups_keys(small_cfg_factory):
+    # eval. and eval_protocol. share the prefix "eval": only eval's own keys are listed
+    with pytest.raises(UserError) as info:
+        validate_train(small_cfg_factory("+eval.foo=1"))
+    assert str(info.value) == (
+        "invalid config: eval.foo is not a known key. (known in eval: eval.episodes, eval.epsilon, "
+        "eval.interval, eval.seed_offset, eval.stop_on_solved, eval.stop_return.)"
+    )
