@@ -565,6 +565,14 @@ def test_overlap_needs_async_vector_envs(atari_cfg):
         validate_train(atari_cfg("overlap=true", "env.num_envs=2"))
 
 
+def test_overlap_with_async_envs_needs_more_than_one_game(atari_cfg):
+    # one async game leaves nothing to step while the update runs; ale threads overlap even one game
+    with pytest.raises(UserError, match=r"overlap=true .* env.vectorization=async and env.num_envs=1"):
+        validate_train(atari_cfg("overlap=true", "env.vectorization=async", "env.num_envs=1"))
+    validate_train(atari_cfg("overlap=true", "env.vectorization=async", "env.num_envs=2"))
+    validate_train(atari_cfg("overlap=true", "env.vectorization=ale", "env.num_envs=1"))
+
+
 def test_eval_nature_protocol_writes_scores_video_and_tensorboard(pong_run, tmp_path, compose_cfg):
     from dqn_cli.evaluate import evaluate
 
