@@ -413,3 +413,40 @@ def test_all_extensions_train_together(small_cfg_factory, run_dir):
     assert trainer.buffer.beta > trainer.buffer.beta0  # annealed with the step count
     priorities = trainer.buffer.tree.leaves(len(trainer.buffer))
     assert len(np.unique(priorities)) > 2  # TD errors replaced the initial max priority
+
+
+# ---- the Nature CNN -----------------------------------------------------------------------------------
+
+
+def test_nature_cnn_has_the_papers_three_convs_and_512_unit_layer():
+    net = NatureCNN((4, 84, 84), 6)
+    convs = [m for m in net.conv if isinstance(m, nn.Conv2d)]
+    assert [(tuple(c.weight.shape), c.stride) for c in convs] == [
+        ((32, 4, 8, 8), (4, 4)),
+        ((64, 32, 4, 4), (2, 2)),
+        ((64, 64, 3, 3), (1, 1)),
+    ]
+    assert sum(isinstance(m, nn.ReLU) for m in net.conv) == 3
+    # 84 -> (84 - 8) / 4 + 1 = 20 -> (20 - 4) / 2 + 1 = 9 -> 9 - 3 + 1 = 7: 64 * 7 * 7 = 3136 features
+    assert [type(m) for m in net.head] == [nn.Linear, nn.ReLU, nn.Linear]
+    assert tuple(net.head[0].weight.shape) == (512, 3136) and tuple(net.head[2].weight.shape) == (6, 512)
+
+
+def test_nature_cnn_scales_uint8_frames_to_0_1_once():
+    torch.manual_seed(0)
+    net = NatureCNN((4, 36, 36), 3, hidden=16)
+    frames = torch.randint(0, 256, (2, 4, 36, 36), dtype=torch.uint8)
+    with torch.no_grad():
+        white = net(torch.full((1, 4, 36, 36), 255, dtype=torch.uint8))
+        torch.testing.assert_close(white, net.head(net.conv(torch.ones(1, 4, 36, 36))))  # 255 / 255 = 1
+        torch.testing.assert_close(net(frames), net.head(net.conv(frames.double().div(255).float())))
+
+
+def test_make_network_reads_the_cnns_hidden_size_and_dueling():
+    from dqn_cli.networks import make_network
+
+    cfg = OmegaConf.create({"name": "nature_cnn", "hidden": 64, "dueling": True})
+    net = make_network(cfg, (4, 84, 84), 5)
+    assert isinstance(net.head, DuelingHead)
+    assert [tuple(m.weight.shape) for m in net.head.value if isinstance(m, nn.Linear)] == [(64, 3136), (1, 64)]
+    assert [tuple(m.weight.shape) for m in net.head.advantage if isinstance(m, nn.Linear)] == [(64, 3136), (5, 64)]
