@@ -1,15 +1,18 @@
 """Helpers: the periodic `Every` moments (vector envs step N at a time), seeding, device resolution,
-glibc's heap settings."""
+glibc's heap settings, the evaluation video writer."""
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import dqn_cli.utils
 from dqn_cli.errors import UserError
 from dqn_cli.utils import Every, set_seed, setup_torch
 
@@ -46,6 +49,32 @@ def test_set_seed_makes_every_generator_repeat():
     np.testing.assert_array_equal(first[0], second[0])
     np.testing.assert_array_equal(first[1], second[1])
     assert torch.equal(first[2], second[2])
+
+
+def test_set_seed_seeds_each_generator_with_the_seed_itself():
+    # python's random, numpy's legacy global state, torch's default generator and the returned one
+    rng = set_seed(7)
+    drawn = random.random(), np.random.rand(3), torch.rand(3), rng.random(3)
+    assert drawn[0] == random.Random(7).random()
+    np.testing.assert_array_equal(drawn[1], np.random.RandomState(7).rand(3))
+    assert torch.equal(drawn[2], torch.rand(3, generator=torch.Generator().manual_seed(7)))
+    np.testing.assert_array_equal(drawn[3], np.random.default_rng(7).random(3))
+
+
+def test_setup_torch_sets_the_threads_and_flushes_denormals(monkeypatch):
+    threads, kept = torch.get_num_threads(), []
+    monkeypatch.setattr(dqn_cli.utils, "keep_freed_memory", lambda: kept.append(True) or True)
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(3)
+            torch.set_flush_denormal(False)
+            setup_torch("cpu", n)
+            assert torch.get_num_threads() == n
+            # 1e-30 * 1e-10 = 1e-40 is below float32's smallest normal number (1.18e-38): flushed to 0
+            assert (torch.tensor([1e-30]) * torch.tensor([1e-10])).item() == 0.0
+        assert kept == [True, True]  # glibc keeps the update's freed blocks
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_setup_torch_resolves_devices():
@@ -104,3 +133,46 @@ def test_keep_freed_memory_stops_the_page_faults_of_a_cnn_update():
     kept, default = faults("keep"), faults("default")
     # measured: 0-90 kept against 2,700-5,000 by default (the heap's state at start varies)
     assert default > 1000 and kept < default / 10, (kept, default)
+
+
+class _FakeFrames:
+    """Stands in for a vector env whose sub-env 0 renders RGB frames: pure red, 48 rows by 64 columns."""
+
+    def __init__(self):
+        self.envs = [self]
+
+    def render(self) -> np.ndarray:
+        frame = np.zeros((48, 64, 3), np.uint8)
+        frame[..., 0] = 255
+        return frame
+
+
+def test_episode_video_writes_each_captured_frame_in_rgb(tmp_path, caplog):
+    import cv2
+
+    from dqn_cli.video import EpisodeVideo
+
+    assert EpisodeVideo(tmp_path / "none.mp4", fps=10).close() is None  # nothing captured, no file
+    video = EpisodeVideo(tmp_path / "videos" / "ep.mp4", fps=10)
+    env = _FakeFrames()
+    for _ in range(3):
+        video.capture(env)
+    with caplog.at_level("INFO", logger="dqn_cli.video"):
+        assert video.close() == tmp_path / "videos" / "ep.mp4"
+    assert f"wrote {tmp_path / 'videos' / 'ep.mp4'} (3 frames at 10 fps)" in caplog.text
+    reader = cv2.VideoCapture(str(tmp_path / "videos" / "ep.mp4"))
+    frames = []
+    while (read := reader.read())[0]:
+        frames.append(read[1])
+    reader.release()
+    assert len(frames) == 3 and frames[0].shape == (48, 64, 3)
+    b, g, r = frames[0].reshape(-1, 3).mean(axis=0)  # OpenCV reads BGR: red stays red (mp4v is lossy)
+    assert r > 200 and b < 50 and g < 50, (b, g, r)
+    assert not (tmp_path / "none.mp4").exists()
+
+
+def test_run_dir_of_a_checkpoint():
+    from dqn_cli.video import run_dir_of
+
+    assert run_dir_of("/runs/r1/checkpoints/last.pt") == Path("/runs/r1")
+    assert run_dir_of("/elsewhere/last.pt") is None
