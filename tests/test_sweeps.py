@@ -4,6 +4,7 @@ submitit_local and Ray launchers, the Optuna sweeper, sweep_summary.csv, HParams
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import secrets
@@ -18,12 +19,13 @@ import time
 from pathlib import Path
 
 import pytest
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from dqn_cli.checkpoint import load_checkpoint
 from dqn_cli.config import CHECK_LIMIT, _jobs, check_command_line
 from dqn_cli.errors import UserError
-from dqn_cli.sweep import SUMMARY, QuietRayNotices, write_summary
+from dqn_cli.sweep import SUMMARY, QuietRayNotices, SweepSummary, write_summary
 
 REPO = Path(__file__).resolve().parents[1]
 _SCRIPT = Path(sys.executable).with_name("dqn")
@@ -104,6 +106,98 @@ def test_summary_can_be_rewritten_by_hand(joblib_sweep, tmp_path):
     rows = write_summary(joblib_sweep, tmp_path / "again.csv")
     assert len(rows) == 2
     assert (tmp_path / "again.csv").read_text() == (joblib_sweep / SUMMARY).read_text()
+
+
+def _fake_run(run_dir: Path, overrides: list[str], result: dict | None) -> None:
+    """A run dir as a sweep job leaves it, without a checkpoint: its overrides and job result."""
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(overrides), run_dir / ".hydra" / "overrides.yaml")
+    if result is not None:
+        (run_dir / "job_result.json").write_text(json.dumps(result))
+
+
+def test_summary_of_hand_made_run_dirs_sorts_by_job_and_names_deleted_and_added_keys(tmp_path):
+    sweep = tmp_path / "sweep"
+    # dir "a" holds job 1 and dir "b" job 0: rows follow the job numbers, not the dir names
+    _fake_run(sweep / "a", ["seed=1"], {"job": 1, "status": "FAILED", "return": None, "wall_time_s": None})
+    _fake_run(
+        sweep / "b", ["seed=0", "+x.y=2", "~z"], {"job": 0, "status": "COMPLETED", "return": 12.5, "wall_time_s": 1.5}
+    )
+    rows = write_summary(sweep, tmp_path / "s.csv")
+    assert [r["job"] for r in rows] == [0, 1]
+    with open(tmp_path / "s.csv", newline="") as f:
+        table = list(csv.reader(f))
+    assert table == [
+        ["job", "status", "seed", "x.y", "z", "final_return", "best_return", "steps", "episodes", "updates",
+         "wall_time_s", "run_dir"],
+        ["0", "COMPLETED", "0", "2", "<deleted>", "12.5", "", "", "", "", "1.5", str(sweep / "b")],
+        ["1", "FAILED", "1", "", "", "", "", "", "", "", "", str(sweep / "a")],
+    ]  # fmt: skip
+
+
+def test_summary_rows_follow_the_job_numbers(tmp_path):
+    # dirs made in a scrambled order under names that sort otherwise; job 10 comes after job 2 (numbers, not
+    # text), and a run dir without a job number (no job result, no hydra.yaml) comes last
+    jobs = [3, 10, 0, 7, 2, 11, 5, 1, 9, 4, 8, 6]
+    for i, job in enumerate(jobs):
+        result = {"job": job, "status": "COMPLETED", "return": 1.0, "wall_time_s": 1.0}
+        _fake_run(tmp_path / f"d{len(jobs) - i:02d}", [f"seed={job}"], result)
+    _fake_run(tmp_path / "a_unknown", ["seed=99"], None)
+    rows = write_summary(tmp_path, tmp_path / "s.csv")
+    assert [r["job"] for r in rows] == [*range(12), ""]
+
+
+def test_a_run_without_a_job_result_is_summarised_from_its_checkpoint(tmp_path):
+    from dqn_cli.checkpoint import save_checkpoint
+
+    run = tmp_path / "0"
+    _fake_run(run, ["seed=4"], None)  # e.g. a job killed after its last checkpoint
+    OmegaConf.save(OmegaConf.create({"hydra": {"job": {"num": 4}}}), run / ".hydra" / "hydra.yaml")
+    # no evaluation improved on -inf: there is no best return to report
+    state = {"counters": {"step": 300, "episodes": 12, "updates": 67}, "eval": {"last": 20.5, "best": float("-inf")}}
+    save_checkpoint(state, run / "checkpoints" / "last.pt")
+    (row,) = write_summary(tmp_path, tmp_path / "s.csv")
+    assert {k: row[k] for k in ("job", "status", "final_return", "best_return", "steps", "episodes", "updates")} == {
+        "job": 4, "status": "COMPLETED", "final_return": 20.5, "best_return": "", "steps": 300, "episodes": 12,
+        "updates": 67,
+    }  # fmt: skip
+
+
+def test_the_sweep_end_logs_the_best_final_return(tmp_path, caplog):
+    sweep = tmp_path / "sweep"
+    for job, ret in enumerate([3.0, 12.5, None]):
+        result = {"job": job, "status": "COMPLETED", "return": ret, "wall_time_s": 1.0}
+        _fake_run(sweep / str(job), [f"seed={job}"], result)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
+    with caplog.at_level(logging.INFO, logger="dqn_cli.sweep"):
+        SweepSummary().on_multirun_end(config)
+    assert f"sweep summary: 3 runs in {sweep / SUMMARY}; best final return 12.5 (seed=1)" in caplog.text
+
+
+@pytest.mark.parametrize("mode", [RunMode.MULTIRUN, RunMode.RUN])
+def test_a_sweep_job_writes_its_result_and_a_single_run_writes_none(tmp_path, mode):
+    from hydra.core.utils import JobReturn, JobStatus
+
+    config = OmegaConf.create({"hydra": {"mode": mode, "job": {"num": 3}, "runtime": {"output_dir": str(tmp_path)}}})
+    callback = SweepSummary()
+    callback.on_job_start(config)
+    callback.on_job_end(config, JobReturn(overrides=["seed=1"], status=JobStatus.COMPLETED, _return_value=7))
+    if mode == RunMode.RUN:
+        assert not (tmp_path / "job_result.json").exists()
+        return
+    result = json.loads((tmp_path / "job_result.json").read_text())
+    assert result.pop("wall_time_s") >= 0
+    assert result == {"job": 3, "status": "COMPLETED", "overrides": ["seed=1"], "return": 7.0, "error": None}
+
+
+def test_the_summary_script_exit_codes(tmp_path, capsys):
+    from dqn_cli.sweep import main
+
+    assert main([]) == 2 and main([str(tmp_path / "nowhere")]) == 2
+    assert main([str(tmp_path)]) == 1  # no run dirs
+    _fake_run(tmp_path / "0", ["seed=0"], {"job": 0, "status": "COMPLETED", "return": 1.0, "wall_time_s": 1.0})
+    assert main([str(tmp_path)]) == 0 and (tmp_path / SUMMARY).is_file()
+    assert f"1 runs -> {tmp_path / SUMMARY}" in capsys.readouterr().out
 
 
 def test_each_run_records_hparams_for_tensorboard(joblib_sweep):
@@ -215,6 +309,17 @@ def test_a_failure_of_the_check_itself_only_warns(monkeypatch, capsys):
     _check_first(["-m", "seed=0,1"])  # the sweep goes on
     err = capsys.readouterr().err
     assert "warning: the config was not checked before the start (RuntimeError: a bug in the check)" in err
+
+
+def test_a_sweep_of_exactly_the_limit_is_checked_job_by_job():
+    values = [[f"a={i}" for i in range(4)], [f"b={i}" for i in range(CHECK_LIMIT // 4)]]
+    assert 4 * (CHECK_LIMIT // 4) == CHECK_LIMIT
+    assert sorted(map(tuple, _jobs(values))) == sorted((a, b) for a in values[0] for b in values[1])
+
+
+def test_a_single_run_with_resume_is_not_refused_by_the_check():
+    # resume= continues one run (its config is checked when the run is loaded); only a sweep refuses it
+    check_command_line([*TINY, "resume=/some/run"])
 
 
 def test_sweeps_up_to_the_limit_are_checked_job_by_job_and_larger_ones_value_by_value():
