@@ -90,6 +90,12 @@ def test_top_level_help(tmp_path):
     assert "train" in proc.stdout and "eval" in proc.stdout
 
 
+def test_no_arguments_print_the_usage_and_exit_2(tmp_path):
+    proc = dqn(cwd=tmp_path)
+    assert proc.returncode == 2, output(proc)
+    assert proc.stdout.startswith("usage: dqn {train,eval}")
+
+
 def test_train_help_lists_groups_options_and_keys(tmp_path):
     proc = dqn("train", "--help", cwd=tmp_path)
     assert proc.returncode == 0, output(proc)
@@ -140,7 +146,7 @@ BAD = [
 def test_bad_input_fails_cleanly(tmp_path, args, words):
     proc = dqn(*args, "hydra.run.dir=run" if args[0] == "train" else "device=cpu", cwd=tmp_path)
     text = output(proc)
-    assert proc.returncode != 0, text
+    assert proc.returncode == 2, text  # a mistake in the input, as a UserError says too
     assert "Traceback" not in text and "Error executing job" not in text, text  # no Hydra line above it
     for word in words:
         assert word in proc.stderr, proc.stderr
@@ -200,3 +206,21 @@ def test_module_entry_point_matches_the_script(tmp_path):
         pytest.skip("no dqn console script installed")
     proc = subprocess.run([sys.executable, "-m", "dqn_cli", "--help"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout == dqn("--help", cwd=tmp_path).stdout
+
+
+def test_resume_null_or_empty_is_a_fresh_run_and_the_last_resume_wins():
+    from dqn_cli.cli import _resumed
+
+    assert _resumed(["train", "resume=null"]) is None and _resumed(["train", "resume="]) is None
+    assert _resumed(["train", "resume=a", "seed=1", "resume=b"]) == "b"
+
+
+def test_openmp_threads_sleep_unless_the_user_said_otherwise(monkeypatch):
+    from dqn_cli.cli import configure_openmp
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    configure_openmp()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    configure_openmp()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

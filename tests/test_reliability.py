@@ -382,9 +382,11 @@ def test_cli_signal_checkpoints_prints_resume_and_exits_128_plus_signal(tmp_path
     assert (run / "checkpoints" / f"replay_{step}.npz").is_file()
 
     # the printed command continues the run in place, here with a new end
+    record = {p.name: p.read_text() for p in (run / ".hydra").iterdir()}
     proc = start(dqn("train", f"resume={run}", f"total_steps={step + 100}"))
     out = finish(proc)
     assert proc.returncode == 0, out
+    assert {p.name: p.read_text() for p in (run / ".hydra").iterdir()} == record  # the original run's, untouched
     assert load_checkpoint(run / "checkpoints" / "last.pt")["counters"]["step"] == step + 100
     assert len(list(run.glob("events.out.tfevents.*"))) == 2  # one per session, in the same dir
     assert "resumed" in (run / "train.log").read_text()
