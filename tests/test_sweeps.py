@@ -322,6 +322,11 @@ def test_a_single_run_with_resume_is_not_refused_by_the_check():
     check_command_line([*TINY, "resume=/some/run"])
 
 
+def test_a_single_run_with_a_sweep_in_it_is_left_to_hydra():
+    # without -m, Hydra refuses `agent.lr=1e-3,abc` itself and says to add --multirun; the check says nothing
+    check_command_line([*TINY, "agent.lr=1e-3,abc"])
+
+
 def test_sweeps_up_to_the_limit_are_checked_job_by_job_and_larger_ones_value_by_value():
     small = [["a=1", "a=2"], ["b=1", "b=2", "b=3"]]
     assert sorted(map(tuple, _jobs(small))) == sorted((a, b) for a in small[0] for b in small[1])
