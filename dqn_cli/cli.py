@@ -96,6 +96,8 @@ def main() -> None:
     # Under HYDRA_FULL_ERROR Hydra re-raises what a run (or any job of a sweep) raised, so every
     # error ends here: one paragraph on stderr, an exit code, no traceback.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    # a number of over 4,300 digits is read (and refused by the config check), not a ValueError in Hydra's parser
+    sys.set_int_max_str_digits(0)
     configure_openmp()
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException

@@ -69,17 +69,26 @@ class Rule:
             return (
                 isinstance(v, (list, ListConfig))
                 and len(v) > 0
-                and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
+                and all(isinstance(x, int) and not isinstance(x, bool) and 0 < x <= INT64_MAX for x in v)
             )
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return False
         if self.kind == "int" and not isinstance(v, int):
             return False
-        if not math.isfinite(v):
+        if not (abs(v) <= INT64_MAX if isinstance(v, int) else math.isfinite(v)):  # ints go to numpy and torch
             return False
         if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
             return False
         return self.hi is None or v <= self.hi
+
+
+INT64_MAX = 2**63 - 1
+
+
+def _too_long(v: Any) -> bool:
+    """An integer (or one in a list) beyond int64: Python reads it, numpy, torch and floats cannot hold it."""
+    values = v if isinstance(v, (list, ListConfig)) else [v]
+    return any(isinstance(x, int) and not isinstance(x, bool) and abs(x) > INT64_MAX for x in values)
 
 
 def _num(x: float | None) -> str:
@@ -245,6 +254,10 @@ def _check(cfg: DictConfig, rules: dict[str, Rule]) -> list[str]:
             problems.append(unknown_key(key, rules))
         elif value == "???":
             problems.append(f"{key} is required; set it with {key}=..., it must be {rule.describe()}.")
+        elif _too_long(value):
+            problems.append(
+                f"{key} is invalid: it is beyond 64-bit integers ({INT64_MAX}); it must be {rule.describe()}."
+            )
         elif not rule.ok(value):
             problems.append(f"{key}={value!r} is invalid: it must be {rule.describe()}.")
     return problems

@@ -283,6 +283,20 @@ def test_every_rule_rejects_a_bad_value(small_cfg, key, bad):
         validate_train(small_cfg)
 
 
+@pytest.mark.parametrize("key", [k for k, r in TRAIN_RULES.items() if r.kind in ("int", "float", "int_list")], ids=str)
+def test_an_integer_beyond_64_bits_is_refused_by_name(small_cfg, key):
+    # Python reads it; numpy, torch and math.isfinite cannot (an OverflowError and a traceback, before)
+    is_list = TRAIN_RULES[key].kind == "int_list"
+    OmegaConf.update(small_cfg, key, [64, 2**63] if is_list else -(10**400), force_add=True)
+    with pytest.raises(UserError, match=re.escape(f"{key} is invalid: it is beyond 64-bit integers")):
+        validate_train(small_cfg)
+    OmegaConf.update(small_cfg, key, [64, 2**63 - 1] if is_list else 2**63 - 1, force_add=True)
+    try:  # the largest int64 is read: refused, if at all, by the key's own range
+        validate_train(small_cfg)
+    except UserError as e:
+        assert "64-bit" not in str(e) and f"{key}=" in str(e)
+
+
 # The smallest and largest value each number key takes, written out by hand (not read from its rule, so a
 # bound moved in TRAIN_RULES shows): 0 where it turns a feature off (eval.interval, checkpoint.interval,
 # keep_last) or means "none" (noop_max, sticky_actions), probabilities on [0, 1], rates just above 0.
