@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -170,3 +172,179 @@ def test_compiled_sharded_run_trains_and_ends_its_threads(small_cfg_factory, run
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert list(state["agent"]["q_net"]) == list(trainer.agent.q_net.state_dict())
     assert not any("_orig_mod" in key for key in state["agent"]["q_net"])
+
+
+def test_episodes_are_logged_at_the_step_that_ends_them(run0):
+    # one CartPole env: an episode ends at the step that is the sum of the lengths so far
+    lengths = [int(v) for _, v in run0.scalars["charts/episodic_length"]]
+    ends = [sum(lengths[: i + 1]) for i in range(len(lengths))]
+    assert [step for step, _ in run0.returns] == ends
+    assert [step for step, _ in run0.scalars["charts/episodic_length"]] == ends
+
+
+def test_each_moment_follows_its_own_interval(small_cfg_factory, run_dir):
+    """Every cadence on distinct numbers: updates once step > learning_starts=42 at multiples of train_freq=3
+    (45, 48, ..., 300), gradient_steps=2 batches of batch_size=8 each; target syncs every 40 steps after that
+    step's updates; logs every 60 with the epsilon the step acted with; evals every 90 and a final one at 300;
+    step checkpoints every 120."""
+    cfg = small_cfg_factory(
+        "agent.learning_starts=42", "agent.train_freq=3", "agent.gradient_steps=2", "agent.batch_size=8",
+        "agent.target_update_interval=40", "log.interval=60", "eval.interval=90", "checkpoint.interval=120",
+        "checkpoint.keep_last=5",
+    )  # fmt: skip
+    trainer = Trainer(cfg, run_dir)
+    syncs, draws = [], []
+    sync, sample = trainer.agent.sync_target, trainer.buffer.sample
+    trainer.agent.sync_target = lambda: (syncs.append((trainer.step, trainer.updates)), sync())[1]
+    trainer.buffer.sample = lambda size, rng: (draws.append(size), sample(size, rng))[1]
+    trainer.run()
+    s = scalars(run_dir)
+
+    def updates_by(step: int) -> int:
+        return 2 * len(range(45, step + 1, 3))
+
+    assert trainer.updates == updates_by(300) == 172 and draws == [8] * 172
+    assert syncs == [(step, updates_by(step)) for step in range(40, 300, 40)]  # 40, 80, ..., 280
+    assert [step for step, _ in s["losses/td_loss"]] == [60, 120, 180, 240, 300]
+    # epsilon decays from 1.0 to 0.04 over 0.5 * 300 steps; the log at step t shows the epsilon of step t - 1
+    expected = [max(1.0 - 0.96 * (t - 1) / 150, 0.04) for t in (60, 120, 180, 240, 300)]
+    assert [v for _, v in s["charts/epsilon"]] == pytest.approx(expected, abs=1e-6)
+    assert [step for step, _ in s["eval/mean_return"]] == [90, 180, 270, 300]
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*.pt")) == ["step_120.pt", "step_240.pt"]
+
+
+def test_vector_envs_count_every_episode_that_ends_in_a_step(small_cfg_factory, run_dir):
+    # three CartPole copies: some steps end two episodes at once (steps 63, 189 and 219 with seed 0)
+    run = Run(small_cfg_factory("env.num_envs=3"), run_dir)
+    steps = [step for step, _ in run.returns]
+    assert len(steps) > len(set(steps))  # the case this test is about does happen
+    assert run.trainer.episodes == len(steps)
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["counters"]["episodes"] == len(steps)
+    assert all(step % 3 == 0 for step in steps)
+
+
+def test_truncated_episodes_end_and_are_logged(small_cfg_factory, run_dir):
+    # Acrobot cut at 60 steps: an untrained agent never swings up that fast, so each episode is truncated
+    run = Run(small_cfg_factory("env=acrobot", "env.max_episode_steps=60"), run_dir)
+    assert run.returns == [(step, -60.0) for step in (60, 120, 180, 240, 300)]
+    assert run.scalars["charts/episodic_length"] == [(step, 60.0) for step in (60, 120, 180, 240, 300)]
+    assert run.trainer.episodes == 5
+
+
+def test_replay_stores_each_transition_with_the_state_it_led_to(run0):
+    buffer = run0.trainer.buffer  # 300 steps of one env in a 500-slot buffer: no wrap
+    obs, next_obs = buffer.obs[:300, 0], buffer.next_obs[:300, 0]
+    ended = (buffer.terminated | buffer.truncated)[:300, 0]
+    assert ended.sum() == len(run0.returns) and not buffer.truncated.any()  # CartPole truncates only at 500
+    # within an episode, s' of a transition is s of the next one
+    going_on = ~ended[:-1]
+    np.testing.assert_array_equal(next_obs[:-1][going_on], obs[1:][going_on])
+    # an episode's last s' is the state where the pole fell (|angle| > 0.2095 rad) or the cart left (|x| > 2.4) ...
+    last = next_obs[ended]
+    assert ((np.abs(last[:, 0]) > 2.4) | (np.abs(last[:, 2]) > 0.2095)).all()
+    # ... and the next transition starts from a fresh state (CartPole draws each start in [-0.05, 0.05])
+    assert np.abs(obs[1:][ended[:-1]]).max() <= 0.05
+
+
+def scripted_evals(monkeypatch, returns: list[float]) -> list[dict]:
+    """Evaluations that return `returns` one after another (each over 2 episodes); records their arguments."""
+    import dqn_cli.trainer as trainer_module
+
+    calls = []
+
+    def run_episodes(agent, env, episodes, epsilon, seed):
+        calls.append({"episodes": episodes, "epsilon": epsilon, "seed": seed, "num_envs": env.num_envs})
+        value = returns[len(calls) - 1]
+        return np.array([value, value]), np.array([10, 10])
+
+    monkeypatch.setattr(trainer_module, "run_episodes", run_episodes)
+    return calls
+
+
+def test_an_eval_equal_to_stop_return_stops_training(small_cfg_factory, run_dir, monkeypatch):
+    scripted_evals(monkeypatch, [5.0, 7.0, 9.0])
+    run = Run(small_cfg_factory("eval.stop_on_solved=true", "eval.stop_return=7"), run_dir)
+    assert run.trainer.step == 200 and run.result == 7.0
+    assert [step for step, _ in run.scalars["eval/mean_return"]] == [100, 200]
+
+
+def test_training_evaluations_use_the_eval_settings(small_cfg_factory, run_dir, monkeypatch):
+    calls = scripted_evals(monkeypatch, [1.0, 2.0, 3.0])
+    # epsilon 0.05 from the nature protocol; 20 episodes on 16 envs (the most run side by side), seeded with
+    # seed + seed_offset
+    Run(small_cfg_factory("eval_protocol=nature", "eval.episodes=20", "seed=3", "eval.seed_offset=500"), run_dir)
+    assert calls == [{"episodes": 20, "epsilon": 0.05, "seed": 503, "num_envs": 16}] * 3
+
+
+class Countdown(gym.Env):
+    """Episodes of `length` steps paying 1 per step; each reset's seed goes into `seeds`."""
+
+    observation_space = gym.spaces.Box(0.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, length: int, seeds: list):
+        self.length, self.seeds = length, seeds
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.seeds.append(seed)
+        self.left = self.length
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.left -= 1
+        return np.zeros(1, np.float32), 1.0, self.left == 0, False, {}
+
+
+def countdown_envs(lengths: list[int], seeds: list) -> gym.vector.VectorEnv:
+    def make(length: int) -> gym.Env:
+        return gym.wrappers.RecordEpisodeStatistics(Countdown(length, seeds))
+
+    makers = [functools.partial(make, n) for n in lengths]
+    return gym.vector.SyncVectorEnv(makers, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
+
+class RandomPolicy:
+    """Acts with the generator it is given, and records each epsilon and action."""
+
+    def __init__(self):
+        self.epsilons, self.actions = [], []
+
+    def act(self, obs, epsilon, rng):
+        self.epsilons.append(epsilon)
+        self.actions.append(rng.integers(0, 2, len(obs)))
+        return self.actions[-1]
+
+
+def test_evaluation_spreads_the_episodes_over_the_envs_and_counts_only_its_quota():
+    from dqn_cli.evaluate import run_episodes
+
+    # 3 episodes on 2 envs: env 0 plays one, env 1 two. Env 0's episodes last 2 steps, env 1's 5: env 0 ends
+    # at steps 2, 4, 6, 8 and 10, but only its first counts; env 1 ends at steps 5 and 10.
+    seeds = []
+    returns, lengths = run_episodes(RandomPolicy(), countdown_envs([2, 5], seeds), 3, 0.05, seed=7)
+    assert returns.tolist() == [2.0, 5.0, 5.0] and lengths.tolist() == [2, 5, 5]
+
+
+def test_evaluation_is_seeded_and_acts_with_its_epsilon():
+    from dqn_cli.evaluate import run_episodes
+
+    seeds, policy = [], RandomPolicy()
+    run_episodes(policy, countdown_envs([3, 3], seeds), 2, 0.05, seed=7)
+    assert seeds[:2] == [7, 8]  # the vector env seeds env i with seed + i
+    assert policy.epsilons == [0.05] * 3
+    rng = np.random.default_rng(7)  # the same generator, drawn from the same seed
+    assert [a.tolist() for a in policy.actions] == [rng.integers(0, 2, 2).tolist() for _ in range(3)]
+
+
+def test_steps_per_second_counts_only_this_sessions_steps(run_dir, small_cfg, monkeypatch):
+    """A resumed run (here from step 500) reports its own speed, not the steps of the run it continues."""
+    import types
+
+    import dqn_cli.logger as logger_module
+
+    clock = iter([100.0, 102.0])
+    monkeypatch.setattr(logger_module, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    logger = logger_module.RunLogger(run_dir, small_cfg.log, 1000, start_step=500)
+    assert logger.steps_per_second(600) == 50.0  # 100 steps in 2 s
+    logger.close(600)
