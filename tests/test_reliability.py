@@ -628,6 +628,7 @@ def test_resume_needs_a_run_dir_with_last_pt(tmp_path, small_cfg_factory):
         (["env=acrobot"], "env=acrobot (the run used env=cartpole)"),
         (["seed=1", "total_steps=600"], "seed=1 (the run has seed=0)"),
         (["+foo=1"], "+foo=1 (no such key in the run's config)"),
+        (["~total_steps"], "~total_steps (not allowed on resume)"),
     ],
 )
 def test_resume_refuses_changes_to_the_run(small_cfg_factory, stopped_run, overrides, refused):
@@ -686,3 +687,144 @@ def test_device_cuda_without_cuda_is_an_error_before_anything_is_built(small_cfg
     with pytest.raises(UserError, match=r"device='cuda' was asked for, but torch finds no CUDA GPU"):
         Trainer(small_cfg_factory("device=cuda"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+# ---- what a resume restores ---------------------------------------------------------------------------
+
+
+def test_resume_restores_every_rng_from_last_pt(small_cfg_factory, stopped_run):
+    """Each generator continues from the state in last.pt: here states no seeding by the run's seed gives."""
+    import random
+
+    path = stopped_run / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    random.seed(101)
+    torch.manual_seed(102)
+    np.random.seed(103)
+    keys, pos, has_gauss, cached = np.random.get_state()[1:]
+    state["rng"].update(
+        python=random.getstate(), torch=torch.get_rng_state(), numpy=np.random.default_rng(104).bit_generator.state,
+        numpy_global={"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                      "cached_gaussian": float(cached)},
+    )  # fmt: skip
+    save_checkpoint(state, path)
+    random.seed(0)  # where the resumed run's own seeding puts them anyway
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+    trainer = resume(small_cfg_factory, stopped_run)
+    drawn = random.random(), torch.rand(1).item(), np.random.rand(), trainer.rng.random()
+    random.seed(101)
+    torch.manual_seed(102)
+    np.random.seed(103)
+    assert drawn == (random.random(), torch.rand(1).item(), np.random.rand(), np.random.default_rng(104).random())
+
+
+def test_resume_without_the_env_state_starts_episodes_from_a_seed_of_their_own(small_cfg_factory, stopped_run,
+                                                                                 monkeypatch):  # fmt: skip
+    import gymnasium as gym
+
+    monkeypatch.setattr(env_state, "unsupported", lambda env: "a test env")
+    trainer = resume(small_cfg_factory, stopped_run)
+    # seed 0 + step 153: not the run's first episode (seed 0) again
+    first = {seed: gym.make_vec("CartPole-v1", num_envs=1).reset(seed=seed)[0] for seed in (0, HALF)}
+    np.testing.assert_array_equal(trainer.obs, first[HALF])
+    assert not np.array_equal(first[HALF], first[0])
+
+
+def test_a_resumed_run_names_its_last_pt_as_the_last_good_checkpoint(small_cfg_factory, stopped_run):
+    trainer = resume(small_cfg_factory, stopped_run)
+    poison_at(trainer, 170)  # before the next checkpoint (200)
+    with pytest.raises(DivergedError) as info:
+        trainer.run()
+    assert f"last good checkpoint is {stopped_run / 'checkpoints' / 'last.pt'} (step {HALF})" in str(info.value)
+
+
+def test_a_signal_in_the_last_step_completes_the_run_and_still_exits_as_stopped(tmp_path, small_cfg_factory):
+    run = tmp_path / "run"
+    stop = run_stopped(small_cfg_factory(), run, step=300)
+    assert stop.exit_code == 130 and "stopped by SIGINT after the last step; the run is complete." in str(stop)
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["status"] == "done" and state["counters"]["step"] == 300
+
+
+def test_resume_refuses_a_run_that_stopped_solved_unless_extended(tmp_path, small_cfg_factory):
+    run = tmp_path / "run"
+    solved = ("eval.stop_on_solved=true", "eval.stop_return=1")  # any CartPole return: solved at the first eval
+    Trainer(small_cfg_factory(*solved), run).run()
+    with pytest.raises(UserError, match=r"that run finished \(step 100, stopped when solved or at its end\)"):
+        Trainer(small_cfg_factory(*solved, f"resume={run}"), "unused")
+    trainer = Trainer(small_cfg_factory(*solved, f"resume={run}"), "unused", overrides=["total_steps=400"])
+    assert trainer.step == 100 and trainer.cfg.total_steps == 400
+
+
+def test_resume_reads_the_replay_file_beside_last_pt_whatever_path_last_pt_names(small_cfg_factory, stopped_run):
+    path = stopped_run / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    state["replay"] = f"/elsewhere/{state['replay']}"  # only the file name counts
+    save_checkpoint(state, path)
+    trainer = resume(small_cfg_factory, stopped_run)
+    assert len(trainer.buffer) == HALF
+
+
+def test_stop_signals_outside_the_main_thread_do_nothing():
+    import threading
+
+    seen = []
+
+    def run() -> None:
+        with StopSignals() as stop:
+            seen.append(stop.requested)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert seen == [False]
+
+
+def shown_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """The scalars TensorBoard shows for `run_dir`: its event files in the order they were written, where a
+    session that starts with a purge step (a resumed run) hides the events at that step and later before it."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    def written(path: Path) -> tuple[int, int]:
+        parts = path.name.split(".")  # events.out.tfevents.TIME.HOST.PID.N
+        return int(parts[3]), int(parts[-1])
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(run_dir.glob("events.out.tfevents.*"), key=written):
+        for event in EventFileLoader(str(path)).Load():
+            if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+                out = {tag: [(s, v) for s, v in values if s < event.step] for tag, values in out.items()}
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "scalars":  # the loader turns each into a 0-d tensor
+                    out.setdefault(value.tag, []).append((event.step, value.tensor.float_val[0]))
+    return out
+
+
+def test_a_run_resumed_after_a_crash_hides_what_it_logged_after_its_last_checkpoint(tmp_path, small_cfg_factory):
+    """A crash at step 170 leaves last.pt of step 100 and TensorBoard events up to step 170; the resumed run logs
+    steps 101 to 300 again, and TensorBoard shows each curve once, as the run never interrupted logged it."""
+    run, whole = tmp_path / "run", tmp_path / "whole"
+    trainer = Trainer(small_cfg_factory(), run)
+    inner = trainer.env.step
+
+    def crash_at_170(actions):
+        if trainer.step == 169:
+            raise RuntimeError("power cut")
+        return inner(actions)
+
+    trainer.env.step = crash_at_170
+    with pytest.raises(RuntimeError, match="power cut"):
+        trainer.run()
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["counters"]["step"] == 100
+    assert [step for step, _ in shown_scalars(run)["losses/td_loss"]] == [50, 100, 150]
+
+    resume(small_cfg_factory, run).run()
+    Trainer(small_cfg_factory(), whole).run()
+    shown, expected = shown_scalars(run), shown_scalars(whole)
+    assert [step for step, _ in shown["losses/td_loss"]] == [50, 100, 150, 200, 250, 300]
+    assert [step for step, _ in shown["eval/mean_return"]] == [100, 200, 300]
+    assert shown.keys() == expected.keys()
+    for tag in expected.keys() - {"charts/SPS"}:  # steps per second is wall-clock
+        assert shown[tag] == expected[tag], tag
