@@ -678,3 +678,199 @@ def test_device_auto_picks_cuda_and_trains_pong(run_dir, atari_cfg):
     assert trainer.device.type == "cuda"
     trainer.run()
     assert trainer.updates > 0
+
+
+# ---- every preprocessing knob comes from the config ------------------------------------------------------
+
+
+@pytest.mark.parametrize("vectorization", ["sync", "ale"])
+def test_screen_size_frame_stack_and_action_set_come_from_the_preset(vectorization, atari_cfg):
+    cfg = atari_cfg(f"env.vectorization={vectorization}", "env.preset.screen_size=42", "env.preset.frame_stack=2",
+                    "env.preset.full_action_space=true")  # fmt: skip
+    env = make_env(cfg.env, seed=0)
+    assert env.single_observation_space.shape == (2, 42, 42) and env.reset(seed=0)[0].shape == (1, 2, 42, 42)
+    assert env.single_action_space.n == 18  # Pong's minimal set has 6
+    env.close()
+
+
+@pytest.mark.parametrize("vectorization", ["sync", "ale"])
+@pytest.mark.parametrize("frame_skip, steps, fps", [(4, 50, 15.0), (2, 100, 30.0)])
+def test_frame_skip_comes_from_the_preset(vectorization, frame_skip, steps, fps, atari_cfg):
+    from dqn_cli.atari import frames_per_second
+
+    # a 200-frame cap ends the first episode after 200 / frame_skip steps (no no-ops, no FIRE: no frame before it)
+    cfg = atari_cfg(f"env.vectorization={vectorization}", f"env.preset.frame_skip={frame_skip}",
+                    "env.preset.max_episode_frames=200", "env.preset.noop_max=0",
+                    "env.preset.fire_on_reset=false")  # fmt: skip
+    assert frames_per_second(cfg.env) == fps  # a video of it plays in real time: the ALE runs at 60 Hz
+    env = make_env(cfg.env, seed=0)
+    env.reset(seed=0)
+    for step in range(1, steps + 1):
+        *_, terminated, truncated, infos = env.step(np.array([0]))
+        assert (not terminated[0]) and truncated[0] == (step == steps), step
+    assert list(finished_episodes(infos)) == [(0, 0.0, steps)]
+    env.close()
+
+
+@pytest.mark.parametrize("vectorization", ["sync", "ale"])
+def test_sticky_actions_come_from_the_preset(vectorization, atari_cfg):
+    """With sticky_actions=1 the game keeps repeating its first action (NOOP): pressing UP or DOWN changes
+    nothing. With 0 they move the paddle."""
+
+    def frames_after(action: int, sticky: float) -> np.ndarray:
+        cfg = atari_cfg(f"env.vectorization={vectorization}", f"env.preset.sticky_actions={sticky}",
+                        "env.preset.noop_max=0", "env.preset.fire_on_reset=false")  # fmt: skip
+        env = make_env(cfg.env, seed=0)
+        env.reset(seed=0)
+        for _ in range(30):
+            obs = env.step(np.array([action]))[0]
+        env.close()
+        return obs
+
+    assert np.array_equal(frames_after(2, 1.0), frames_after(3, 1.0))
+    assert not np.array_equal(frames_after(2, 0.0), frames_after(3, 0.0))
+
+
+@pytest.mark.parametrize("fire", [True, False])
+def test_fire_on_reset_launches_the_ball_after_each_reset_and_lost_life(fire, compose_cfg):
+    """Breakout waits for FIRE. A NOOP-only agent loses all five lives, one agent episode each, when FIRE is
+    pressed for it after the reset and after each lost life; without fire_on_reset it never loses one."""
+    cfg = compose_cfg("train", ["env=breakout", f"env.preset.fire_on_reset={str(fire).lower()}"])
+    env = make_env(cfg.env, seed=0, training=True)
+    env.reset(seed=0)
+    ends, games = 0, []
+    for _ in range(300):
+        *_, terminated, truncated, infos = env.step(np.array([0]))
+        ends += int(terminated[0] or truncated[0])
+        games += list(finished_episodes(infos))
+        if games:
+            break
+    env.close()
+    assert (ends, len(games)) == ((5, 1) if fire else (0, 0))
+    if fire:
+        assert env.envs[0].unwrapped.ale.lives() == 5  # a new game
+
+
+def test_eval_protocol_replaces_the_frame_cap_and_no_ops_it_sets(atari_cfg, compose_cfg):
+    from dqn_cli.atari import apply_eval_protocol
+
+    env = atari_cfg("env.preset.noop_max=7", "env.preset.max_episode_frames=4000").env
+    nature = compose_cfg("eval", ["checkpoint=x.pt", "eval_protocol=nature"]).eval_protocol
+    out = apply_eval_protocol(env, nature).preset
+    assert (out.noop_max, out.max_episode_frames) == (30, 108000)
+    assert (env.preset.noop_max, env.preset.max_episode_frames) == (7, 4000)  # the training config is untouched
+    no_noops = compose_cfg("eval", ["checkpoint=x.pt", "eval_protocol.noop_max=0"]).eval_protocol
+    out = apply_eval_protocol(env, no_noops).preset  # greedy: no frame cap of its own, and 0 no-ops
+    assert (out.noop_max, out.max_episode_frames) == (0, 4000)
+    cartpole = compose_cfg("train", ["env=cartpole"]).env
+    assert apply_eval_protocol(cartpole, nature) is cartpole
+
+
+def test_training_evaluations_play_under_the_eval_protocol(run_dir, atari_cfg):
+    """The final evaluation of a (20-step, update-free) Pong run plays under eval_protocol: its 200-frame cap
+    cuts the game (which lasts thousands of frames) at no more than 50 steps, where training's 4000 would not."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dqn_cli.trainer import Trainer
+
+    cfg = atari_cfg(*SMALL_ATARI, "total_steps=20", "agent.learning_starts=1000", "env.preset.max_episode_frames=4000",
+                    "eval_protocol.max_episode_frames=200")  # fmt: skip
+    Trainer(cfg, run_dir).run()
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    (length,) = events.Scalars("eval/mean_length")
+    assert length.step == 20 and 40 < length.value <= 50  # 200 frames less up to 30 no-ops, 4 frames a step
+
+
+def test_training_evaluations_play_whole_games(run_dir, compose_cfg):
+    """The trainer's evaluation env is the evaluation variant: a lost life does not end its episode."""
+    from dqn_cli.logger import RunLogger
+    from dqn_cli.trainer import Trainer
+
+    cfg = compose_cfg("train", ["env=breakout", *SMALL_ATARI, "eval_protocol.max_episode_frames=4000"])
+    trainer = Trainer(cfg, run_dir)
+    trainer.evaluate(RunLogger(run_dir, cfg.log, cfg.total_steps))
+    env = trainer.eval_env
+    ends, games = 0, []
+    for *_, terminated, truncated, infos in random_steps(env, 600):
+        ends += int((terminated | truncated).sum())
+        games += list(finished_episodes(infos))
+    env.close()
+    trainer.env.close()
+    assert ends == len(games) >= 1
+
+
+def test_eval_plays_the_online_network_with_the_protocols_epsilon_on_whole_games(tmp_path, compose_cfg, monkeypatch):
+    """`dqn eval` rebuilds the online network (not the target network, made different here), acts with the
+    protocol's epsilon, seeds its envs with `seed`, and plays whole games: a lost life ends no episode."""
+    import dqn_cli.evaluate as evaluate_module
+    from dqn_cli.checkpoint import load_checkpoint, save_checkpoint
+    from dqn_cli.trainer import Trainer
+
+    run = tmp_path / "run"
+    Trainer(compose_cfg("train", ["env=breakout", *SMALL_ATARI, "total_steps=20"]), run).run()
+    checkpoint = run / "checkpoints" / "last.pt"
+    state = load_checkpoint(checkpoint)
+    state["agent"]["target_net"] = {k: torch.zeros_like(v) for k, v in state["agent"]["target_net"].items()}
+    save_checkpoint(state, checkpoint)
+
+    seen = {}
+
+    def capture(agent, env, episodes, epsilon, seed, video):
+        seen.update(agent=agent, episodes=episodes, epsilon=epsilon, seed=seed)
+        ends, games = 0, []
+        for *_, terminated, truncated, infos in random_steps(env, 600):
+            ends += int((terminated | truncated).sum())
+            games += list(finished_episodes(infos))
+        seen.update(ends=ends, games=len(games))
+        return np.zeros(1), np.zeros(1, int)
+
+    monkeypatch.setattr(evaluate_module, "run_episodes", capture)
+    evaluate_module.evaluate(
+        compose_cfg("eval", [f"checkpoint={checkpoint}", "eval_protocol=nature", "episodes=1", "seed=77", "device=cpu",
+                             "eval_protocol.max_episode_frames=4000", "tensorboard=false"])
+    )  # fmt: skip
+    assert (seen["episodes"], seen["epsilon"], seen["seed"]) == (1, 0.05, 77)
+    for name, w in seen["agent"].q_net.state_dict().items():
+        assert torch.equal(w, state["agent"]["q_net"][name]), name
+    assert seen["ends"] == seen["games"] >= 1
+
+
+def test_a_seeded_reset_restarts_the_game_after_a_lost_life(compose_cfg):
+    """In training a lost life ends the agent's episode and the game goes on (autoreset); a reset with a seed
+    starts a new game all the same."""
+    env = make_env(compose_cfg("train", ["env=breakout"]).env, seed=0, training=True)
+    env.reset(seed=0)
+    for _ in range(100):  # NOOP: FIRE on reset launches the ball, which the paddle misses
+        terminated = env.step(np.array([0]))[2]
+        if terminated[0]:
+            break
+    game = env.envs[0].unwrapped.ale
+    assert terminated[0] and game.lives() == 4  # the game went on
+    env.reset(seed=1)
+    assert game.lives() == 5
+    env.close()
+
+
+def test_rewards_are_clipped_in_training_only(compose_cfg):
+    """Space Invaders pays 5 to 30 points an invader: training sees them clipped to 1, evaluation as scored."""
+    cfg = compose_cfg("train", ["env=atari", "env.game=SpaceInvaders"])
+    seen = {}
+    for training in (True, False):
+        env = make_env(cfg.env, seed=0, training=training)
+        seen[training] = {float(r) for _, _, rewards, *_ in random_steps(env, 300) for r in rewards}
+        env.close()
+    assert seen[True] == {0.0, 1.0}
+    assert max(seen[False]) >= 5.0
+
+
+def test_sync_vectorization_truncates_at_max_episode_steps(atari_cfg):
+    # (FIRE on reset off: the sync path counts its press as one of the episode's steps)
+    cfg = atari_cfg("env.num_envs=2", "env.max_episode_steps=30", "env.preset.fire_on_reset=false")
+    env = make_env(cfg.env, seed=0)
+    for t, (*_, terminated, truncated, infos) in enumerate(random_steps(env, 61)):
+        assert not terminated.any()  # Pong's games last far longer than 30 steps
+        assert truncated.tolist() == [t in (29, 59)] * 2
+        if t in (29, 59):
+            assert [length for *_, length in finished_episodes(infos)] == [30, 30]
+    env.close()
