@@ -8,8 +8,9 @@ innermost first:
     AtariEnv                  frameskip=1, `sticky_actions`, `full_action_space`, `max_episode_frames`
     AtariPreprocessing        up to `noop_max` no-ops after reset, `frame_skip` with a max-pool over the
                               last two frames, `screen_size` x `screen_size` grayscale
-    TimeLimit                 only if `max_episode_steps` is set (agent steps)
-    RecordEpisodeStatistics   the true score and length (agent steps) of each whole game
+    TimeLimit                 only if `max_episode_steps` is set (steps, the two wrappers' presses included)
+    RecordEpisodeStatistics   the true score and length of each whole game (the length counts the
+                              FIRE and life-loss no-op presses of the two wrappers above too)
     LifeLossTerminal          training only (`terminal_on_life_loss`): a lost life ends the agent's
                               episode while the game goes on
     FireOnReset               `fire_on_reset`, in games whose second action is FIRE
