@@ -69,13 +69,13 @@ class Rule:
             return (
                 isinstance(v, (list, ListConfig))
                 and len(v) > 0
-                and all(isinstance(x, int) and not isinstance(x, bool) and 0 < x <= INT64_MAX for x in v)
+                and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
             )
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return False
         if self.kind == "int" and not isinstance(v, int):
             return False
-        if not (abs(v) <= INT64_MAX if isinstance(v, int) else math.isfinite(v)):  # ints go to numpy and torch
+        if isinstance(v, float) and not math.isfinite(v):  # ints beyond int64: `_too_long`, checked first
             return False
         if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
             return False
