@@ -8,17 +8,18 @@ innermost first:
     AtariEnv                  frameskip=1, `sticky_actions`, `full_action_space`, `max_episode_frames`
     AtariPreprocessing        up to `noop_max` no-ops after reset, `frame_skip` with a max-pool over the
                               last two frames, `screen_size` x `screen_size` grayscale
-    TimeLimit                 only if `max_episode_steps` is set (steps, the two wrappers' presses included)
-    RecordEpisodeStatistics   the true score and length of each whole game (the length counts the
-                              FIRE and life-loss no-op presses of the two wrappers above too)
     LifeLossTerminal          training only (`terminal_on_life_loss`): a lost life ends the agent's
                               episode while the game goes on
     FireOnReset               `fire_on_reset`, in games whose second action is FIRE
+    GameStatistics            the true score and the length in agent steps of each whole game, and the
+                              `max_episode_steps` cap (agent steps of the whole game)
     ClipReward                training only (`clip_rewards`): rewards clipped to [-1, 1]
     FrameStackObservation     the last `frame_stack` frames, zero-padded at each episode start
 
-RecordEpisodeStatistics sits below the training-only wrappers, so `envs.finished_episodes` reports
-unclipped whole-game scores in training and evaluation alike.
+GameStatistics sits above the two wrappers that press buttons of their own (the no-op after a lost
+life, FIRE) and below the training-only clipping, so `envs.finished_episodes` reports unclipped
+whole-game scores, and lengths in agent steps, in training and evaluation alike; as
+`env.vectorization=ale` does.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import functools
 import multiprocessing
 import re
 import signal
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -43,9 +45,12 @@ from dqn_cli.errors import UserError
 gym.register_envs(ale_py)
 
 SAME_STEP = gym.vector.AutoresetMode.SAME_STEP
+NEW_GAME = "new_game"  # reset option: restart the emulator even if the game below is not over
+LIFE_LOST = "life_lost"  # step info: the agent's episode ended at a lost life, the game goes on
+PRESS_REWARD = "press_reward"  # reset info: reward of the buttons a wrapper pressed for the agent
 
 
-# ---- two wrappers that gymnasium does not ship --------------------------------------------------------
+# ---- three wrappers that gymnasium does not ship --------------------------------------------------------
 
 
 class LifeLossTerminal(gym.Wrapper):
@@ -66,17 +71,21 @@ class LifeLossTerminal(gym.Wrapper):
         self.game_over = terminated or truncated
         lives = self.env.unwrapped.ale.lives()
         if 0 < lives < self.lives:  # lives == 0 is the game over itself, already terminal
-            terminated = True
+            terminated, info[LIFE_LOST] = True, True
         self.lives = lives
         return obs, reward, terminated, truncated, info
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        if self.game_over or seed is not None:
-            obs, info = self.env.reset(seed=seed, options=options)
+        """Continue the game after a lost life with one no-op; restart it after a game over, with a seed,
+        or when a wrapper above asks (`options["new_game"]`: its own cap truncated the game)."""
+        options = dict(options or {})
+        if options.pop(NEW_GAME, False) or self.game_over or seed is not None:
+            obs, info = self.env.reset(seed=seed, options=options or None)
         else:
-            obs, _, terminated, truncated, info = self.env.step(0)
+            obs, reward, terminated, truncated, info = self.env.step(0)
+            info[PRESS_REWARD] = float(reward)
             if terminated or truncated:  # cannot happen in practice: the life was just lost
-                obs, info = self.env.reset(options=options)
+                obs, info = self.env.reset(options=options or None)
         self.lives = self.env.unwrapped.ale.lives()
         return obs, info
 
@@ -89,10 +98,51 @@ class FireOnReset(gym.Wrapper):
     """
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        self.env.reset(seed=seed, options=options)
-        obs, _, terminated, truncated, info = self.env.step(1)
+        _, info = self.env.reset(seed=seed, options=options)
+        pressed = info.get(PRESS_REWARD, 0.0)
+        obs, reward, terminated, truncated, info = self.env.step(1)
+        info[PRESS_REWARD] = pressed + float(reward)
         if terminated or truncated:
             obs, info = self.env.reset(options=options)
+        return obs, info
+
+
+class GameStatistics(gym.Wrapper):
+    """Score and length of each whole game, in the agent's steps, and the `max_episode_steps` cap.
+
+    It sits above the wrappers that press buttons for the agent (LifeLossTerminal's no-op after a
+    lost life, FireOnReset's FIRE): their presses are not the agent's steps, so neither the lengths
+    nor the cap count them, while their rewards (reset info `press_reward`) still count in the score.
+    A lost life (step info `life_lost`) ends the agent's episode, not the game: the counts run on.
+    At the end of a game `info["episode"]` holds `r`, `l` and `t` (seconds), as gymnasium's
+    RecordEpisodeStatistics gives them. A game the cap truncates is restarted at the next reset.
+    """
+
+    def __init__(self, env: gym.Env, max_episode_steps: int | None = None):
+        super().__init__(env)
+        self.max_episode_steps = max_episode_steps
+        self.score, self.length, self.start, self.game_over = 0.0, 0, time.perf_counter(), True
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.score += float(reward)
+        self.length += 1
+        if self.max_episode_steps is not None and self.length >= self.max_episode_steps:
+            truncated = True
+        self.game_over = truncated or (terminated and not info.get(LIFE_LOST, False))
+        if self.game_over:
+            info["episode"] = {"r": self.score, "l": self.length, "t": round(time.perf_counter() - self.start, 6)}
+        return obs, reward, terminated, truncated, info
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        new_game = self.game_over or seed is not None
+        if new_game:
+            options = {**(options or {}), NEW_GAME: True}
+        obs, info = self.env.reset(seed=seed, options=options)
+        if new_game:
+            self.score, self.length, self.start = 0.0, 0, time.perf_counter()
+        self.score += info.pop(PRESS_REWARD, 0.0)
+        self.game_over = False
         return obs, info
 
 
@@ -108,6 +158,19 @@ env_state.register(
     lambda w, s: (setattr(w, "lives", s["lives"]), setattr(w, "game_over", s["game_over"])),
 )
 env_state.register(FireOnReset, lambda w: {}, lambda w, s: None)
+
+
+def _get_game_statistics(w: GameStatistics) -> dict:
+    # the game's wall-clock start is kept as time elapsed, so it survives a process restart
+    return {"score": w.score, "length": w.length, "elapsed": time.perf_counter() - w.start, "game_over": w.game_over}
+
+
+def _set_game_statistics(w: GameStatistics, s: dict) -> None:
+    w.score, w.length, w.game_over = float(s["score"]), int(s["length"]), bool(s["game_over"])
+    w.start = time.perf_counter() - float(s["elapsed"])
+
+
+env_state.register(GameStatistics, _get_game_statistics, _set_game_statistics)
 
 
 # ---- games ---------------------------------------------------------------------------------------------
@@ -219,13 +282,12 @@ def _make_one(cfg: dict, training: bool, render: bool) -> gym.Env:
         grayscale_obs=True,
         scale_obs=False,  # uint8 all the way; the network scales on the device
     )
-    if cfg.get("max_episode_steps") is not None:
-        env = gym.wrappers.TimeLimit(env, max_episode_steps=int(cfg["max_episode_steps"]))
-    env = gym.wrappers.RecordEpisodeStatistics(env)
     if training and p["terminal_on_life_loss"]:
         env = LifeLossTerminal(env)
     if p["fire_on_reset"] and _has_fire(env):
         env = FireOnReset(env)
+    max_steps = cfg.get("max_episode_steps")
+    env = GameStatistics(env, max_episode_steps=None if max_steps is None else int(max_steps))
     if training and p["clip_rewards"]:
         env = gym.wrappers.ClipReward(env, -1.0, 1.0)
     return gym.wrappers.FrameStackObservation(env, int(p["frame_stack"]), padding_type="zero")

@@ -2,8 +2,9 @@
 
 Every env this module returns is a `gymnasium.vector.VectorEnv` with same-step autoreset: when an
 episode ends, `step` returns the first observation of the next episode and the last one sits in
-`infos["final_obs"]`. Episode returns and lengths come from gymnasium's `RecordEpisodeStatistics`,
-placed before any reward clipping so they are the true scores.
+`infos["final_obs"]`. Episode returns and lengths come from gymnasium's `RecordEpisodeStatistics`
+(classic control) or its Atari counterpart (`dqn_cli.atari.GameStatistics`, whole games in agent
+steps), placed before any reward clipping so they are the true scores.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -200,12 +201,14 @@ def test_vector_envs_step_n_games_with_same_step_autoreset(mode, atari_cfg):
     assert saw_end  # 200 frames = 50 steps: every game was truncated once
 
 
-def test_ale_vectorization_ends_episodes_at_lost_lives_and_counts_whole_games(compose_cfg):
-    """env.vectorization=ale: a lost life ends the agent's episode while the game goes on; final_info
-    reports each whole game once, with its unclipped score and its length in agent steps."""
-    cfg = compose_cfg("train", ["env=breakout", "env.num_envs=2", "env.vectorization=ale"])
+@pytest.mark.parametrize("vectorization", ["sync", "ale"])
+def test_training_ends_episodes_at_lost_lives_and_counts_whole_games_in_agent_steps(vectorization, compose_cfg):
+    """A lost life ends the agent's episode while the game goes on; final_info reports each whole game once,
+    with its unclipped score and its length in agent steps: the FIRE and no-op presses of the gymnasium
+    pipeline's wrappers are not counted (a random Breakout game of 118 agent steps once reported 127)."""
+    cfg = compose_cfg("train", ["env=breakout", "env.num_envs=2", f"env.vectorization={vectorization}"])
     env = make_env(cfg.env, seed=3, training=True)
-    assert type(env).__name__ == "ALEVectorEnv"
+    assert type(env).__name__ == ("ALEVectorEnv" if vectorization == "ale" else "SyncVectorEnv")
     steps, life_ends, games = np.zeros(2, int), 0, []
     for obs, _, _, real_next, terminated, truncated, infos in random_steps(env, 1500, seed=3):
         steps += 1
@@ -220,14 +223,42 @@ def test_ale_vectorization_ends_episodes_at_lost_lives_and_counts_whole_games(co
     assert len(games) >= 3 and life_ends >= 3 * len(games)  # Breakout: five lives per game
 
 
-def test_ale_vectorization_truncates_at_max_episode_steps_and_restarts_the_stack(atari_cfg):
-    env = make_env(atari_cfg("env.num_envs=2", "env.vectorization=ale", "env.max_episode_steps=30").env, seed=0)
-    for t, (obs, *_, terminated, truncated, _) in enumerate(random_steps(env, 61)):
+@pytest.mark.parametrize("vectorization", ["sync", "ale"])
+def test_max_episode_steps_truncates_after_that_many_agent_steps_and_restarts_the_stack(vectorization, atari_cfg):
+    """Pong with FIRE on reset: the press is not one of the 30 steps (the sync pipeline once truncated at 29)."""
+    cfg = atari_cfg("env.num_envs=2", f"env.vectorization={vectorization}", "env.max_episode_steps=30")
+    assert cfg.env.preset.fire_on_reset
+    env = make_env(cfg.env, seed=0)
+    for t, (obs, *_, terminated, truncated, infos) in enumerate(random_steps(env, 61)):
         assert not terminated.any()  # Pong's games last far longer than 30 steps
         assert truncated.tolist() == [t in (29, 59)] * 2
+        assert [length for *_, length in finished_episodes(infos)] == ([30, 30] if t in (29, 59) else [])
         starts = t in (0, 30, 60)  # obs is the first of an episode: zero-padded before its frame
         assert (not obs[:, :3].any()) == starts and obs[:, 3].any()
     env.close()
+
+
+def test_max_episode_steps_caps_the_whole_game_across_lost_lives(compose_cfg):
+    """Training Breakout (a lost life ends the agent's episode): the cap counts the agent's steps of the whole
+    game, lost lives included, and a capped game restarts with five lives instead of going on."""
+    cfg = compose_cfg("train", ["env=breakout", "env.num_envs=2", "env.max_episode_steps=150"])
+    env = make_env(cfg.env, seed=0, training=True)
+    steps, lost, capped_after_a_lost_life = np.zeros(2, int), np.zeros(2, int), 0
+    for *_, terminated, truncated, infos in random_steps(env, 1200):
+        steps += 1
+        lengths = {i: length for i, _, length in finished_episodes(infos)}
+        for i in range(2):
+            if i not in lengths:
+                lost[i] += int(terminated[i])
+                assert not truncated[i] and steps[i] < 150
+                continue
+            assert lengths[i] == steps[i] <= 150 and truncated[i] == (steps[i] == 150)
+            if truncated[i]:
+                assert env.envs[i].unwrapped.ale.lives() == 5  # a new game
+                capped_after_a_lost_life += int(lost[i] > 0)
+            steps[i], lost[i] = 0, 0
+    env.close()
+    assert capped_after_a_lost_life >= 2
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads Linux's per-thread signal masks")
@@ -864,13 +895,67 @@ def test_rewards_are_clipped_in_training_only(compose_cfg):
     assert max(seen[False]) >= 5.0
 
 
-def test_sync_vectorization_truncates_at_max_episode_steps(atari_cfg):
-    # (FIRE on reset off: the sync path counts its press as one of the episode's steps)
-    cfg = atari_cfg("env.num_envs=2", "env.max_episode_steps=30", "env.preset.fire_on_reset=false")
-    env = make_env(cfg.env, seed=0)
-    for t, (*_, terminated, truncated, infos) in enumerate(random_steps(env, 61)):
-        assert not terminated.any()  # Pong's games last far longer than 30 steps
-        assert truncated.tolist() == [t in (29, 59)] * 2
-        if t in (29, 59):
-            assert [length for *_, length in finished_episodes(infos)] == [30, 30]
-    env.close()
+class ScriptedGame(gym.Env):
+    """A stand-in for the ALE under dqn_cli's wrappers: every frame pays 1, every 4th frame loses one of 3 lives."""
+
+    observation_space = gym.spaces.Box(0, 255, (1,), np.uint8)
+    action_space = gym.spaces.Discrete(4)
+
+    def __init__(self):
+        self.ale = self  # LifeLossTerminal reads env.unwrapped.ale.lives()
+        self.presses, self.restarts, self.frames, self.life_count = [], 0, 0, 3
+
+    def lives(self) -> int:
+        return self.life_count
+
+    def reset(self, *, seed=None, options=None):
+        self.restarts, self.frames, self.life_count = self.restarts + 1, 0, 3
+        return np.zeros(1, np.uint8), {}
+
+    def step(self, action):
+        self.presses.append(int(action))
+        self.frames += 1
+        self.life_count -= int(self.frames % 4 == 0)
+        return np.zeros(1, np.uint8), 1.0, self.life_count == 0, False, {}
+
+
+@pytest.mark.parametrize("cap", [None, 5])
+def test_game_statistics_count_the_agents_steps_and_the_whole_games_score(cap):
+    """FIRE at the start, then no-op and FIRE after each lost life, pressed by the wrappers: their frames pay
+    into the score but are not the agent's steps, for the statistics and for the cap. A capped game restarts."""
+    from dqn_cli.atari import FireOnReset, GameStatistics, LifeLossTerminal
+
+    game = ScriptedGame()
+    env = GameStatistics(FireOnReset(LifeLossTerminal(game)), max_episode_steps=cap)
+    env.reset(seed=0)
+    ends = []
+    for _ in range(7 if cap is None else 5):
+        *_, terminated, truncated, info = env.step(2)
+        ends.append((terminated, truncated, info.get("episode", {}).get("l"), info.get("episode", {}).get("r")))
+        if terminated or truncated:
+            env.reset()
+    if cap is None:  # frames 4, 8 and 12 lose a life; the third is the game over: 12 frames, 7 agent steps
+        assert game.presses == [1, 2, 2, 2, 0, 1, 2, 2, 0, 1, 2, 2, 1]
+        assert [e for e in ends if e[0] or e[1]] == [(True, False, None, None)] * 2 + [(True, False, 7, 12.0)]
+    else:  # the 5th agent step (frame 8) loses a life and hits the cap: the game restarts
+        assert game.presses == [1, 2, 2, 2, 0, 1, 2, 2, 1]
+        assert ends[-1] == (True, True, 5, 8.0)
+    assert game.restarts == 2 and game.life_count == 3
+
+
+def test_a_seeded_reset_after_a_lost_life_starts_a_new_game_and_its_statistics():
+    from dqn_cli.atari import FireOnReset, GameStatistics, LifeLossTerminal
+
+    game = ScriptedGame()
+    env = GameStatistics(FireOnReset(LifeLossTerminal(game)))
+    env.reset(seed=0)
+    assert [env.step(2)[2] for _ in range(3)] == [False, False, True]  # frame 4 loses a life
+    env.reset(seed=1)
+    assert (game.restarts, game.life_count) == (2, 3)
+    episodes = []
+    for _ in range(7):
+        *_, terminated, _, info = env.step(2)
+        episodes += [info["episode"]] if "episode" in info else []
+        if terminated:
+            env.reset()
+    assert [(e["l"], e["r"]) for e in episodes] == [(7, 12.0)]  # counted from the seeded reset only
