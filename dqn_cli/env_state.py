@@ -178,6 +178,10 @@ def _layers(env: gym.Env) -> list:
     return out
 
 
+def _names(env: gym.Env) -> list[str]:
+    return [type(layer).__name__ for layer in _layers(env)]
+
+
 # ---- the vector env --------------------------------------------------------------------------------
 
 
@@ -196,6 +200,7 @@ def get_state(env: gym.vector.VectorEnv) -> dict | None:
     if unsupported(env) is not None:
         return None
     return {
+        "layers": _names(env.envs[0]),  # set_state refuses a state saved through other wrappers
         "envs": [[_handler(layer)[0](layer) for layer in _layers(sub)] for sub in env.envs],
         "autoreset": _array(env._autoreset_envs),
         # make_env seeds action_space; single_action_space is never seeded nor drawn from, so not kept
@@ -207,11 +212,16 @@ def set_state(env: gym.vector.VectorEnv, state: dict) -> None:
     """Restore what `get_state` saved into an env built from the same config and reset once."""
     if len(state["envs"]) != env.num_envs:
         raise ValueError(f"saved env state holds {len(state['envs'])} envs, this env has {env.num_envs}")
+    if state.get("layers", _names(env.envs[0])) != _names(env.envs[0]):  # older checkpoints: no names
+        raise ValueError(f"saved through the wrappers {state['layers']}, this env has {_names(env.envs[0])}")
     for sub, layer_states in zip(env.envs, state["envs"], strict=True):
         layers = _layers(sub)
         if len(layers) != len(layer_states):
             raise ValueError(f"saved env state has {len(layer_states)} wrapper layers, this env {len(layers)}")
         for layer, s in zip(layers, layer_states, strict=True):
-            _handler(layer)[1](layer, s)
+            try:
+                _handler(layer)[1](layer, s)
+            except KeyError as e:  # a checkpoint from before the names were kept: another layer's state
+                raise ValueError(f"the saved state has no {e} for {type(layer).__name__}") from None
     env._autoreset_envs = _numpy(state["autoreset"])
     env.action_space.np_random.bit_generator.state = state["action_space"]

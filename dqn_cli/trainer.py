@@ -403,13 +403,14 @@ class Trainer:
         if reason is None and state.get("env") is not None and state.get("obs") is not None:
             try:
                 env_state.set_state(self.env, state["env"])
+                return state["obs"].numpy().copy()
             except (KeyError, ValueError, TypeError, RuntimeError) as e:
-                raise UserError(f"the env state in the checkpoint does not fit {self.cfg.env.id} ({e}).") from None
-            return state["obs"].numpy().copy()
+                # the run's own config built this env: dqn_cli's wrappers changed since the checkpoint
+                reason = f"the saved one does not fit this version's {self.cfg.env.id}: {e}"
         # fresh episodes from a seed of their own, not a replay of the run's first ones
         obs, _ = self.env.reset(seed=self.cfg.seed + self.step)
         log.warning(
-            f"the env's state was not saved ({reason or 'not in this checkpoint'}): the resumed run starts "
+            f"the env's state cannot be restored ({reason or 'not in this checkpoint'}): the resumed run starts "
             "fresh episodes, so it will not match an uninterrupted run step for step"
         )
         return obs

@@ -175,7 +175,7 @@ def test_resume_where_env_state_cannot_be_saved_starts_fresh_episodes(tmp_path, 
     monkeypatch.setattr(env_state, "unsupported", lambda env: "a test env")
     caplog.set_level(logging.WARNING)
     Trainer(small_cfg_factory(f"resume={run}"), "unused").run()
-    assert "env's state was not saved (a test env)" in caplog.text
+    assert "env's state cannot be restored (a test env)" in caplog.text
     assert load_checkpoint(run / "checkpoints" / "last.pt")["counters"]["step"] == 300
 
 
@@ -828,3 +828,37 @@ def test_a_run_resumed_after_a_crash_hides_what_it_logged_after_its_last_checkpo
     assert shown.keys() == expected.keys()
     for tag in expected.keys() - {"charts/SPS"}:  # steps per second is wall-clock
         assert shown[tag] == expected[tag], tag
+
+
+@pytest.mark.parametrize("change", ["renamed_layers", "older_without_names", "a_layer_less", "a_layer_emptied"])
+def test_resume_with_an_env_state_that_no_longer_fits_starts_fresh_episodes(small_cfg_factory, stopped_run, change,
+                                                                            caplog):  # fmt: skip
+    """A checkpoint written before dqn_cli's wrappers changed (Atari's GameStatistics replaced two layers):
+    the run resumes, with fresh episodes and a warning, instead of failing or half-restoring the env."""
+    import gymnasium as gym
+
+    path = stopped_run / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    env = state["env"]
+    if change == "renamed_layers":
+        env["layers"] = ["GameStatistics", *env["layers"][1:]]
+    else:
+        del env["layers"]
+    if change == "a_layer_less":
+        env["envs"] = [layers[1:] for layers in env["envs"]]
+    elif change == "a_layer_emptied":
+        env["envs"] = [[{} for _ in layers] for layers in env["envs"]]
+    save_checkpoint(state, path)
+    caplog.set_level(logging.WARNING)
+    trainer = resume(small_cfg_factory, stopped_run)
+    if change == "older_without_names":  # a checkpoint from before the names were kept, wrappers unchanged
+        np.testing.assert_array_equal(trainer.obs, state["obs"].numpy())
+        assert "cannot be restored" not in caplog.text
+        return
+    assert "env's state cannot be restored (the saved one does not fit this version's CartPole-v1: " in caplog.text
+    if change == "a_layer_emptied":
+        assert "the saved state has no 'returns' for RecordEpisodeStatistics" in caplog.text
+    fresh = gym.make_vec("CartPole-v1", num_envs=1).reset(seed=HALF)[0]  # seed 0 + step 153
+    np.testing.assert_array_equal(trainer.obs, fresh)
+    trainer.run()
+    assert load_checkpoint(path)["counters"]["step"] == 300
