@@ -212,8 +212,9 @@ def set_state(env: gym.vector.VectorEnv, state: dict) -> None:
     """Restore what `get_state` saved into an env built from the same config and reset once."""
     if len(state["envs"]) != env.num_envs:
         raise ValueError(f"saved env state holds {len(state['envs'])} envs, this env has {env.num_envs}")
-    if state.get("layers", _names(env.envs[0])) != _names(env.envs[0]):  # older checkpoints: no names
-        raise ValueError(f"saved through the wrappers {state['layers']}, this env has {_names(env.envs[0])}")
+    names = _names(env.envs[0])
+    if state.get("layers", names) != names:  # checkpoints from before the names were kept have none
+        raise ValueError(f"saved through the wrappers {state['layers']}, this env has {names}")
     for sub, layer_states in zip(env.envs, state["envs"], strict=True):
         layers = _layers(sub)
         if len(layers) != len(layer_states):
