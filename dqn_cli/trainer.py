@@ -62,8 +62,8 @@ class Trainer:
         obs_space, n_actions = self.env.single_observation_space, int(self.env.single_action_space.n)
         self.agent = make_agent(cfg, obs_space.shape, n_actions, self.device, int(cfg.torch_threads))
         accelerate(self.agent, compile=bool(cfg.get("compile")), cuda_graphs=bool(cfg.get("cuda_graphs")))
-        # overlap=true on the CPU with bf16-mixed: each optimizer step also runs while the next steps are taken
-        self.agent.defer_optimizer = bool(cfg.get("overlap")) and self.agent.can_defer_optimizer
+        # overlap=true on the CPU with bf16-mixed: each update also finishes while the next steps are taken
+        self.agent.defer_updates = bool(cfg.get("overlap")) and self.agent.can_defer_updates
         self.buffer = make_buffer(
             cfg.buffer, obs_space.shape, obs_space.dtype, self.env.num_envs, cfg.agent.n_step, cfg.agent.gamma
         )
@@ -146,7 +146,8 @@ class Trainer:
 
         With `overlap=true` (async vector envs) the updates due after a step run while the envs
         compute the next one: the actions of step t+1 are chosen before step t's updates. Target
-        syncs, logs, evaluations and checkpoints still come after the updates due before them. On a
+        syncs, evaluations and checkpoints still come after the updates due before them; a log reports
+        the updates done (so how often a run logs does not change what it computes). On a
         GPU the first quarter of those updates is queued before the loop waits for the actions
         (`queue_ahead`); the order of the computations stays the same.
         """
@@ -183,10 +184,12 @@ class Trainer:
 
             if self.step > self.learning_starts and train_now(before, self.step):
                 self.due_updates += gradient_steps
-            moments = [f(before, self.step) for f in (sync_now, log_now, eval_now, checkpoint_now)]
-            if not overlap or any(moments) or self.step >= total_steps:
+            moments = (sync_now, log_now, eval_now, checkpoint_now)
+            sync, log_, eval_, checkpoint = (moment(before, self.step) for moment in moments)
+            # a log does not need the due updates (it reports those done): with overlap=true they still run
+            # beside the next step, so how often a run logs does not change what it computes
+            if not overlap or sync or eval_ or checkpoint or self.step >= total_steps:
                 self._learn_due()
-            sync, log_, eval_, checkpoint = moments
             if sync:
                 self.agent.sync_target()
             if log_:
@@ -241,7 +244,8 @@ class Trainer:
         """Count the updates just made, keeping their metrics for the next moment."""
         self.pending.extend(metrics)
         self.updates += len(metrics)
-        if self.device.type != "cuda":  # free on the CPU; a GPU keeps computing until the next moment
+        # free on the CPU; a GPU, or the shard threads finishing deferred updates, compute on until the next moment
+        if self.device.type != "cuda" and not self.agent.defer_updates:
             self._collect_metrics()
 
     def _collect_metrics(self) -> None:
@@ -249,6 +253,7 @@ class Trainer:
         after every update on the CPU, before each log, evaluation and checkpoint on a GPU."""
         if not self.pending:
             return
+        self.agent.wait_for_update()  # deferred updates: their metrics written (acting keeps its weights)
         first = self.updates - len(self.pending) + 1  # the update number of pending[0]
         names = list(self.pending[0])
         if len(self.pending) == 1:  # the CPU's case: plain floats, no stacking

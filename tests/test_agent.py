@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from dqn_cli.agent import DQNAgent, make_agent
+from dqn_cli.agent import DQNAgent, make_agent, update_fields
 from dqn_cli.buffers import Batch, ReplayBuffer
 from dqn_cli.networks import MLP
 
@@ -525,28 +525,80 @@ def test_bf16_mixed_sharded_update_is_deterministic():
     assert torch.equal(_flat(first.q_net.parameters()), _flat(second.q_net.parameters()))
 
 
-def test_deferred_optimizer_step_runs_beside_acting_and_ends_as_the_inline_one():
-    """overlap=true on the CPU with bf16-mixed: the optimizer step runs on the shard thread while acting
-    goes on with the weights from before it; finish_update (or anything that reads the weights) waits for
-    it. The updates are bitwise those of the inline step."""
-    inline, deferred = _precision_agents("bf16-mixed", "bf16-mixed", shards=2, max_grad_norm=1.0, lr=1e-3)
-    assert deferred.can_defer_optimizer and not _cnn_agent(2, "fp32").can_defer_optimizer  # fp32 acts on masters
-    deferred.defer_optimizer = True
+def _joined_at_once(agent: DQNAgent) -> DQNAgent:
+    """`agent` computing a deferred update's shards (the caller's smaller one; even ones for a weighted
+    batch) but joining them and stepping at once, on the caller: what a deferred update must equal."""
+    start = agent._start_shards
+    agent._start_shards = lambda tensors, size, deferred=False: start(tensors, size, deferred=tensors[6] is None)
+    return agent
+
+
+def test_deferred_update_finishes_beside_acting_and_ends_as_the_update_joined_at_once():
+    """overlap=true on the CPU with bf16-mixed: the caller computes its shard of the update (12 of 32
+    rows) and returns; the shard thread computes the other 20, sums, clips, steps and writes the new
+    bf16 weights aside. Acting meanwhile reads the weights from before the update; finish_update (or
+    anything that reads the weights) waits and swaps them in. The updates are bitwise those of the
+    same shards joined at once, and follow the even-split updates to float rounding. A weighted batch
+    (prioritized replay) waits for its TD errors, and only its optimizer step is deferred."""
+    inline, deferred, even = _precision_agents(*["bf16-mixed"] * 3, shards=2, max_grad_norm=1.0, lr=1e-3)
+    assert deferred.can_defer_updates and not _cnn_agent(2, "fp32").can_defer_updates  # fp32 acts on masters
+    _joined_at_once(inline)
+    deferred.defer_updates = True
     obs = _pixel_batch(16, weights=False).obs
+    calls = []
+    start = deferred._start_shards
+    deferred._start_shards = lambda *a, **k: calls.append(k.get("deferred", False)) or start(*a, **k)
     for i in range(3):
-        batch = _pixel_batch(32, weights=i == 1)
-        assert inline.update(batch) == deferred.update(batch)  # same loss and Q: the same weights went in
-        assert deferred._pending is not None  # the step is in flight, or done but not swapped in
+        weighted = i == 1
+        batch = _pixel_batch(32, weights=weighted)
+        metrics = deferred.learn(batch)
+        assert deferred._pending is not None  # the rest of the update is in flight, or done but not swapped in
         stale = _flat(deferred.q_compute.parameters()).clone()
-        assert not torch.equal(stale, _flat(inline.q_compute.parameters()))  # the inline agent took its step
-        deferred.greedy(obs)  # acting meanwhile reads the weights from before the step, and they stay
+        deferred.greedy(obs)  # acting meanwhile reads the weights from before the update, and they stay
+        deferred.wait_for_update()
         assert torch.equal(_flat(deferred.q_compute.parameters()), stale)
-    state = deferred.state_dict()  # waits for the last step first
+        expected = inline.update(batch)
+        assert {k: v.item() for k, v in metrics.items()} == expected  # same loss and Q: the same weights went in
+        assert even.update(batch)["td_loss"] == pytest.approx(expected["td_loss"], rel=2e-2)
+        assert not torch.equal(stale, _flat(inline.q_compute.parameters()))  # the inline agent took its step
+        if weighted:  # its TD errors at once, from even shards
+            np.testing.assert_array_equal(deferred.td_abs, inline.td_abs)
+    assert calls == [True, False, True]  # the weighted batch: even shards, joined at once
+    state = deferred.state_dict()  # waits for the last update first
     assert deferred._pending is None
     assert torch.equal(_flat(state["q_net"].values()), _flat(inline.q_net.parameters()))
     assert torch.equal(_flat(deferred.q_compute.parameters()), _flat(inline.q_compute.parameters()))
     for p, q in zip(deferred.q_compute.parameters(), inline.q_compute.parameters(), strict=True):
         assert p.stride() == q.stride() and p.dtype == q.dtype == torch.bfloat16  # the swapped-in tensors' layout
+    start = _flat(_cnn_agent().q_net.parameters())  # the same initial weights: Adam's steps point the same way
+    moved, moved_even = _flat(state["q_net"].values()) - start, _flat(even.q_net.parameters()) - start
+    assert torch.nn.functional.cosine_similarity(moved, moved_even, dim=0) > 0.95
+
+
+@pytest.mark.parametrize("shards, batch, rows", [(2, 32, [12, 20]), (3, 48, [12, 18, 18]), (2, 20, [8, 12])])
+def test_a_deferred_update_gives_the_caller_the_smaller_shard(shards, batch, rows):
+    """The caller's shard is CALLER_SHARE (3/4) of an even one; the other shards split the rest evenly."""
+    import threading
+
+    agent = _cnn_agent(shards, "bf16-mixed")
+    sizes = {}  # thread name: rows
+    loss_terms = agent.loss_terms
+
+    def recorded(tensors, batch_size):
+        sizes[threading.current_thread().name] = len(tensors[2])
+        return loss_terms(tensors, batch_size)
+
+    agent.loss_terms = recorded
+    b = _pixel_batch(batch, weights=False)
+    tensors = [*(torch.from_numpy(x) for x in update_fields(b)[:6]), None, None]
+    own, others = agent._start_shards(tensors, batch, deferred=True)
+    agent._join_shards(own, others)
+    assert sizes.pop(threading.current_thread().name) == rows[0] and sorted(sizes.values()) == rows[1:]
+    assert all(g.dtype == torch.bfloat16 for g in own[3])  # the joining thread casts the caller's gradients
+    sizes.clear()
+    agent._join_shards(*agent._start_shards(tensors, batch))
+    even = np.diff(np.linspace(0, batch, shards + 1).astype(int)).tolist()
+    assert sizes.pop(threading.current_thread().name) == even[0] and sorted(sizes.values()) == sorted(even[1:])
 
 
 def test_target_sync_waits_for_a_deferred_optimizer_step():
@@ -555,7 +607,7 @@ def test_target_sync_waits_for_a_deferred_optimizer_step():
     import threading
 
     agent = _cnn_agent(2, "bf16-mixed", tau=1.0, lr=1e-3)
-    agent.defer_optimizer = True
+    agent.defer_updates = True
     release, step = threading.Event(), agent._optimizer_step_to_spare
 
     def late_step(grads):  # the step starts only once `release` is set, 0.3 s after the update

@@ -445,23 +445,63 @@ def test_queueing_part_of_the_updates_before_the_actions_changes_nothing(storage
         assert torch.equal(ahead.agent.q_net.state_dict()[name], w), name
 
 
-def test_overlap_with_bf16_on_the_cpu_defers_the_optimizer_step_and_saves_every_update(run_dir, atari_cfg):
+def test_overlap_with_bf16_on_the_cpu_defers_the_updates_and_saves_and_logs_every_one(run_dir, atari_cfg, monkeypatch):
+    """overlap=true with bf16-mixed on the CPU: the shard thread finishes each update while the loop
+    goes on. The metrics the trainer logs are the ones the shard thread wrote, even when it writes them
+    late (it waits for them), and every checkpoint holds every update."""
+    import time
+
     from dqn_cli.checkpoint import load_checkpoint
     from dqn_cli.trainer import Trainer
 
     common = (*SMALL_ATARI, "env.vectorization=ale", "overlap=true")
     fp32 = Trainer(atari_cfg(*common), run_dir / "fp32")
-    assert not fp32.agent.defer_optimizer  # fp32 acts on the weights the optimizer steps
+    assert not fp32.agent.defer_updates  # fp32 acts on the weights the optimizer steps
     fp32.env.close()
     trainer = Trainer(atari_cfg(*common, "precision=bf16-mixed", "checkpoint.interval=150"), run_dir / "bf16")
-    assert trainer.agent.defer_optimizer
+    assert trainer.agent.defer_updates
+    written, collected = [], []
+    finish = trainer.agent._finish_to_spare
+
+    def late_finish(own, others, metrics):  # the shard thread writes each update's metrics 20 ms late
+        time.sleep(0.02)
+        finish(own, others, metrics)
+        written.append(metrics[0].item())
+
+    trainer.agent._finish_to_spare = late_finish
+    collect = Trainer._collect_metrics
+
+    def spy(self):  # the td_loss values each collection adds
+        before = len(self.metrics.get("td_loss", []))
+        collect(self)
+        collected.extend(self.metrics.get("td_loss", [])[before:])
+
+    monkeypatch.setattr(Trainer, "_collect_metrics", spy)
     trainer.run()
+    assert len(written) == trainer.updates > 0 and collected == written
     for name in ("step_150.pt", "last.pt"):
         state = load_checkpoint(run_dir / "bf16" / "checkpoints" / name)
         steps = {int(s["step"]) for s in state["agent"]["optimizer"]["state"].values()}
         assert steps == {state["counters"]["updates"]} and state["counters"]["updates"] > 0, name  # none in flight
     for key, w in trainer.agent.q_net.state_dict().items():
         assert torch.equal(state["agent"]["q_net"][key], w), key
+
+
+def test_logging_more_often_does_not_change_a_run_with_deferred_updates(run_dir, atari_cfg):
+    """Collecting the metrics of deferred updates waits for them without swapping their weights in:
+    acting keeps the weights it would have used, so how often a run logs does not change it."""
+    from dqn_cli.trainer import Trainer
+
+    weights = []
+    for interval in (100, 7):
+        cfg = atari_cfg(*SMALL_ATARI, "env.vectorization=ale", "overlap=true", "precision=bf16-mixed")
+        cfg.log.interval = interval
+        trainer = Trainer(cfg, run_dir / str(interval))
+        assert trainer.agent.defer_updates
+        trainer.run()
+        weights.append(trainer.agent.q_net.state_dict())
+    for key, w in weights[0].items():
+        assert torch.equal(weights[1][key], w), key
 
 
 WRAPPED_NSTEP = ("buffer.capacity=240", "total_steps=400", "agent.n_step=3", "env.num_envs=2")
