@@ -146,8 +146,9 @@ class DQNAgent:
     def learn(self, batch: Batch, target_q: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """`update` without waiting for the device: loss and mean Q as 0-dim tensors on it. On a GPU
         the caller can go on (sample the next batch) while the kernels run. With `defer_updates` the
-        shard threads write them when they finish the update: read them after `wait_for_update`. `target_q`: the batch's
-        Q(s', .; theta-) from `target_values`, when the caller scored a round of batches at once."""
+        shard threads write them when they finish the update: read them after `wait_for_update`.
+        `target_q`: the batch's Q(s', .; theta-) from `target_values`, when the caller scored a round
+        of batches at once."""
         if self.graphed is not None:
             loss, q_mean, td = self.graphed(batch, target_q)
         else:

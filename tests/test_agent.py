@@ -601,9 +601,9 @@ def test_a_deferred_update_gives_the_caller_the_smaller_shard(shards, batch, row
     assert sizes.pop(threading.current_thread().name) == even[0] and sorted(sizes.values()) == sorted(even[1:])
 
 
-def test_target_sync_waits_for_a_deferred_optimizer_step():
-    """With the optimizer step deferred to the shard thread (overlap=true), a target sync copies the weights
-    that step writes, not the ones from before it: sync_target waits for the step in flight."""
+def test_target_sync_waits_for_a_deferred_update():
+    """With the update finishing on the shard thread (overlap=true), a target sync copies the weights its
+    optimizer step writes, not the ones from before it: sync_target waits for the update in flight."""
     import threading
 
     agent = _cnn_agent(2, "bf16-mixed", tau=1.0, lr=1e-3)
@@ -619,7 +619,8 @@ def test_target_sync_waits_for_a_deferred_optimizer_step():
     timer = threading.Timer(0.3, release.set)
     timer.start()
     try:
-        agent.update(_pixel_batch(32, weights=False))
+        agent.learn(_pixel_batch(32, weights=False))  # returns at once: the update is in flight
+        assert agent._pending is not None and not agent._pending.done()
         agent.sync_target()
     finally:
         release.set()
