@@ -250,7 +250,8 @@ class Trainer:
 
     def _collect_metrics(self) -> None:
         """Bring the pending updates' metrics to the host (one wait for the GPU) and NaN-check them:
-        after every update on the CPU, before each log, evaluation and checkpoint on a GPU."""
+        after every update on the CPU, before each log, evaluation and checkpoint on a GPU or with
+        deferred updates (overlap=true with bf16-mixed on the CPU)."""
         if not self.pending:
             return
         self.agent.wait_for_update()  # deferred updates: their metrics written (acting keeps its weights)
