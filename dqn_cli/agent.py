@@ -340,9 +340,10 @@ class DQNAgent:
     def _start_shards(self, tensors: list, batch_size: int, deferred: bool = False) -> tuple:
         """Start the shards of an update: shard i's rows go to thread i, and the caller computes shard 0
         here. Returns the caller's part and the futures of the others', for `_join_shards`. Each part:
-        loss (its rows' share of the batch mean), Q(s, a), TD errors and the compute net's gradients,
-        as fp32. `deferred`: the caller's shard is `CALLER_SHARE` of an even one (the others split the
-        rest evenly), and its gradients stay in the compute dtype for the joining thread to cast."""
+        loss (its rows' share of the batch mean), Q(s, a), TD errors and the compute net's gradients:
+        the others' as fp32, the caller's in the compute dtype (`_join_shards` casts them, on the thread
+        that joins). `deferred`: the caller's shard is `CALLER_SHARE` of an even one (the others split
+        the rest evenly)."""
         params = self._trained_compute
 
         def shard(rows: slice, cast: bool = True) -> tuple:
@@ -356,7 +357,7 @@ class DQNAgent:
         bounds = np.asarray(bounds).astype(int)
         rows = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
         others = [self._threads().submit(shard, r) for r in rows[1:]]  # none with one shard
-        return shard(rows[0], cast=not deferred), others
+        return shard(rows[0], cast=False), others
 
     @staticmethod
     def _join_shards(own: tuple, others: list) -> tuple:
