@@ -14,11 +14,16 @@ cannot tell the two apart:
   of each whole game), as the gymnasium vector envs with same-step autoreset give them;
 - `step_async` / `step_wait`, so `overlap=true` updates while the C++ threads play.
 
+- FIRE after each lost life (`fire_on_reset`, games whose action 1 is FIRE): the C++ env presses it
+  only at a game's start, so the next step after a lost life plays FIRE in place of the env's action,
+  and `infos["actions"]` holds the actions played (the trainer stores those).
+
 Two differences remain. ale-py presses FIRE on reset its own way: its games start a few emulator
 frames out of phase with `FireOnReset`'s (without FIRE on reset and no-op starts, the frames are
-the same, pixel for pixel: tests/test_atari.py). And after a lost life the C++ game goes on at
-once, where `LifeLossTerminal` plays one no-op and `FireOnReset` presses FIRE. Video recording
-renders through the gymnasium pipeline (`make_atari_env` builds that one for `render=True`).
+the same, pixel for pixel: tests/test_atari.py). And after a lost life the FIRE is one of the agent's
+steps (counted in its episode, stored in the replay), where the gymnasium pipeline presses a no-op
+(in training) and FIRE between two of them. Video recording renders through the gymnasium pipeline
+(`make_atari_env` builds that one for `render=True`).
 """
 
 from __future__ import annotations
@@ -78,6 +83,10 @@ class ALEVectorEnv(gym.vector.VectorEnv):
         self.lengths = np.zeros(num_envs, np.int64)
         self.lives = np.zeros(num_envs, np.int64)
         self.frames = np.zeros(num_envs, np.int64)  # emulator frames into the current game
+        actions = [str(a) for a in self.ale_env.ale.get_action_set()]
+        self.fire = bool(p["fire_on_reset"]) and len(actions) >= 3 and actions[1] == "Action.FIRE"
+        self.fire_next = np.zeros(num_envs, bool)  # lost a life at the last step: FIRE is played next
+        self.played = np.zeros(num_envs, np.int64)  # the actions sent at the last step
 
     def _make(self, cfg: dict, num_envs: int, frame_cap: int) -> AtariVectorEnv:
         p = cfg["preset"]
@@ -109,24 +118,29 @@ class ALEVectorEnv(gym.vector.VectorEnv):
         mask = (options or {}).get("reset_mask", slice(None))
         self.age[mask], self.returns[mask], self.lengths[mask] = 0, 0.0, 0
         self.lives[mask], self.frames[mask] = info["lives"][mask], info["episode_frame_number"][mask]
+        self.fire_next[mask] = False
         return self._pad(obs), info
 
     def step_async(self, actions: np.ndarray) -> None:
-        self.ale_env.send(np.asarray(actions, dtype=np.int64))
+        self.played = np.where(self.fire_next, 1, actions).astype(np.int64)  # FIRE after a lost life
+        self.ale_env.send(self.played)
 
     def step_wait(self):
         obs, rewards, terminated, truncated, info = self._ordered(*self.ale_env.recv())
         lives, game_frames = info["lives"].astype(np.int64), info["episode_frame_number"].astype(np.int64)
         # a lost life goes on in the same game (frames keep counting); a game over restarts it
-        life_lost = terminated & (lives < self.lives) & (game_frames > self.frames) & self.life_loss
+        lost = (lives < self.lives) & (game_frames > self.frames)
+        life_lost = terminated & lost & self.life_loss
         game_over = (terminated | truncated) & ~life_lost
-        self.lives, self.frames = lives, game_frames
+        self.lives, self.frames, self.fire_next = lives, game_frames, lost & self.fire
         rewards = rewards.astype(np.float64)
         self.returns += rewards
         self.lengths += 1
         done = terminated | truncated
         self.age += 1
         infos: dict[str, Any] = {"lives": lives, "episode_frame_number": game_frames}
+        if self.fire:
+            infos["actions"] = self.played
         if done.any():
             final = info["final_obs"]  # right after a restart; a lost life goes on into the stack just returned
             final[life_lost] = obs[life_lost]

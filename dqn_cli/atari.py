@@ -91,11 +91,28 @@ class LifeLossTerminal(gym.Wrapper):
 
 
 class FireOnReset(gym.Wrapper):
-    """Press FIRE once after each (re)start: Breakout and others wait for it before play begins.
+    """Press FIRE at each start of play: Breakout and others wait for it after a (re)start and after
+    each lost life.
 
-    Applied only to games whose action 1 is FIRE. With LifeLossTerminal inside, it also fires after
-    each lost life in training.
+    Applied only to games whose action 1 is FIRE. With LifeLossTerminal inside (training), a lost life
+    ends the agent's episode and the reset that follows presses FIRE. Without it (evaluation, or
+    `terminal_on_life_loss=false`) the step that loses a life presses FIRE after it (`after_life_loss`),
+    its reward added to that step's: a greedy agent trained never to need FIRE mid-game would
+    otherwise wait out the frame cap.
     """
+
+    def __init__(self, env: gym.Env, after_life_loss: bool):
+        super().__init__(env)
+        self.after_life_loss, self.lives = after_life_loss, 0
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        lives = self.env.unwrapped.ale.lives()
+        if self.after_life_loss and not (terminated or truncated) and 0 < lives < self.lives:
+            obs, pressed, terminated, truncated, info = self.env.step(1)
+            reward = float(reward) + float(pressed)
+        self.lives = self.env.unwrapped.ale.lives()
+        return obs, reward, terminated, truncated, info
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         _, info = self.env.reset(seed=seed, options=options)
@@ -104,6 +121,7 @@ class FireOnReset(gym.Wrapper):
         info[PRESS_REWARD] = pressed + float(reward)
         if terminated or truncated:
             obs, info = self.env.reset(options=options)
+        self.lives = self.env.unwrapped.ale.lives()
         return obs, info
 
 
@@ -157,7 +175,7 @@ env_state.register(
     lambda w: {"lives": int(w.lives), "game_over": bool(w.game_over)},
     lambda w, s: (setattr(w, "lives", s["lives"]), setattr(w, "game_over", s["game_over"])),
 )
-env_state.register(FireOnReset, lambda w: {}, lambda w, s: None)
+env_state.register(FireOnReset, lambda w: {"lives": int(w.lives)}, lambda w, s: setattr(w, "lives", s.get("lives", 0)))
 
 
 def _get_game_statistics(w: GameStatistics) -> dict:
@@ -282,10 +300,11 @@ def _make_one(cfg: dict, training: bool, render: bool) -> gym.Env:
         grayscale_obs=True,
         scale_obs=False,  # uint8 all the way; the network scales on the device
     )
-    if training and p["terminal_on_life_loss"]:
+    life_loss_terminal = training and p["terminal_on_life_loss"]
+    if life_loss_terminal:
         env = LifeLossTerminal(env)
     if p["fire_on_reset"] and _has_fire(env):
-        env = FireOnReset(env)
+        env = FireOnReset(env, after_life_loss=not life_loss_terminal)
     max_steps = cfg.get("max_episode_steps")
     env = GameStatistics(env, max_episode_steps=None if max_steps is None else int(max_steps))
     if training and p["clip_rewards"]:

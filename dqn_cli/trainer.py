@@ -173,8 +173,10 @@ class Trainer:
                 actions = act()
                 next_obs, rewards, terminated, truncated, infos = self.env.step(actions)
             done = terminated | truncated
-            # store s' as the env left it: on an episode end that is final_obs, not the reset obs
-            self.buffer.add(obs, actions, rewards, real_next_obs(next_obs, infos, done), terminated, truncated)
+            # store s' as the env left it: on an episode end that is final_obs, not the reset obs; and the
+            # actions played (env.vectorization=ale presses FIRE after a lost life in place of the agent's)
+            played = infos.get("actions", actions)
+            self.buffer.add(obs, played, rewards, real_next_obs(next_obs, infos, done), terminated, truncated)
             self.obs = obs = next_obs
             before, self.step = self.step, self.step + n
             if done.any():

@@ -802,24 +802,30 @@ def test_sticky_actions_come_from_the_preset(vectorization, atari_cfg):
     assert not np.array_equal(frames_after(2, 0.0), frames_after(3, 0.0))
 
 
+@pytest.mark.parametrize("vectorization", ["sync", "ale"])
+@pytest.mark.parametrize("training", [True, False], ids=["training", "eval"])
 @pytest.mark.parametrize("fire", [True, False])
-def test_fire_on_reset_launches_the_ball_after_each_reset_and_lost_life(fire, compose_cfg):
-    """Breakout waits for FIRE. A NOOP-only agent loses all five lives, one agent episode each, when FIRE is
-    pressed for it after the reset and after each lost life; without fire_on_reset it never loses one."""
-    cfg = compose_cfg("train", ["env=breakout", f"env.preset.fire_on_reset={str(fire).lower()}"])
-    env = make_env(cfg.env, seed=0, training=True)
+def test_fire_on_reset_launches_the_ball_after_each_reset_and_lost_life(fire, training, vectorization, compose_cfg):
+    """Breakout waits for FIRE. A NOOP-only agent loses all five lives when FIRE is pressed for it after the
+    reset and after each lost life (in training one agent episode each, in evaluation one whole game), in
+    both pipelines; without fire_on_reset it never loses one. (A greedy agent trained with FIRE pressed for
+    it would otherwise wait out the frame cap in evaluation.)"""
+    overrides = [f"env.preset.fire_on_reset={str(fire).lower()}", f"env.vectorization={vectorization}"]
+    cfg = compose_cfg("train", ["env=breakout", *overrides])
+    env = make_env(cfg.env, seed=0, training=training)
     env.reset(seed=0)
-    ends, games = 0, []
+    ends, games, played = 0, [], []
     for _ in range(300):
         *_, terminated, truncated, infos = env.step(np.array([0]))
         ends += int(terminated[0] or truncated[0])
         games += list(finished_episodes(infos))
+        played.append(int(infos.get("actions", [0])[0]))
         if games:
             break
     env.close()
-    assert (ends, len(games)) == ((5, 1) if fire else (0, 0))
-    if fire:
-        assert env.envs[0].unwrapped.ale.lives() == 5  # a new game
+    assert (ends, len(games)) == ((5 if training else 1, 1) if fire else (0, 0))
+    # ale-py presses FIRE as the agent's step after a lost life, and says so; gymnasium's wrappers between steps
+    assert played.count(1) == (4 if fire and vectorization == "ale" else 0)
 
 
 def test_eval_protocol_replaces_the_frame_cap_and_no_ops_it_sets(atari_cfg, compose_cfg):
@@ -966,7 +972,7 @@ def test_game_statistics_count_the_agents_steps_and_the_whole_games_score(cap):
     from dqn_cli.atari import FireOnReset, GameStatistics, LifeLossTerminal
 
     game = ScriptedGame()
-    env = GameStatistics(FireOnReset(LifeLossTerminal(game)), max_episode_steps=cap)
+    env = GameStatistics(FireOnReset(LifeLossTerminal(game), after_life_loss=False), max_episode_steps=cap)
     env.reset(seed=0)
     ends = []
     for _ in range(7 if cap is None else 5):
@@ -983,11 +989,45 @@ def test_game_statistics_count_the_agents_steps_and_the_whole_games_score(cap):
     assert game.restarts == 2 and game.life_count == 3
 
 
+def test_the_replay_stores_the_fire_that_ale_played_after_a_lost_life(run_dir, compose_cfg):
+    """env.vectorization=ale plays FIRE in place of the agent's action after a lost life: the transition
+    stored is the one that happened (FIRE), not the action the agent chose (NOOP here, every step)."""
+    from dqn_cli.trainer import Trainer
+
+    overrides = [*SMALL_ATARI, "total_steps=130", "agent.learning_starts=1000", "buffer.capacity=2000"]
+    cfg = compose_cfg("train", ["env=breakout", "env.vectorization=ale", *overrides, "eval.episodes=1"])
+    trainer = Trainer(cfg, run_dir)
+    trainer.agent.act_later = lambda obs, epsilon, rng: lambda: np.zeros(len(obs), np.int64)
+    trainer.run()
+    actions, ends = trainer.buffer.actions[:130, 0], trainer.buffer.terminated[:130, 0]
+    after_loss = np.flatnonzero(ends[:-1])[:4] + 1  # the steps after the first 4 lost lives
+    assert len(after_loss) == 4 and (actions[after_loss] == 1).all()
+    assert actions.sum() == 4  # every other step stored the agent's NOOP
+
+
+def test_without_life_loss_terminal_fire_follows_each_lost_life_within_the_step():
+    """Evaluation (no LifeLossTerminal): the step that loses a life presses FIRE after it; the FIRE frame's
+    reward is that step's, and the agent's steps are not counted twice."""
+    from dqn_cli.atari import FireOnReset, GameStatistics
+
+    game = ScriptedGame()
+    env = GameStatistics(FireOnReset(game, after_life_loss=True))
+    env.reset(seed=0)
+    rewards, info = [], {}
+    while "episode" not in info:
+        _, reward, terminated, _, info = env.step(2)
+        rewards.append(reward)
+    # frames 4 and 8 lose a life (FIRE pressed at once: frames 5 and 9); frame 12 is the game over
+    assert game.presses == [1, 2, 2, 2, 1, 2, 2, 2, 1, 2, 2, 2]
+    assert rewards == [1.0, 1.0, 2.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.0] and terminated
+    assert (info["episode"]["l"], info["episode"]["r"]) == (9, 12.0)  # the reset's FIRE frame scores too
+
+
 def test_a_seeded_reset_after_a_lost_life_starts_a_new_game_and_its_statistics():
     from dqn_cli.atari import FireOnReset, GameStatistics, LifeLossTerminal
 
     game = ScriptedGame()
-    env = GameStatistics(FireOnReset(LifeLossTerminal(game)))
+    env = GameStatistics(FireOnReset(LifeLossTerminal(game), after_life_loss=False))
     env.reset(seed=0)
     assert [env.step(2)[2] for _ in range(3)] == [False, False, True]  # frame 4 loses a life
     env.reset(seed=1)
