@@ -317,13 +317,17 @@ def _make_one(cfg: dict, training: bool, render: bool) -> gym.Env:
 
 def apply_eval_protocol(env_cfg: DictConfig, protocol: DictConfig | None) -> DictConfig:
     """The env config an evaluation under `protocol` uses: its frame cap and no-op starts replace the
-    training ones where the protocol sets them (Atari only; other envs are returned unchanged)."""
+    training ones where the protocol sets them (Atari only; other envs are returned unchanged). A
+    protocol's frame cap is the only one: the training run's `env.max_episode_steps` is dropped, so the
+    games are whole up to that cap."""
     if protocol is None or env_cfg.kind != "atari":
         return env_cfg
     out = OmegaConf.create(OmegaConf.to_container(env_cfg, resolve=True))
     for key in ("max_episode_frames", "noop_max"):
         if protocol.get(key) is not None:
             out.preset[key] = int(protocol[key])
+    if protocol.get("max_episode_frames") is not None:
+        out.max_episode_steps = None
     return out
 
 

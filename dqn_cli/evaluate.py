@@ -83,7 +83,7 @@ def evaluate(cfg: DictConfig) -> dict:
     env_cfg = apply_eval_protocol(train_cfg.env, protocol)
     run_dir = run_dir_of(cfg.checkpoint)
     if cfg.output:  # before the games: a path that cannot be written fails now, not after them
-        _writable(Path(cfg.output))
+        _writable(Path(cfg.output), Path(cfg.checkpoint))
     video = None
     if cfg.get("video"):
         where = (run_dir or Path(cfg.checkpoint).resolve().parent) / "videos"
@@ -121,6 +121,8 @@ def evaluate(cfg: DictConfig) -> dict:
     _print_table(result)
     if cfg.get("tensorboard") and run_dir is not None:  # beside the run's own curves, at the checkpoint's step
         _add_to_tensorboard(run_dir, f"eval_{protocol_name}", result, step)
+    elif cfg.get("tensorboard"):
+        log.info(f"no TensorBoard scores: {cfg.checkpoint} is not in a run dir's checkpoints/ folder")
     if cfg.output:
         out = Path(cfg.output)
         try:
@@ -131,8 +133,14 @@ def evaluate(cfg: DictConfig) -> dict:
     return result
 
 
-def _writable(out: Path) -> None:
-    """Create `output`'s folder and check that a file can be written there, else a UserError."""
+def _writable(out: Path, checkpoint: Path) -> None:
+    """Create `output`'s folder and check that a file can be written there, else a UserError; the JSON
+    never replaces the checkpoint, or any checkpoint or replay file."""
+    if out.resolve() == checkpoint.resolve() or (out.suffix in (".pt", ".npz") and out.exists()):
+        raise UserError(
+            f"output={str(out)!r} would replace a checkpoint or replay file with the scores' JSON; give another "
+            "path, e.g. output=eval.json."
+        )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         existed = out.exists()

@@ -100,6 +100,7 @@ class Trainer:
         self.schedule_steps = int(cfg.total_steps)  # epsilon decays over a fraction of this
         self.learning_starts = int(a.learning_starts)
         self.last_saved: tuple[Path, int] | None = None  # last.pt and its step: the last good checkpoint
+        self.logged_step: int | None = None  # the step of the last scalars written (log.interval)
         self._replay_step: int | None = None
         if resumed is not None:
             self.load_state_dict(resumed)
@@ -120,6 +121,8 @@ class Trainer:
                 solved = self._loop(logger, stop)
                 if self.step < cfg.total_steps and not solved:  # the loop ended on a stop signal
                     raise self._stopped(stop)
+                if self.logged_step != self.step:  # the last window, shorter than log.interval
+                    self._log_scalars(logger, self.epsilon(self.step))
                 if not solved and self.last_eval_step != self.step:
                     self.evaluate(logger)
                 self.save_last("done")
@@ -277,6 +280,7 @@ class Trainer:
         scalars.update({"charts/epsilon": epsilon, "charts/SPS": logger.steps_per_second(self.step)})
         logger.scalars(self.step, scalars)
         self.metrics.clear()
+        self.logged_step = self.step
 
     def _stopped(self, stop: StopSignals) -> TrainingStoppedError:
         """Write last.pt after a stop signal and build the message that tells how to go on."""
@@ -292,6 +296,8 @@ class Trainer:
         """NaN guard: stop, keeping the last good checkpoint (nothing from this point is saved)."""
         if self.last_saved is not None:
             kept = f"the last good checkpoint is {self.last_saved[0]} (step {self.last_saved[1]})"
+        elif (best := self.run_dir / "checkpoints" / "best.pt").is_file():
+            kept = f"no last.pt was written before it; {best} holds the weights of the best evaluation so far"
         else:
             kept = "no checkpoint was written before it"
         message = (

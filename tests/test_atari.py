@@ -841,6 +841,10 @@ def test_eval_protocol_replaces_the_frame_cap_and_no_ops_it_sets(atari_cfg, comp
     assert (out.noop_max, out.max_episode_frames) == (0, 4000)
     cartpole = compose_cfg("train", ["env=cartpole"]).env
     assert apply_eval_protocol(cartpole, nature) is cartpole
+    # the protocol's frame cap is the only one: whole games, whatever agent-step cap training had
+    capped = atari_cfg("env.max_episode_steps=300").env
+    assert apply_eval_protocol(capped, nature).max_episode_steps is None
+    assert apply_eval_protocol(capped, no_noops).max_episode_steps == 300
 
 
 def test_training_evaluations_play_under_the_eval_protocol(run_dir, atari_cfg):

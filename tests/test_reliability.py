@@ -610,6 +610,19 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, small_cfg_
     resume(small_cfg_factory, run).run()
 
 
+def test_nan_guard_before_any_last_checkpoint_names_the_best_one(tmp_path, small_cfg_factory):
+    """No last.pt yet (checkpoint.interval beyond the run), but the evaluation at step 100 wrote best.pt:
+    the message points at it instead of saying that nothing was written."""
+    run = tmp_path / "run"
+    trainer = Trainer(small_cfg_factory("checkpoint.interval=1000"), run)
+    poison_at(trainer, 150)
+    with pytest.raises(DivergedError) as info:
+        trainer.run()
+    best = run / "checkpoints" / "best.pt"
+    assert f"no last.pt was written before it; {best} holds the weights of the best evaluation" in str(info.value)
+    assert not (run / "checkpoints" / "last.pt").exists()
+
+
 # ---- what a resume accepts --------------------------------------------------------------------------
 
 

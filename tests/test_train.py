@@ -213,6 +213,17 @@ def test_each_moment_follows_its_own_interval(small_cfg_factory, run_dir):
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*.pt")) == ["step_120.pt", "step_240.pt"]
 
 
+def test_the_last_window_shorter_than_log_interval_is_logged_at_the_end(small_cfg_factory, run_dir):
+    """300 steps logged every 120: scalars at 120 and 240, and the last 60 steps' at 300 (a short Atari run
+    under log.interval=10000 would otherwise log no loss, epsilon or SPS at all)."""
+    trainer = Trainer(small_cfg_factory("log.interval=120"), run_dir)
+    trainer.run()
+    s = scalars(run_dir)
+    for tag in ("losses/td_loss", "losses/q_values", "charts/epsilon", "charts/SPS"):
+        assert [step for step, _ in s[tag]] == [120, 240, 300], tag
+    assert s["charts/epsilon"][-1][1] == pytest.approx(trainer.epsilon(300))
+
+
 def test_vector_envs_count_every_episode_that_ends_in_a_step(small_cfg_factory, run_dir):
     # three CartPole copies: some steps end two episodes at once (steps 63, 189 and 219 with seed 0)
     run = Run(small_cfg_factory("env.num_envs=3"), run_dir)
