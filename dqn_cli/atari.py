@@ -217,6 +217,12 @@ def check_game(env_cfg: DictConfig) -> None:
             f"env.id={env_cfg.id!r} is not a registered gymnasium id for env.game={game!r}; the presets "
             f"use {game}NoFrameskip-v4 (nature) or ALE/{game}-v5 (machado)."
         )
+    plays = str(gym.registry[env_cfg.id].kwargs.get("game", "")).replace("_", "")
+    if plays != game.lower():
+        raise UserError(
+            f"env.id={env_cfg.id!r} plays {plays!r}, not env.game={game!r}. Name the game with env.game=... "
+            f"(env.id follows it through the preset: {game}NoFrameskip-v4 for nature, ALE/{game}-v5 for machado)."
+        )
 
 
 # ---- builder ---------------------------------------------------------------------------------------------

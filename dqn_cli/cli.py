@@ -60,7 +60,8 @@ def _train(cfg):
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:  # (refused before the start already, unless other flags skipped that)
         refuse_resume(cfg)
-    return train(cfg, hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task))
+    single = hydra_cfg.mode != RunMode.MULTIRUN  # (a sweep's job dir holds the sweep's record of it)
+    return train(cfg, hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task), fresh_dir=single)
 
 
 def _eval(cfg):
@@ -90,9 +91,7 @@ def main() -> None:
         print(f"dqn: error: unknown command {command!r}; allowed: {', '.join(COMMANDS)}.\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
     config_name, task = COMMANDS[command]
-    if command == "train":
-        args = _resume_in_place(args)
-    sys.argv = [f"dqn {command}", *args[1:]]
+    args = [command, *_flags_first(args[1:])]
     # Under HYDRA_FULL_ERROR Hydra re-raises what a run (or any job of a sweep) raised, so every
     # error ends here: one paragraph on stderr, an exit code, no traceback.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
@@ -106,8 +105,11 @@ def main() -> None:
     from dqn_cli.signals import TrainingStoppedError
 
     try:
+        _check_groups(args[1:], config_name)
         if command == "train":
+            args = _resume_in_place(args)
             _check_first(args[1:])
+        sys.argv = [f"dqn {command}", *args[1:]]
         _hydra_app(config_name, task)()
         if _KEPT:
             raise _KEPT[0]
@@ -119,6 +121,11 @@ def main() -> None:
         sys.exit(e.exit_code)
     except (HydraException, OmegaConfBaseException) as e:
         print(f"dqn {command}: error: {_unknown_override(e, command) or _one_paragraph(e)}", file=sys.stderr)
+        sys.exit(2)
+    except ValueError as e:  # Hydra's own checks of its flags ("Only one of --run, --multirun, --cfg, ...")
+        if not _raised_in_hydra(e):
+            raise
+        print(f"dqn {command}: error: {_one_paragraph(e)}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:  # the file system said no: a run dir that cannot be made, a full disk
         where = f": {e.filename}" if e.filename else ""
@@ -159,6 +166,24 @@ def _check_first(args: list[str]) -> None:
         print(f"dqn train: warning: the config was not checked before the start ({what})", file=sys.stderr)
 
 
+def _flags_first(args: list[str]) -> list[str]:
+    """The overrides (KEY=VALUE) after the flags: Hydra's argparse takes them as one run of positional
+    arguments, so `dqn train seed=0,1 -m` would end in "unrecognized arguments"."""
+    overrides = [a for a in args if not a.startswith("-") and "=" in a]
+    return [a for a in args if a not in overrides] + overrides
+
+
+def _check_groups(args: list[str], config_name: str) -> None:
+    """`check_group_choices` on the command line's overrides (whatever the flags): Hydra would raise a
+    ValueError for a group set to null, and merge a list of options."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from dqn_cli.config import check_group_choices
+
+    overrides = [a for a in args if not a.startswith("-") and "=" in a]
+    check_group_choices(OverridesParser.create().parse_overrides(overrides), config_name)
+
+
 def _resumed(args: list[str]) -> str | None:
     """The run dir of `resume=RUN_DIR` in `args`, or None."""
     resume = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
@@ -169,11 +194,17 @@ def _resume_in_place(args: list[str]) -> list[str]:
     """`resume=RUN_DIR` writes into RUN_DIR itself (logs, TensorBoard, checkpoints) and leaves the
     run's .hydra/ record as the original run wrote it."""
     run_dir = _resumed(args)
-    if run_dir is None:
+    if run_dir is None or any(a in SWEEP_FLAGS for a in args):  # (a sweep refuses resume= in its check)
         return args
-    extra = []
-    if not any(a.startswith("hydra.run.dir=") for a in args):
-        extra.append(f"hydra.run.dir={run_dir}")
+    from dqn_cli.errors import UserError
+    from dqn_cli.resume import last_checkpoint
+
+    last_checkpoint(run_dir)  # before Hydra makes a dir of that name
+    if any(a.startswith("hydra.run.dir=") for a in args):
+        raise UserError(
+            f"resume={run_dir} continues the run in that dir itself; drop hydra.run.dir=... from the command."
+        )
+    extra = [f"hydra.run.dir={run_dir}"]
     if not any(a.startswith("hydra.output_subdir=") for a in args):
         extra.append("hydra.output_subdir=null")
     return [*args, *extra]
@@ -201,6 +232,14 @@ def _unknown_override(e: BaseException, command: str) -> str | None:
     group, options = key.split(".")[0], options_with(key, command)
     having = f"the {group} options that have it: {', '.join(options)}" if options else f"no {group} option has it"
     return f"{key} is not in the {group} config this run composes; {having}. Pick one of those, or drop {key}."
+
+
+def _raised_in_hydra(e: BaseException) -> bool:
+    """Whether the innermost frame of `e`'s traceback is Hydra's code."""
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    return bool(frames) and f"{os.sep}hydra{os.sep}" in frames[-1].filename
 
 
 def _one_paragraph(e: BaseException) -> str:

@@ -438,6 +438,39 @@ def validate_eval(cfg: DictConfig) -> None:
 
 # ---- the command line, before Hydra runs it ---------------------------------------------------------
 
+
+def _groups(config_name: str) -> dict[str, bool]:
+    """The config groups a `dqn` command composes, each with whether it is an add-on (`experiment`,
+    `hparams_search`: none unless chosen): train's or eval's defaults list, plus the nested env/preset."""
+    defaults = OmegaConf.load(Path(config_dir()) / f"{config_name}.yaml").defaults
+    groups = {}
+    for entry in defaults:
+        if isinstance(entry, DictConfig):
+            (key, value), *_ = entry.items()
+            if not key.startswith("override "):
+                groups[key] = value is None
+    if "env" in groups:
+        groups["env/preset"] = False
+    return groups
+
+
+def check_group_choices(overrides: list, config_name: str) -> None:
+    """A group set to null or to a list (`env=null`, `env=[cartpole,acrobot]`) is a UserError naming the
+    options: one is needed (Hydra raises a ValueError for null, and merges the options of a list).
+    `overrides`: Hydra's parsed overrides of the command line."""
+    groups = _groups(config_name)
+    for o in overrides:
+        group = o.key_or_group
+        if group not in groups or o.is_sweep_override() or o.is_delete() or isinstance(o.value(), str):
+            continue
+        options = ", ".join(sorted(p.stem for p in (Path(config_dir()) / group).glob("*.yaml")))
+        if o.value() is None:
+            fix = f" It is off by default: leave {group}= out." if groups[group] else ""
+            raise UserError(f"{o.input_line}: the {group} group takes one option, not null; allowed: {options}.{fix}")
+        sweep = f" To train with each, sweep: dqn train -m {group}=a,b." if config_name == "train" else ""
+        raise UserError(f"{o.input_line}: the {group} group takes one option, not a list; allowed: {options}.{sweep}")
+
+
 CHECK_LIMIT = 32  # a sweep of up to this many jobs has each one checked; a larger one varies one key at a time
 
 
@@ -466,9 +499,15 @@ def check_command_line(overrides: list[str], multirun: bool = False) -> None:
         fixed = [o.input_line for o in given if not o.is_sweep_override()]
         if not multirun and len(fixed) < len(given):
             return
+        if not multirun:
+            refuse_used_run_dir(compose("train", fixed, return_hydra_config=True))
         space = {}
         if multirun:
-            space = OmegaConf.select(compose("train", fixed, return_hydra_config=True), "hydra.sweeper.params") or {}
+            sweeper = OmegaConf.select(compose("train", fixed, return_hydra_config=True), "hydra.sweeper")
+            space = sweeper.get("params") or {}
+            for key in ("n_trials", "n_jobs"):  # Optuna's: how many trials, and how many run at once
+                if key in sweeper and not Int(1).ok(sweeper[key]):
+                    raise UserError(f"hydra.sweeper.{key}={sweeper[key]!r} is invalid: it must be {Int(1).describe()}.")
         keys = {o.get_key_element() for o in given}
         searched = [f"{k}={v}" for k, v in space.items() if k not in keys]
         swept = [o for o in [*parser.parse_overrides(searched), *given] if o.is_sweep_override()]
@@ -477,6 +516,7 @@ def check_command_line(overrides: list[str], multirun: bool = False) -> None:
         for job in _jobs(values):
             cfg = compose("train", [*fixed, *job])
             try:
+                refuse_experiment_clash(parser.parse_overrides([*fixed, *job]))
                 if multirun:
                     refuse_resume(cfg)
                 validate_train(cfg)
@@ -489,6 +529,41 @@ def check_command_line(overrides: list[str], multirun: bool = False) -> None:
                     raise
                 where = f"in the sweep's job with {' '.join(job)}: " if job else ""
                 raise UserError(f"{where}{e} No job was started.") from None
+
+
+def refuse_experiment_clash(overrides: list) -> None:
+    """An experiment is a bundle for the group options its defaults list overrides (pong_fast: env=pong);
+    the command line picking another option of such a group would get the bundle's settings on the wrong
+    env (the command line wins in Hydra): a UserError. `overrides`: Hydra's parsed overrides."""
+    chosen = {o.key_or_group: o.value() for o in overrides if isinstance(o.value(), str)}
+    experiment = chosen.get("experiment")
+    path = Path(config_dir()) / "experiment" / f"{experiment}.yaml"
+    if experiment is None or not path.is_file():  # (Hydra names an unknown option itself)
+        return
+    for entry in OmegaConf.load(path).get("defaults", []):
+        for key, option in entry.items() if isinstance(entry, DictConfig) else ():
+            group = key.removeprefix("override /")
+            if key.startswith("override /") and chosen.get(group, option) != option:
+                raise UserError(
+                    f"experiment={experiment} is a bundle of settings for {group}={option}, but the command line "
+                    f"picks {group}={chosen[group]}. Drop {group}={chosen[group]} to run the experiment, or drop "
+                    "experiment= to train that option with its own settings."
+                )
+
+
+def refuse_used_run_dir(cfg: DictConfig) -> None:
+    """A new run into a `hydra.run.dir` that holds an earlier run's checkpoints/last.pt would overwrite
+    them (Hydra reuses a dir it is given): a UserError pointing at resume= instead."""
+    try:
+        run_dir = Path(str(OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=True)))
+    except Exception:  # noqa: BLE001 - a dir named by what only a running job knows: nothing to check here
+        return
+    if (run_dir / "checkpoints" / "last.pt").exists():
+        raise UserError(
+            f"hydra.run.dir={run_dir} already holds a run (checkpoints/last.pt); a new run there would "
+            f"overwrite its checkpoints. Continue that run with dqn train resume={run_dir}, or pick another "
+            "hydra.run.dir."
+        )
 
 
 def refuse_resume(cfg: DictConfig) -> None:

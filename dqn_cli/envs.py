@@ -10,6 +10,7 @@ steps), placed before any reward clipping so they are the true scores.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 
 import gymnasium as gym
@@ -65,11 +66,25 @@ def check_env(env_cfg: DictConfig) -> None:
         check_game(env_cfg)
     elif env_cfg.kind == "classic":
         _check_registered(env_cfg.id)
+        try:  # a spec alone cannot tell the spaces, or a missing extra (Box2D): build one copy
+            env = gym.make(env_cfg.id)
+        except gym.error.DependencyNotInstalled as e:
+            raise UserError(
+                f"env.id={env_cfg.id!r} needs a package that is not installed: {e}. Or pick another env "
+                "(env=cartpole|acrobot|mountaincar, or env.id=ID of an installed gymnasium env)."
+            ) from None
+        _check_spaces(env, env_cfg.id)
+        env.close()
     else:
         raise UserError(f"env.kind={env_cfg.kind!r} is not supported; allowed: classic, atari.")
 
 
 def _check_registered(env_id: str) -> None:
+    if re.fullmatch(r"(ALE/\w+-v\d+|\w+NoFrameskip-v4)", env_id):
+        raise UserError(
+            f"env.id={env_id!r} is an Atari game; it runs under env.kind=atari with its preprocessing: "
+            "env=pong, env=breakout or env=atari env.game=GAME (the env/preset group picks the id)."
+        )
     if env_id not in gym.registry:
         close = [k for k in gym.registry if k.lower().startswith(env_id.split("-")[0].lower()[:4])]
         hint = f" Close matches: {', '.join(sorted(close)[:6])}." if close else ""
@@ -79,8 +94,10 @@ def _check_registered(env_id: str) -> None:
         )
 
 
-def _check_spaces(env: gym.vector.VectorEnv, env_id: str) -> None:
-    obs_space, act_space = env.single_observation_space, env.single_action_space
+def _check_spaces(env: gym.Env | gym.vector.VectorEnv, env_id: str) -> None:
+    vector = isinstance(env, gym.vector.VectorEnv)
+    obs_space = env.single_observation_space if vector else env.observation_space
+    act_space = env.single_action_space if vector else env.action_space
     if not isinstance(act_space, gym.spaces.Discrete):
         env.close()
         raise UserError(f"env.id={env_id!r} has {act_space} actions; DQN needs a Discrete action space.")

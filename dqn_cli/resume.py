@@ -23,9 +23,17 @@ REPLAY_STEP_KEY = "dqn_cli_step"  # the step a replay file was saved at, checked
 def last_checkpoint(run_dir: str | Path) -> Path:
     """RUN_DIR/checkpoints/last.pt, or a UserError saying what RUN_DIR is missing."""
     run_dir = Path(run_dir)
+    if run_dir.is_file():
+        named = run_dir.absolute()
+        meant = named.parent.parent if named.parent.name == "checkpoints" else None
+        hint = f"; for this file's run: resume={meant}" if meant else ""
+        raise UserError(
+            f"resume={str(run_dir)!r} is a file; resume= takes the run dir of an earlier `dqn train` "
+            f"(outputs/DATE/TIME, the folder holding checkpoints/), and continues from its last.pt{hint}."
+        )
     if not run_dir.is_dir():
         raise UserError(
-            f"resume={str(run_dir)!r} is not a directory; give the run dir of an earlier `dqn train` "
+            f"resume={str(run_dir)!r} does not exist; give the run dir of an earlier `dqn train` "
             "(outputs/DATE/TIME, the folder holding checkpoints/)."
         )
     path = run_dir / "checkpoints" / "last.pt"

@@ -6,6 +6,7 @@ import logging
 import math
 import random
 import shlex
+import shutil
 import time
 from collections.abc import Sequence
 from itertools import chain
@@ -473,11 +474,37 @@ class Trainer:
         return path
 
 
-def train(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = ()) -> float:
+def train(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = (), fresh_dir: bool = False) -> float:
     """Train from `cfg`, writing TensorBoard files and checkpoints into `run_dir`; return the final
     greedy eval return (the objective sweepers optimise). With `cfg.resume` set, continue that run
-    in its own dir instead; `overrides` (the command line's) may extend its total_steps."""
+    in its own dir instead; `overrides` (the command line's) may extend its total_steps.
+    `fresh_dir`: Hydra made `run_dir` for this run; a mistake found while building the parts (a buffer
+    too large for the memory, a network that does not fit the env) removes it again (`discard_run_dir`)."""
     start = time.perf_counter()
-    result = Trainer(cfg, run_dir, overrides).run()
+    try:
+        trainer = Trainer(cfg, run_dir, overrides)
+    except UserError:
+        if fresh_dir and not cfg.get("resume"):
+            discard_run_dir(Path(run_dir))
+        raise
+    result = trainer.run()
     log.info(f"wall time {time.perf_counter() - start:.1f} s")
     return result
+
+
+def discard_run_dir(run_dir: Path) -> None:
+    """Remove a run dir that holds only what Hydra wrote at the start (.hydra/, train.log), and then its
+    parents below the working directory that this leaves empty (outputs/DATE/): a run that failed
+    before it began leaves nothing behind. A dir holding anything else is kept."""
+    run_dir = run_dir.absolute()
+    if not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cwd = Path.cwd().absolute()
+    for parent in run_dir.parents:
+        if parent == cwd or cwd not in parent.parents:
+            break
+        try:
+            parent.rmdir()  # only if empty
+        except OSError:
+            break

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -141,7 +142,25 @@ BAD = [
     (["eval", "checkpoint=missing.pt"], ["missing.pt", "does not exist"]),
     (["eval"], ["no checkpoint given"]),
     (["frobnicate"], ["frobnicate", "unknown command"]),
-]
+    # a group needs one option (Hydra raised a ValueError for null, and merged a list's options)
+    (["train", "env=null"], ["env=null: the env group takes one option, not null; allowed: acrobot, atari"]),
+    (["train", "--cfg", "job", "env=null"], ["env=null: the env group takes one option, not null"]),
+    (["train", "experiment=null"], ["the experiment group takes one option", "leave experiment= out"]),
+    (["train", "env=[cartpole,acrobot]"], ["env group takes one option, not a list", "dqn train -m env=a,b"]),
+    (["eval", "eval_protocol=null"], ["the eval_protocol group takes one option, not null; allowed: greedy, nature"]),
+    (["train", "experiment=pong_fast", "env=cartpole"], ["experiment=pong_fast is a bundle of settings for env=pong"]),
+    (["train", "-m", "seed=0,1", "--cfg", "hydra"], ["Only one of --run, --multirun, --cfg"]),
+    (["train", "-m", "hparams_search=cartpole_optuna", "hydra.sweeper.n_trials=0"],
+     ["hydra.sweeper.n_trials=0 is invalid: it must be an integer >= 1"]),
+    (["train", "resume=nothere"], ["resume='nothere' does not exist"]),  # (Hydra made that dir before)
+    # env ids the classic builder cannot run
+    (["train", "env.id=ALE/Pong-v5"], ["is an Atari game", "env=atari env.game=GAME"]),
+    (["train", "env.id=MountainCarContinuous-v0"], ["DQN needs a Discrete action space"]),
+    (["train", "env=pong", "env.id=Breakout-v4"], ["env.id='Breakout-v4' plays 'breakout', not env.game='Pong'"]),
+    # found while building the parts, after Hydra made the run dir: the dir is removed again
+    (["train", "network=nature_cnn"], ["network=nature_cnn needs image observations"]),
+    (["train", "buffer.capacity=4000000000000"], ["buffer.capacity=4000000000000 needs", "Lower buffer.capacity"]),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("args, words", BAD, ids=[" ".join(a)[:60] for a, _ in BAD])
@@ -154,6 +173,43 @@ def test_bad_input_fails_cleanly(tmp_path, args, words):
         assert word in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) <= 12, proc.stderr  # short: no stack, no config dump
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # checked before Hydra makes the run dir
+
+
+@pytest.mark.skipif(importlib.util.find_spec("Box2D") is not None, reason="needs gymnasium without its box2d extra")
+def test_an_env_whose_extra_is_not_installed_fails_cleanly(tmp_path):
+    proc = dqn("train", "env.id=LunarLander-v3", "hydra.run.dir=run", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in output(proc), output(proc)
+    assert "env.id='LunarLander-v3' needs a package that is not installed: Box2D" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_new_run_into_a_used_run_dir_is_refused(trained, tmp_path):
+    """Hydra reuses a run dir it is given: a new run there would replace the earlier run's checkpoints."""
+    last = trained / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    proc = dqn("train", *TINY, f"hydra.run.dir={trained}", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in output(proc), output(proc)
+    assert f"hydra.run.dir={trained} already holds a run" in proc.stderr
+    assert f"dqn train resume={trained}" in proc.stderr
+    assert last.read_bytes() == before
+
+
+def test_resume_points_from_a_checkpoint_file_to_its_run_dir_and_keeps_the_run_in_it(trained, tmp_path):
+    proc = dqn("train", f"resume={trained / 'checkpoints' / 'last.pt'}", "total_steps=400", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in output(proc), output(proc)
+    assert "is a file; resume= takes the run dir" in proc.stderr and f"resume={trained}." in proc.stderr
+    proc = dqn("train", f"resume={trained}", "total_steps=400", "hydra.run.dir=elsewhere", cwd=tmp_path)
+    assert proc.returncode == 2 and "drop hydra.run.dir=" in proc.stderr, output(proc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_eval_output_never_replaces_a_checkpoint(trained, tmp_path):
+    last = trained / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    for out in (last, trained / "checkpoints" / "best.pt"):
+        proc = dqn("eval", f"checkpoint={last}", "episodes=1", "device=cpu", f"output={out}", cwd=tmp_path)
+        assert proc.returncode == 2 and "would replace a checkpoint or replay file" in proc.stderr, output(proc)
+    assert last.read_bytes() == before
 
 
 def test_a_run_dir_that_cannot_be_made_fails_cleanly(tmp_path):

@@ -627,7 +627,7 @@ def test_nan_guard_before_any_last_checkpoint_names_the_best_one(tmp_path, small
 
 
 def test_resume_needs_a_run_dir_with_last_pt(tmp_path, small_cfg_factory):
-    with pytest.raises(UserError, match=r"resume='.*nope' is not a directory"):
+    with pytest.raises(UserError, match=r"resume='.*nope' does not exist"):
         resume(small_cfg_factory, tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=r"resume='.*empty' holds no checkpoints/last\.pt"):
