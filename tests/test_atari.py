@@ -933,9 +933,10 @@ def test_a_seeded_reset_restarts_the_game_after_a_lost_life(compose_cfg):
     env.close()
 
 
-def test_rewards_are_clipped_in_training_only(compose_cfg):
+@pytest.mark.parametrize("vectorization", ["sync", "ale"])
+def test_rewards_are_clipped_in_training_only(compose_cfg, vectorization):
     """Space Invaders pays 5 to 30 points an invader: training sees them clipped to 1, evaluation as scored."""
-    cfg = compose_cfg("train", ["env=atari", "env.game=SpaceInvaders"])
+    cfg = compose_cfg("train", ["env=atari", "env.game=SpaceInvaders", f"env.vectorization={vectorization}"])
     seen = {}
     for training in (True, False):
         env = make_env(cfg.env, seed=0, training=training)

@@ -51,6 +51,29 @@ def test_save_overwrites_atomically_and_leaves_no_temp_files(tmp_path):
     assert load_checkpoint(path)["counters"]["step"] == 2
 
 
+def test_atomic_write_fsyncs_the_temp_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    """The order that survives a power cut: the new bytes on disk, then the rename, then the rename itself
+    on disk (the folder's entry)."""
+    import stat
+
+    import dqn_cli.checkpoint as ck
+
+    events, fsync, replace = [], os.fsync, os.replace
+
+    def record_fsync(fd):
+        events.append("fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        fsync(fd)
+
+    def record_replace(src, dst):
+        events.append(f"rename {Path(src).name[:9]} -> {Path(dst).name}")
+        replace(src, dst)
+
+    monkeypatch.setattr(ck.os, "fsync", record_fsync)
+    monkeypatch.setattr(ck.os, "replace", record_replace)
+    save_checkpoint({"x": 1}, tmp_path / "last.pt")
+    assert events == ["fsync file", "rename .last.pt. -> last.pt", "fsync folder"]
+
+
 def test_failed_save_keeps_the_old_file_and_removes_the_temp_file(tmp_path):
     path = tmp_path / "last.pt"
     save_checkpoint({"counters": {"step": 1}}, path)
@@ -207,3 +230,20 @@ def test_damaged_files_give_a_user_error_or_load(tmp_path):
             assert load_checkpoint(path)["format"] == FORMAT
         except UserError as e:
             assert "damaged.pt" in str(e)
+
+
+@pytest.mark.parametrize("content", ["single array", "empty"])
+def test_a_replay_file_holding_a_single_array_or_nothing_is_named(tmp_path, content):
+    """np.load of a .npy payload returns an array, not an NpzFile: without the check the resume crashed on
+    `.close()` (AttributeError) instead of saying what the file holds."""
+    from dqn_cli.checkpoint import ArrayFile
+
+    path = tmp_path / "replay_1.npz"
+    if content == "empty":
+        path.write_bytes(b"")
+    else:
+        with open(path, "wb") as f:
+            np.save(f, np.arange(3))
+    expected = "holds a single array" if content == "single array" else "is an empty file"
+    with pytest.raises(UserError, match=expected):
+        ArrayFile(path)

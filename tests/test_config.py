@@ -375,6 +375,17 @@ def test_gamma_of_one_is_allowed(small_cfg_factory):
         (["agent.n_step=500"], None),
         (["agent.n_step=501"], "agent.n_step=501 is longer than the 500 steps each env keeps"),
         (["env.num_envs=2", "agent.n_step=251"], "agent.n_step=251 is longer than the 250 steps each env keeps"),
+        # a batch as large as the buffer, collected before the first update, is the edge that still works
+        (["buffer.capacity=500", "agent.batch_size=500", "agent.learning_starts=500"], None),
+        (
+            ["agent.batch_size=501", "agent.learning_starts=600"],
+            "agent.batch_size=501 is larger than buffer.capacity=500",
+        ),
+        (["agent.batch_size=16", "agent.learning_starts=16"], None),
+        (
+            ["agent.batch_size=16", "agent.learning_starts=15"],
+            "agent.learning_starts=15 is smaller than agent.batch_size=16",
+        ),
     ],
 )
 def test_cross_key_rules_at_their_bounds(small_cfg_factory, overrides, expected):
