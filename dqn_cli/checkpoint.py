@@ -7,6 +7,7 @@ import io
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -138,13 +139,22 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise UserError(f"checkpoint={str(path)!r} does not exist.")
     if path.stat().st_size == 0:
         raise UserError(f"checkpoint={str(path)!r} is an empty file, not a dqn_cli checkpoint.")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a raw pickle or noise is not one
+        raise UserError(
+            f"checkpoint={str(path)!r} is not a torch checkpoint file (torch.save writes a zip archive); "
+            "give a .pt written by dqn train (outputs/DATE/TIME/checkpoints/)."
+        )
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's note on a raw pickle's protocol: the error below says it all
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # torch's text goes on to suggest weights_only=False, which would run the file's code: only its reason
+        reason = [ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unpickler error" in ln]
+        why = f" ({reason[0]})" if reason else ""
         raise UserError(
             f"checkpoint={str(path)!r} was refused by the safe loader (weights_only=True): it holds "
-            f"objects other than tensors and plain data, so it was not written by dqn_cli. ({first})"
+            f"objects other than tensors and plain data, so it was not written by dqn_cli.{why}"
         ) from None
     except Exception as e:  # a damaged file fails deep in torch.load: KeyError, IndexError, struct.error, ...
         raise UserError(

@@ -216,9 +216,11 @@ def _unknown_override(e: BaseException, command: str) -> str | None:
     for a key of other group options (env.vectorization with env=cartpole) which group lacks it."""
     import re
 
-    from dqn_cli.config import EVAL_RULES, TRAIN_RULES, options_with, unknown_key
+    from dqn_cli.config import EVAL_RULES, TRAIN_GROUPS, TRAIN_RULES, eval_refuses, options_with, unknown_key
 
     found = re.match(r"Could not override '([\w./]+)'", str(e))
+    if found is not None and command == "eval" and found.group(1).split("/")[0] in TRAIN_GROUPS:
+        return eval_refuses(found.group(1).split("/")[0])
     if found is not None and "/" in found.group(1) and "No match in the defaults list" in str(e):
         group = found.group(1)  # a nested group (env/preset) that the parent option chosen lacks
         parent, options = group.split("/")[0], options_with(group.replace("/", "."), command)

@@ -40,7 +40,7 @@ class Rule:
 
     def describe(self) -> str:
         if self.kind == "choice":
-            text = "one of " + ", ".join(map(str, self.choices))
+            text = "one of " + ", ".join(c if isinstance(c, str) else spell(c) for c in self.choices)
         elif self.kind == "int_list":
             text = "a list of positive integers, e.g. [64, 64]"
         elif self.kind in ("int", "float"):
@@ -53,7 +53,7 @@ class Rule:
             else:
                 text = noun
         else:
-            text = {"bool": "true or false", "str": "a string"}[self.kind]
+            text = {"bool": "true or false", "str": "a non-empty string"}[self.kind]
         return text + (" or null" if self.nullable else "")
 
     def ok(self, v: Any) -> bool:
@@ -83,6 +83,13 @@ class Rule:
 
 
 INT64_MAX = 2**63 - 1
+
+
+def spell(value: Any) -> str:
+    """A value as it is typed on the command line (null, true, false), strings quoted."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return repr(value)
 
 
 def _too_long(v: Any) -> bool:
@@ -251,7 +258,9 @@ def _check(cfg: DictConfig, rules: dict[str, Rule]) -> list[str]:
             if not any_missing:  # a required key left unset explains it better
                 problems.append(f"{key} cannot be resolved: {value}.")
         elif rule is None:
-            problems.append(unknown_key(key, rules))
+            message = unknown_key(key, rules)
+            if message not in problems:  # one line for all the keys of a group eval does not have (+env=...)
+                problems.append(message)
         elif value == "???":
             problems.append(f"{key} is required; set it with {key}=..., it must be {rule.describe()}.")
         elif _too_long(value):
@@ -259,7 +268,7 @@ def _check(cfg: DictConfig, rules: dict[str, Rule]) -> list[str]:
                 f"{key} is invalid: it is beyond 64-bit integers ({INT64_MAX}); it must be {rule.describe()}."
             )
         elif not rule.ok(value):
-            problems.append(f"{key}={value!r} is invalid: it must be {rule.describe()}.")
+            problems.append(f"{key}={spell(value)} is invalid: it must be {rule.describe()}.")
     return problems
 
 
@@ -291,11 +300,26 @@ def unknown_key(key: str, rules: dict[str, Rule]) -> str:
         close = difflib.get_close_matches(key, [*rules, *tops], n=2, cutoff=0.85)  # groups too: netwrk=mlp
         close += [by_leaf[m] for m in difflib.get_close_matches(leaf, list(by_leaf), n=2, cutoff=0.8)]
         hint = f" Did you mean {' or '.join(dict.fromkeys(close))}?" if close else ""
-    if group:
-        known = f"known in {group[:-1]}: {', '.join(sorted(k for k in rules if k.startswith(group)))}"
-    else:
-        known = f"known at the top: {', '.join(tops)}"
+    in_group = sorted(k for k in rules if k.startswith(group))
+    if group and not in_group:
+        if rules is EVAL_RULES and group[:-1] in TRAIN_GROUPS:
+            return eval_refuses(group[:-1]) + f" (dqn eval's keys: {', '.join(tops)}.)"
+        return (
+            f"{key} is not a known key: there are no {group[:-1]}.* keys.{hint} (known at the top: {', '.join(tops)}.)"
+        )
+    known = f"known in {group[:-1]}: {', '.join(in_group)}" if group else f"known at the top: {', '.join(tops)}"
     return f"{key} is not a known key.{hint} ({known}.)"
+
+
+TRAIN_GROUPS = ("env", "network", "buffer", "agent")  # what a checkpoint's own config fixes for dqn eval
+
+
+def eval_refuses(group: str) -> str:
+    """Why `dqn eval` has no `group` (one of TRAIN_GROUPS) to set."""
+    return (
+        f"{group}=... and {group}.* are not dqn eval settings: the env, network, buffer and agent are rebuilt "
+        "from the config stored in the checkpoint."
+    )
 
 
 def options_with(key: str, config_name: str = "train") -> list[str]:
@@ -402,9 +426,13 @@ def validate_train(cfg: DictConfig) -> None:
         overlaps = e.get("vectorization") == "ale" or (e.get("vectorization") == "async" and e.num_envs > 1)
         if cfg.get("overlap") and not overlaps:
             problems.append(
-                f"overlap=true runs the updates while the games step on other cores, so it needs "
-                f"env.vectorization=ale, or env.vectorization=async with env.num_envs > 1 (Atari); this run has "
-                f"env.vectorization={e.get('vectorization')} and env.num_envs={e.num_envs}."
+                "overlap=true runs the updates while the games step on other cores, so it needs "
+                "env.vectorization=ale, or env.vectorization=async with env.num_envs > 1 (Atari); this run has "
+                + (
+                    f"env.vectorization={e.vectorization} and env.num_envs={e.num_envs}."
+                    if "vectorization" in e
+                    else f"env={e.name}, which steps its envs in this process."
+                )
             )
         if cfg.get("cuda_graphs") and not _uses_cuda(cfg.device):
             problems.append(

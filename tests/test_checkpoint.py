@@ -162,6 +162,13 @@ def test_truncated_file(tmp_path, keep):
         load_checkpoint(path)
 
 
+def test_random_bytes_are_not_a_torch_file(tmp_path):
+    path = tmp_path / "noise.pt"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(UserError, match=r"noise\.pt' is not a torch checkpoint file \(torch.save writes a zip"):
+        load_checkpoint(path)
+
+
 def test_text_file(tmp_path):
     path = tmp_path / "notes.pt"
     path.write_text("hello, not a checkpoint\n")
@@ -190,8 +197,8 @@ class MakesDirWhenUnpickled:
 def test_malicious_raw_pickle_is_refused_without_running(tmp_path):
     path = tmp_path / "evil.pt"
     path.write_bytes(pickle.dumps({"format": FORMAT, "x": MakesDirWhenUnpickled(tmp_path / "pwned")}, protocol=2))
-    with pytest.raises(UserError, match=r"evil\.pt' was refused by the safe loader"):
-        load_checkpoint(path)
+    with pytest.raises(UserError, match=r"evil\.pt' is not a torch checkpoint file \(torch.save writes a zip"):
+        load_checkpoint(path)  # never handed to an unpickler: torch.save writes a zip archive
     assert not (tmp_path / "pwned").exists()
     # the payload is live: a plain unpickler does run it
     pickle.loads(pickle.dumps(MakesDirWhenUnpickled(tmp_path / "control")))
@@ -201,9 +208,11 @@ def test_malicious_raw_pickle_is_refused_without_running(tmp_path):
 def test_malicious_torch_file_is_refused_without_running(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": FORMAT, "agent": MakesDirWhenUnpickled(tmp_path / "pwned")}, path)
-    with pytest.raises(UserError, match=r"evil\.pt' was refused by the safe loader"):
+    with pytest.raises(UserError, match=r"evil\.pt' was refused by the safe loader") as info:
         load_checkpoint(path)
     assert not (tmp_path / "pwned").exists()
+    # it names what was blocked, and not torch's advice to load with weights_only=False (which runs it)
+    assert "GLOBAL posix.mkdir" in str(info.value) and "False" not in str(info.value)
     torch.save({"format": FORMAT, "agent": MakesDirWhenUnpickled(tmp_path / "control")}, tmp_path / "control.pt")
     torch.load(tmp_path / "control.pt", weights_only=False)
     assert (tmp_path / "control").is_dir()

@@ -115,9 +115,13 @@ def test_train_help_lists_groups_options_and_keys(tmp_path):
 
 
 def test_eval_help(tmp_path):
+    """eval's own help: its keys and its one group, not train's groups, examples and sweeps."""
     proc = dqn("eval", "--help", cwd=tmp_path)
     assert proc.returncode == 0, output(proc)
     assert "checkpoint: ???" in proc.stdout and "episodes:" in proc.stdout
+    assert "Usage: dqn eval checkpoint=PATH" in proc.stdout and "eval_protocol: greedy, nature" in proc.stdout
+    for train_only in ("agent.lr", "buffer:", "hparams_search", "-m for sweeps", "dqn train env="):
+        assert train_only not in proc.stdout, train_only
 
 
 # ---- mistakes end with a short message, a non-zero code and no traceback ---------------------------------
@@ -141,6 +145,11 @@ BAD = [
     (["train", "total_steps=1" + "0" * 5000], ["total_steps is invalid: it is beyond 64-bit integers"]),
     (["eval", "checkpoint=missing.pt"], ["missing.pt", "does not exist"]),
     (["eval"], ["no checkpoint given"]),
+    (["eval", "checkpoint=x.pt", "env=acrobot"], ["env=... and env.* are not dqn eval settings", "checkpoint"]),
+    (["eval", "checkpoint=x.pt", "agent.lr=1"], ["agent=... and agent.* are not dqn eval settings"]),
+    (["train", "agent.gamma=null"], ["agent.gamma=null is invalid: it must be a number in [0, 1]"]),
+    (["train", "log.progress=maybe"], ["log.progress='maybe' is invalid: it must be one of auto, true, false."]),
+    (["train", "resume="], ["resume='' is invalid: it must be a non-empty string or null"]),
     (["frobnicate"], ["frobnicate", "unknown command"]),
     # a group needs one option (Hydra raised a ValueError for null, and merged a list's options)
     (["train", "env=null"], ["env=null: the env group takes one option, not null; allowed: acrobot, atari"]),

@@ -401,7 +401,10 @@ def test_a_missing_game_is_the_only_complaint_not_the_ids_built_from_it(compose_
     # env.id and env.preset.id interpolate env.game; that they cannot resolve says nothing new
     with pytest.raises(UserError) as info:
         validate_train(compose_cfg("train", ["env=atari"]))
-    assert str(info.value) == "invalid config: env.game is required; set it with env.game=..., it must be a string."
+    assert (
+        str(info.value)
+        == "invalid config: env.game is required; set it with env.game=..., it must be a non-empty string."
+    )
 
 
 def test_an_interpolation_that_cannot_resolve_is_named(small_cfg_factory):

@@ -674,14 +674,14 @@ def test_resume_refuses_a_finished_run_unless_extended(tmp_path, small_cfg_facto
         (["device=gpu"], "device='gpu' is invalid: it must be one of auto, cpu, cuda or cuda:N."),
         (["seed=4294967296"], "seed=4294967296 is invalid: it must be an integer in [0, 4294967295]."),
         (["seed=4294967295"], "eval.seed_offset=10000 with seed=4294967295 gives evaluation seed"),
-        (["log.progress=1"], "log.progress=1 is invalid: it must be one of auto, True, False."),
+        (["log.progress=1"], "log.progress=1 is invalid: it must be one of auto, true, false."),
         (["~agent.gamma"], "agent.gamma is missing; every train config needs it (a number in [0, 1])."),
         (["~network.hidden_sizes"], "network.hidden_sizes is missing"),
         (
             ["checkpoint.save_buffer=sometimes"],
             "checkpoint.save_buffer='sometimes' is invalid: it must be true or false.",
         ),
-        (["resume=7"], "resume=7 is invalid: it must be a string or null."),
+        (["resume=7"], "resume=7 is invalid: it must be a non-empty string or null."),
     ],
 )
 def test_validation_names_key_value_and_what_is_allowed(small_cfg_factory, overrides, expected):
