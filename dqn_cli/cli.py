@@ -86,6 +86,11 @@ def main() -> None:
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         sys.exit(0 if args else 2)
+    if "--version" in args or args[0] == "-V":  # (Hydra's own --version names Hydra's)
+        from dqn_cli import __version__
+
+        print(f"dqn_cli {__version__}")
+        sys.exit(0)
     command = args[0]
     if command not in COMMANDS:
         print(f"dqn: error: unknown command {command!r}; allowed: {', '.join(COMMANDS)}.\n\n{USAGE}", file=sys.stderr)
@@ -127,6 +132,9 @@ def main() -> None:
             raise
         print(f"dqn {command}: error: {_one_paragraph(e)}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # `dqn train --help | head`: the reader has gone; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + signal.SIGPIPE)
     except OSError as e:  # the file system said no: a run dir that cannot be made, a full disk
         where = f": {e.filename}" if e.filename else ""
         hint = " The run dir is hydra.run.dir (outputs/DATE/TIME under the working directory unless set)."
@@ -177,11 +185,21 @@ def _check_groups(args: list[str], config_name: str) -> None:
     """`check_group_choices` on the command line's overrides (whatever the flags): Hydra would raise a
     ValueError for a group set to null, and merge a list of options."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
 
     from dqn_cli.config import check_group_choices
+    from dqn_cli.errors import UserError
 
-    overrides = [a for a in args if not a.startswith("-") and "=" in a]
-    check_group_choices(OverridesParser.create().parse_overrides(overrides), config_name)
+    parser, parsed = OverridesParser.create(), []
+    for override in (a for a in args if not a.startswith("-") and "=" in a):
+        try:
+            parsed += parser.parse_overrides([override])
+        except OverrideParseException as e:  # Hydra's text does not say which override
+            raise UserError(
+                f"{override!r} cannot be read: {str(e).splitlines()[0]}. Lists are [a,b], quoted in the shell "
+                "('network.hidden_sizes=[64,64]'); https://hydra.cc/docs/advanced/override_grammar/basic/ has the rest."
+            ) from None
+    check_group_choices(parsed, config_name)
 
 
 def _resumed(args: list[str]) -> str | None:

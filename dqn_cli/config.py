@@ -268,7 +268,10 @@ def _check(cfg: DictConfig, rules: dict[str, Rule]) -> list[str]:
                 f"{key} is invalid: it is beyond 64-bit integers ({INT64_MAX}); it must be {rule.describe()}."
             )
         elif not rule.ok(value):
-            problems.append(f"{key}={spell(value)} is invalid: it must be {rule.describe()}.")
+            typed = ""
+            if rule.kind == "int" and isinstance(value, float) and value.is_integer() and rule.ok(int(value)):
+                typed = f" (write {int(value)}: 1e4 and 10000.0 are floats)"
+            problems.append(f"{key}={spell(value)} is invalid: it must be {rule.describe()}{typed}.")
     return problems
 
 
@@ -355,8 +358,30 @@ REQUIRED_BY_NETWORK = {"mlp": ("network.hidden_sizes", "network.activation"), "n
 REQUIRED_BY_ENV_KIND = {"atari": tuple(k for k in TRAIN_RULES if k.startswith("env.preset.")) + ("env.game",)}
 
 
+GROUP_BLOCKS = {"env.preset": "env/preset", "env": "env", "network": "network", "buffer": "buffer", "agent": "agent"}
+
+
+def _replaced_blocks(cfg: DictConfig) -> list[str]:
+    """A group's block set to a value (`env.preset=machado`): the group option meant, in one sentence
+    instead of one per key the block lost."""
+    problems = []
+    for path, group in GROUP_BLOCKS.items():
+        node = OmegaConf.select(cfg, path, default=None)
+        if node is not None and not isinstance(node, DictConfig):
+            problems.append(
+                f"{path}={spell(node)} replaces the whole {path} block with a value; to pick an option of the "
+                f"{group} group write {group}={node}."
+            )
+    return problems
+
+
 def _missing(cfg: DictConfig, rules: dict[str, Rule]) -> list[str]:
     leaves = _leaves(cfg)
+    if leaves.get("env.kind") == "atari" and not any(k.startswith("env.preset.") for k in leaves):
+        return [
+            "env.kind=atari needs the Atari settings (env.game, the env/preset group) that env=atari brings: "
+            "use env=atari env.game=GAME, or env=pong / env=breakout, instead of env.kind=atari."
+        ]
     required = REQUIRED_TRAIN_KEYS + REQUIRED_BY_NETWORK.get(leaves.get("network.name"), ())
     required += REQUIRED_BY_ENV_KIND.get(leaves.get("env.kind"), ())
     return [
@@ -386,6 +411,9 @@ def _device_problem(device: str) -> str | None:
 
 def validate_train(cfg: DictConfig) -> None:
     """Check every value of a train config, then the rules that tie values together."""
+    problems = _replaced_blocks(cfg)
+    if problems:
+        raise UserError("invalid config: " + " ".join(problems))
     problems = _check(cfg, TRAIN_RULES) + _missing(cfg, TRAIN_RULES)
     if not problems:
         if (device := _device_problem(cfg.device)) is not None:

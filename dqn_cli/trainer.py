@@ -117,6 +117,11 @@ class Trainer:
         steps = f"from step {self.step} to {cfg.total_steps}" if self.step else f"for {cfg.total_steps} steps"
         with StopSignals() as stop:
             log.info(f"training {cfg.env.id} {steps} on {self.device}; run dir {self.run_dir}")
+            if self.learning_starts >= cfg.total_steps:
+                log.warning(
+                    f"agent.learning_starts={self.learning_starts} >= total_steps={cfg.total_steps}: this run collects "
+                    "experience but makes no update"
+                )
             logger = RunLogger(self.run_dir, cfg.log, cfg.total_steps, self.step)  # opens the progress bar
             try:
                 solved = self._loop(logger, stop)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
+import os
 import random
 import sys
 
@@ -11,6 +13,8 @@ import numpy as np
 import torch
 
 from dqn_cli.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def set_seed(seed: int) -> np.random.Generator:
@@ -29,6 +33,12 @@ def setup_torch(device: str, threads: int) -> torch.device:
     """
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
         raise UserError(f"device={device!r} is unknown; allowed: auto, cpu, cuda (or cuda:N).")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or threads
+    if threads > cores:
+        log.warning(
+            f"torch_threads={threads} is more than the {cores} CPU cores this process may use; threads "
+            "beyond them take turns on the same cores and slow each other down"
+        )
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
     keep_freed_memory()

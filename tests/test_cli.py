@@ -91,6 +91,14 @@ def test_top_level_help(tmp_path):
     assert "train" in proc.stdout and "eval" in proc.stdout
 
 
+@pytest.mark.parametrize("args", [["--version"], ["train", "--version"], ["eval", "--version"]])
+def test_version_names_dqn_cli(tmp_path, args):
+    from dqn_cli import __version__
+
+    proc = dqn(*args, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"dqn_cli {__version__}", output(proc)
+
+
 def test_no_arguments_print_the_usage_and_exit_2(tmp_path):
     proc = dqn(cwd=tmp_path)
     assert proc.returncode == 2, output(proc)
@@ -150,6 +158,10 @@ BAD = [
     (["train", "agent.gamma=null"], ["agent.gamma=null is invalid: it must be a number in [0, 1]"]),
     (["train", "log.progress=maybe"], ["log.progress='maybe' is invalid: it must be one of auto, true, false."]),
     (["train", "resume="], ["resume='' is invalid: it must be a non-empty string or null"]),
+    (["train", "env=pong", "env.preset=machado"], ["env.preset='machado' replaces the whole", "env/preset=machado"]),
+    (["train", "env.kind=atari"], ["env.kind=atari needs the Atari settings", "use env=atari env.game=GAME"]),
+    (["train", "network.hidden_sizes=[64,"], ["'network.hidden_sizes=[64,' cannot be read", "Lists are [a,b]"]),
+    (["train", "total_steps=1e4"], ["total_steps=10000.0 is invalid", "(write 10000: 1e4 and 10000.0 are floats)"]),
     (["frobnicate"], ["frobnicate", "unknown command"]),
     # a group needs one option (Hydra raised a ValueError for null, and merged a list's options)
     (["train", "env=null"], ["env=null: the env group takes one option, not null; allowed: acrobot, atari"]),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import logging
+import os
 from pathlib import Path
 
 import gymnasium as gym
@@ -222,6 +224,19 @@ def test_the_last_window_shorter_than_log_interval_is_logged_at_the_end(small_cf
     for tag in ("losses/td_loss", "losses/q_values", "charts/epsilon", "charts/SPS"):
         assert [step for step, _ in s[tag]] == [120, 240, 300], tag
     assert s["charts/epsilon"][-1][1] == pytest.approx(trainer.epsilon(300))
+
+
+def test_a_run_that_cannot_update_or_asks_for_more_threads_than_cores_says_so(small_cfg_factory, run_dir, caplog):
+    cores = len(os.sched_getaffinity(0))
+    cfg = small_cfg_factory("agent.learning_starts=300", f"torch_threads={cores + 1}", "eval.interval=0")
+    with caplog.at_level(logging.WARNING):
+        trainer = Trainer(cfg, run_dir)
+        trainer.run()
+    assert trainer.updates == 0
+    assert (
+        "agent.learning_starts=300 >= total_steps=300: this run collects experience but makes no update" in caplog.text
+    )
+    assert f"torch_threads={cores + 1} is more than the {cores} CPU cores" in caplog.text
 
 
 def test_vector_envs_count_every_episode_that_ends_in_a_step(small_cfg_factory, run_dir):
