@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 JOB_RESULT = "job_result.json"
 SUMMARY = "sweep_summary.csv"
 METRICS = ["final_return", "best_return", "steps", "episodes", "updates", "wall_time_s"]
+# said with every refusal of `python -m dqn_cli.sweep DIR`
+SWEEP_DIR_HINT = (
+    "a sweep dir is the multirun/DATE/TIME dir of a `dqn train -m` (its hydra.sweep.dir), holding one run dir "
+    "per job (0/, 1/, ...)"
+)
 
 
 class SweepSummary(Callback):
@@ -95,10 +100,12 @@ def _not_auth_notice(record: logging.LogRecord) -> bool:
 def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One dict per run dir under `sweep_dir` (any depth, found by `.hydra/overrides.yaml`), sorted
     by job number: job, status, overrides, final/best eval return, steps, episodes, updates, wall
-    time, run_dir. Values come from `job_result.json` and `checkpoints/last.pt`; missing ones are ''."""
+    time, run_dir. Values come from `job_result.json` and `checkpoints/last.pt`; missing ones are ''.
+    run_dir is absolute and resolved, so the table reads the same whoever writes it: the callback (given
+    `hydra.sweep.dir`) or `python -m dqn_cli.sweep` (given whatever path the user typed)."""
     rows = []
-    for overrides_file in Path(sweep_dir).rglob(".hydra/overrides.yaml"):
-        run_dir = overrides_file.parent.parent
+    for overrides_file in Path(sweep_dir).resolve().rglob(".hydra/overrides.yaml"):
+        run_dir = overrides_file.parent.parent.resolve()
         row: dict[str, Any] = {m: "" for m in METRICS}
         row.update(job="", status="", overrides=[str(o) for o in OmegaConf.load(overrides_file)], run_dir=str(run_dir))
         result_file = run_dir / JOB_RESULT
@@ -109,8 +116,8 @@ def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
                 row["final_return"] = result["return"]
         else:
             hydra_file = run_dir / ".hydra" / "hydra.yaml"
-            if hydra_file.is_file():
-                row["job"] = OmegaConf.load(hydra_file).hydra.job.num
+            if hydra_file.is_file():  # a single run's hydra.job.num is ??? (missing): no job number
+                row["job"] = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.job.num", default="")
         state = _last_checkpoint(run_dir)
         if state is not None:
             counters, evals = state.get("counters", {}), state.get("eval", {})
@@ -127,12 +134,19 @@ def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def write_summary(sweep_dir: str | Path, path: str | Path) -> list[dict[str, Any]]:
-    """Write the CSV of `collect_runs(sweep_dir)` to `path`: columns job, status, one column per
-    override key (`seed`, `agent.lr`, ...), then the metrics and run_dir. Returns the rows."""
+    """Write the CSV of `collect_runs(sweep_dir)` to `path` (see `write_rows`). Returns the rows; with
+    none, it warns and writes nothing."""
     rows = collect_runs(sweep_dir)
     if not rows:
         log.warning(f"sweep summary: no run dirs under {sweep_dir}")
         return rows
+    write_rows(rows, path)
+    return rows
+
+
+def write_rows(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """Write `rows` (of `collect_runs`) as a CSV: columns job, status, one column per override key
+    (`seed`, `agent.lr`, ...), then the metrics and run_dir."""
     keys: list[str] = []
     for row in rows:
         for key in _override_values(row["overrides"]):
@@ -152,7 +166,6 @@ def write_summary(sweep_dir: str | Path, path: str | Path) -> list[dict[str, Any
                     row["run_dir"],
                 ]
             )
-    return rows
 
 
 def _override_values(overrides: list[str]) -> dict[str, str]:
@@ -182,18 +195,56 @@ def _num(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) else -math.inf
 
 
+def not_a_sweep_dir(path: Path) -> str | None:
+    """Why `path` is not a dir to summarise, or None. A dir holding `.hydra/hydra.yaml` is a run dir:
+    a single run's (`dqn train` without -m: hydra.mode is RUN) or one job's of a sweep (then the
+    message names the sweep dir to give instead, the job's `hydra.sweep.dir`)."""
+    if not path.exists():
+        return f"{path} does not exist; {SWEEP_DIR_HINT}."
+    if not path.is_dir():
+        return f"{path} is a file, not a directory; {SWEEP_DIR_HINT}."
+    hydra_file = path / ".hydra" / "hydra.yaml"
+    if not hydra_file.is_file():
+        return None
+    hydra = OmegaConf.load(hydra_file)
+    if OmegaConf.select(hydra, "hydra.mode", default=None) != RunMode.MULTIRUN.name:
+        return f"{path} is the run dir of a single run (`dqn train` without -m), not a sweep dir; {SWEEP_DIR_HINT}."
+    sweep_dir = OmegaConf.select(hydra, "hydra.sweep.dir", default=None, throw_on_resolution_failure=False)
+    if not (isinstance(sweep_dir, str) and path.resolve().is_relative_to(Path(sweep_dir).resolve())):
+        sweep_dir = path.resolve().parent  # not above the run dir (relative, or moved since): where it usually is
+    return (
+        f"{path} is the run dir of job {OmegaConf.select(hydra, 'hydra.job.num', default='?')} of a sweep, not the "
+        f"sweep dir; {SWEEP_DIR_HINT}. Summarise this sweep with: python -m dqn_cli.sweep {sweep_dir}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    """`python -m dqn_cli.sweep SWEEP_DIR`: write SWEEP_DIR/sweep_summary.csv from the run dirs there.
+    Exit 2 for a path that is no sweep dir, 1 when there is no run dir yet or the CSV cannot be written."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0] in ("-h", "--help"):
         print("usage: python -m dqn_cli.sweep SWEEP_DIR   (writes SWEEP_DIR/sweep_summary.csv)", file=sys.stderr)
         return 2
     sweep_dir = Path(argv[0])
-    if not sweep_dir.is_dir():
-        print(f"error: {sweep_dir} is not a directory", file=sys.stderr)
+    problem = not_a_sweep_dir(sweep_dir)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
-    rows = write_summary(sweep_dir, sweep_dir / SUMMARY)
+    rows = collect_runs(sweep_dir)
+    if not rows:
+        print(
+            f"error: no run dirs under {sweep_dir} (a run dir holds .hydra/overrides.yaml; a sweep's jobs "
+            f"write it when they start), so no {SUMMARY} was written; {SWEEP_DIR_HINT}.",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        write_rows(rows, sweep_dir / SUMMARY)
+    except OSError as e:
+        print(f"error: could not write {sweep_dir / SUMMARY} ({e.strerror or e})", file=sys.stderr)
+        return 1
     print(f"{len(rows)} runs -> {sweep_dir / SUMMARY}")
-    return 0 if rows else 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -13,10 +13,15 @@ runs have data; a run that stopped early (e.g. eval.stop_on_solved) drops out of
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+MAX_POINTS = 100_000  # the step grid: far more than a figure has pixels
+MAX_PIXELS = 16_384  # per side of the image (W * dpi, H * dpi): an RGBA canvas of up to 1 GiB
 
 
 def find_runs(sweep_dirs: list[Path]) -> list[tuple[Path, dict[str, str]]]:
@@ -120,25 +125,71 @@ def plot(
     ax.set_title(title if title is not None else f"{sweep_dirs[0]}: mean \u00b1 std across seeds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=dpi)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(output, dpi=dpi)
+    except OSError as e:  # a dir that cannot be made or written, a path that is a dir, a full disk
+        why = "Not a directory" if isinstance(e, FileExistsError) else e.strerror or e  # mkdir met a file
+        where = f": {e.filename}" if e.filename and str(e.filename) != str(output) else ""
+        raise SystemExit(f"error: could not write {output} ({why}{where})") from None
     plt.close(fig)
     return counts
+
+
+def number(kind: type, low: float, high: float = math.inf) -> Callable[[str], float]:
+    """An argparse `type` for a finite `kind` (int or float) in [low, high]; anything else (a negative
+    --smooth, a NaN --size, a word) is refused with argparse's error naming the range."""
+    name = "an integer" if kind is int else "a number"
+    allowed = f"{name} >= {low}" if high == math.inf else f"{name} in [{low}, {high}]"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, not {text!r}")
+        return value
+
+    return parse
+
+
+def image_formats() -> list[str]:
+    """The file suffixes matplotlib can write (png, pdf, svg, ...), without the dot."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return sorted(FigureCanvasBase.get_supported_filetypes())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dirs", nargs="+", type=Path, metavar="SWEEP_DIR", help="sweep (or run) dirs")
-    parser.add_argument("-o", "--output", type=Path, help="PNG to write (default: SWEEP_DIR/curves.png)")
+    parser.add_argument(
+        "-o", "--output", type=Path, help="image to write, its format by its suffix (default: SWEEP_DIR/curves.png)"
+    )
     parser.add_argument("--tag", default="charts/episodic_return", help="scalar tag (default: %(default)s)")
     parser.add_argument("--ignore", nargs="*", default=["seed"], help="override keys averaged over (default: seed)")
-    parser.add_argument("--smooth", type=int, default=10, help="moving-average window in points (1 = raw)")
-    parser.add_argument("--points", type=int, default=200, help="points on the common step grid")
-    parser.add_argument("--size", type=float, nargs=2, default=(8.0, 4.5), metavar=("W", "H"), help="inches")
-    parser.add_argument("--dpi", type=int, default=100, help="pixels per inch (PNG is W*dpi x H*dpi)")
+    parser.add_argument("--smooth", type=number(int, 1), default=10, help="moving-average window in points (1 = raw)")
+    parser.add_argument("--points", type=number(int, 2, MAX_POINTS), default=200, help="points on the common step grid")
+    parser.add_argument(
+        "--size", type=number(float, 0.01), nargs=2, default=(8.0, 4.5), metavar=("W", "H"), help="inches"
+    )
+    parser.add_argument("--dpi", type=number(int, 1), default=100, help="pixels per inch (PNG is W*dpi x H*dpi)")
     parser.add_argument("--title", help="figure title (default: the sweep dir)")
     args = parser.parse_args(argv)
     output = args.output or args.sweep_dirs[0] / "curves.png"
+    # checked before the event files are read; matplotlib would add .png to a name without a suffix
+    if output.suffix[1:].lower() not in image_formats():
+        parser.error(
+            f"argument -o/--output: {str(output)!r} must end in an image format's suffix: "
+            f"{', '.join('.' + f for f in image_formats())}"
+        )
+    pixels = [int(side * args.dpi) for side in args.size]  # as matplotlib sizes the canvas
+    if not all(1 <= p <= MAX_PIXELS for p in pixels):
+        parser.error(
+            f"argument --size/--dpi: --size {args.size[0]:g} {args.size[1]:g} at --dpi {args.dpi} is a "
+            f"{pixels[0]}x{pixels[1]} pixel image; each side (W*dpi, H*dpi) must be 1 to {MAX_PIXELS} pixels"
+        )
     counts = plot(
         args.sweep_dirs, output, args.tag, tuple(args.ignore), args.smooth, args.points, tuple(args.size), args.dpi,
         args.title,

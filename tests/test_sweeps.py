@@ -48,6 +48,28 @@ def multirun(sweep_dir: Path, *overrides: str, env: dict | None = None, timeout:
     )
 
 
+def summary_script(sweep_dir: Path | str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m dqn_cli.sweep SWEEP_DIR`, run from `cwd` (SWEEP_DIR may be relative to it)."""
+    cmd = [sys.executable, "-m", "dqn_cli.sweep", str(sweep_dir)]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def plot_script(*args: str) -> subprocess.CompletedProcess:
+    """`python scripts/plot_runs.py ARGS...`; returns the finished process."""
+    cmd = [sys.executable, str(REPO / "scripts" / "plot_runs.py"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def check_refused(proc: subprocess.CompletedProcess, code: int) -> str:
+    """The process ended with `code`, no traceback, and one line of error on stderr (after argparse's
+    usage, if any); returns that line."""
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == code and "Traceback" not in out, out[-5000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 or lines[0].startswith("usage:"), out
+    return lines[-1]
+
+
 def check_ok(proc: subprocess.CompletedProcess) -> str:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
@@ -200,6 +222,65 @@ def test_the_summary_script_exit_codes(tmp_path, capsys):
     assert f"1 runs -> {tmp_path / SUMMARY}" in capsys.readouterr().out
 
 
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory) -> Path:
+    """The run dir of a single `dqn train` (no -m): a run dir, not a sweep dir."""
+    run_dir = tmp_path_factory.mktemp("single") / "run"
+    cmd = [*DQN, "train", *TINY, f"hydra.run.dir={run_dir}"]
+    check_ok(subprocess.run(cmd, cwd=run_dir.parent, capture_output=True, text=True, timeout=300, check=False))
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    "given, code, words",
+    [
+        # the reported crash: a single run's hydra.job.num is ??? (MissingMandatoryValue)
+        ("single run", 2, ["{path} is the run dir of a single run (`dqn train` without -m), not a sweep dir"]),
+        ("job 1", 2, ["{path} is the run dir of job 1 of a sweep, not the sweep dir",
+                      "Summarise this sweep with: python -m dqn_cli.sweep {sweep}"]),
+        ("missing", 2, ["{path} does not exist"]),
+        ("file", 2, ["{path} is a file, not a directory"]),
+        ("empty", 1, ["no run dirs under {path} (a run dir holds .hydra/overrides.yaml",
+                      "so no sweep_summary.csv was written"]),
+    ],
+)  # fmt: skip
+def test_the_summary_script_says_why_a_dir_is_no_sweep_dir(request, tmp_path, given, code, words):
+    if given == "single run":
+        path = request.getfixturevalue("single_run")
+    elif given == "job 1":
+        path = request.getfixturevalue("joblib_sweep") / "1"
+    else:
+        path = tmp_path / {"missing": "nowhere", "file": "notes.txt", "empty": "empty"}[given]
+        if given == "file":
+            path.write_text("not a dir\n")
+        elif given == "empty":
+            path.mkdir()
+    line = check_refused(summary_script(path, cwd=tmp_path), code)
+    for word in words:
+        assert word.format(path=path, sweep=path.parent) in line, line
+    assert line.startswith("error: ")
+    assert "; a sweep dir is the multirun/DATE/TIME dir of a `dqn train -m` (its hydra.sweep.dir)" in line, line
+    assert not (path / SUMMARY).exists()
+
+
+def test_the_summary_script_says_in_one_line_when_it_cannot_write_the_table(tmp_path):
+    _fake_run(tmp_path / "0", ["seed=0"], {"job": 0, "status": "COMPLETED", "return": 1.0, "wall_time_s": 1.0})
+    (tmp_path / SUMMARY).mkdir()  # as good as a read-only sweep dir, also for root
+    line = check_refused(summary_script(tmp_path, cwd=tmp_path), 1)
+    assert line == f"error: could not write {tmp_path / SUMMARY} (Is a directory)"
+
+
+def test_the_summary_script_writes_the_callbacks_table_with_absolute_run_dirs(joblib_sweep, tmp_path):
+    # the callback is given the absolute hydra.sweep.dir; here the script gets a relative path through a
+    # symlink, and still writes the same table: each run_dir absolute and resolved
+    copy = tmp_path / "copy"
+    shutil.copytree(joblib_sweep, copy)
+    (tmp_path / "link").symlink_to(copy)
+    check_ok(summary_script("link", cwd=tmp_path))
+    assert [r["run_dir"] for r in read_summary(copy)] == [str(copy / "0"), str(copy / "1")]
+    assert (copy / SUMMARY).read_text() == (joblib_sweep / SUMMARY).read_text().replace(str(joblib_sweep), str(copy))
+
+
 def test_each_run_records_hparams_for_tensorboard(joblib_sweep):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import metadata
@@ -223,11 +304,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 def test_plot_script_draws_a_png_of_the_requested_size(joblib_sweep, tmp_path):
     out = tmp_path / "curves.png"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "plot_runs.py"), str(joblib_sweep), "-o", str(out),
-         "--size", "6", "4", "--dpi", "50"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    proc = plot_script(str(joblib_sweep), "-o", str(out), "--size", "6", "4", "--dpi", "50")
     check_ok(proc)
     assert "(n=2)" in proc.stdout  # both seeds in one setting
     assert png_size(out) == (300, 200)
@@ -235,6 +312,36 @@ def test_plot_script_draws_a_png_of_the_requested_size(joblib_sweep, tmp_path):
 
     pixels = matplotlib.image.imread(out)
     assert pixels.shape[:2] == (200, 300) and pixels.std() > 0.01  # something was drawn
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--smooth", "-1"], ["argument --smooth: must be an integer >= 1, not '-1'"]),
+        (["--smooth", "0"], ["argument --smooth: must be an integer >= 1, not '0'"]),
+        (["--points", "1"], ["argument --points: must be an integer in [2, 100000], not '1'"]),
+        (["--dpi", "0"], ["argument --dpi: must be an integer >= 1, not '0'"]),
+        (["--size", "nan", "4"], ["argument --size: must be a number >= 0.01, not 'nan'"]),
+        (["--dpi", "1000000"], ["--size 8 4.5 at --dpi 1000000 is a 8000000x4500000 pixel image",
+                                "each side (W*dpi, H*dpi) must be 1 to 16384 pixels"]),
+        # matplotlib would refuse the format after reading every run, or add .png to a name without a suffix
+        (["-o", "curves.jpq"], ["argument -o/--output: 'curves.jpq' must end in an image format's suffix: ", ".png, "]),
+        (["-o", "curves"], ["argument -o/--output: 'curves' must end in an image format's suffix: ", ".pdf, "]),
+    ],
+)  # fmt: skip
+def test_plot_script_refuses_bad_options_with_the_allowed_values(joblib_sweep, tmp_path, monkeypatch, args, words):
+    monkeypatch.chdir(tmp_path)  # a relative -o (the last -o counts) lands here, as would any image
+    line = check_refused(plot_script(str(joblib_sweep), "-o", str(tmp_path / "c.png"), *args), 2)
+    assert line.startswith("plot_runs.py: error: ") and all(word in line for word in words), line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("out, why", [("file/c.png", "Not a directory: {tmp}/file"), ("dir.png", "Is a directory")])
+def test_plot_script_says_in_one_line_when_it_cannot_write_the_image(joblib_sweep, tmp_path, out, why):
+    (tmp_path / "file").write_text("a file, not a dir\n")
+    (tmp_path / "dir.png").mkdir()
+    line = check_refused(plot_script(str(joblib_sweep), "-o", str(tmp_path / out)), 1)
+    assert line == f"error: could not write {tmp_path / out} ({why.format(tmp=tmp_path)})"
 
 
 # ---- every job checked before the first one runs ---------------------------------------------------
