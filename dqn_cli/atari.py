@@ -43,6 +43,7 @@ from dqn_cli import env_state
 from dqn_cli.errors import UserError
 
 gym.register_envs(ale_py)
+ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)  # no "A.L.E: ... [Powered by Stella]" per game
 
 SAME_STEP = gym.vector.AutoresetMode.SAME_STEP
 NEW_GAME = "new_game"  # reset option: restart the emulator even if the game below is not over

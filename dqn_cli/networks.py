@@ -80,10 +80,11 @@ class MLP(nn.Module):
 
         def greedy(obs: np.ndarray) -> np.ndarray:
             x = obs.reshape(len(obs), -1).astype(np.float32, copy=False)
-            for w, b in weights[:-1]:
-                x = act(x @ w + b)
-            w, b = weights[-1]
-            return (x @ w + b).argmax(axis=1)
+            with np.errstate(all="ignore"):  # diverged weights overflow here; the trainer's NaN guard says so
+                for w, b in weights[:-1]:
+                    x = act(x @ w + b)
+                w, b = weights[-1]
+                return (x @ w + b).argmax(axis=1)
 
         return greedy
 

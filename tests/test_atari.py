@@ -933,6 +933,18 @@ def test_a_seeded_reset_restarts_the_game_after_a_lost_life(compose_cfg):
     env.close()
 
 
+def test_the_ale_prints_no_banner_per_game():
+    """ale-py prints "A.L.E: Arcade Learning Environment ... [Powered by Stella]" for every game it loads
+    unless its logger is set to errors only (dqn_cli.atari does, on import)."""
+    code = (
+        "import dqn_cli.atari, gymnasium as gym; from ale_py.vector_env import AtariVectorEnv; "
+        "gym.make('PongNoFrameskip-v4').reset(seed=0); AtariVectorEnv('pong', 2).close()"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Stella" not in proc.stdout + proc.stderr and "A.L.E" not in proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize("vectorization", ["sync", "ale"])
 def test_rewards_are_clipped_in_training_only(compose_cfg, vectorization):
     """Space Invaders pays 5 to 30 points an invader: training sees them clipped to 1, evaluation as scored."""

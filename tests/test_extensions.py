@@ -390,6 +390,22 @@ def test_dueling_shapes_and_mean_advantage_identity(net, obs):
     assert torch.equal(q.argmax(dim=1), a.argmax(dim=1))
 
 
+def test_numpy_policy_of_diverged_weights_warns_nothing():
+    """Overflowing weights (a diverging run) must not print numpy RuntimeWarnings at every step: the
+    trainer's NaN guard reports the divergence once."""
+    import warnings
+
+    from dqn_cli.networks import MLP
+
+    net = MLP(4, 2, [8], "relu", False)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(3e38)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net.numpy_policy()(np.ones((3, 4), np.float32))
+
+
 def test_dueling_mlp_numpy_policy_matches_torch():
     net = MLP(4, 5, [32], dueling=True)
     obs = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
