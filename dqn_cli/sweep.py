@@ -222,8 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m dqn_cli.sweep SWEEP_DIR`: write SWEEP_DIR/sweep_summary.csv from the run dirs there.
     Exit 2 for a path that is no sweep dir, 1 when there is no run dir yet or the CSV cannot be written."""
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0] in ("-h", "--help"):
-        print("usage: python -m dqn_cli.sweep SWEEP_DIR   (writes SWEEP_DIR/sweep_summary.csv)", file=sys.stderr)
+    usage = "usage: python -m dqn_cli.sweep SWEEP_DIR   (writes SWEEP_DIR/sweep_summary.csv)"
+    if argv in (["-h"], ["--help"]):
+        print(usage)
+        return 0
+    if len(argv) != 1:
+        print(usage, file=sys.stderr)
         return 2
     sweep_dir = Path(argv[0])
     problem = not_a_sweep_dir(sweep_dir)

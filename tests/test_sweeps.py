@@ -216,6 +216,7 @@ def test_the_summary_script_exit_codes(tmp_path, capsys):
     from dqn_cli.sweep import main
 
     assert main([]) == 2 and main([str(tmp_path / "nowhere")]) == 2
+    assert main(["--help"]) == 0 and capsys.readouterr().out.startswith("usage: python -m dqn_cli.sweep SWEEP_DIR")
     assert main([str(tmp_path)]) == 1  # no run dirs
     _fake_run(tmp_path / "0", ["seed=0"], {"job": 0, "status": "COMPLETED", "return": 1.0, "wall_time_s": 1.0})
     assert main([str(tmp_path)]) == 0 and (tmp_path / SUMMARY).is_file()
