@@ -127,6 +127,12 @@ def load_replay(checkpoint_path: Path, state: dict, buffer) -> bool:
     if not name:
         return False
     path = checkpoint_path.parent / Path(name).name  # a bare file name beside last.pt, nothing else
+    if not path.is_file():
+        raise UserError(
+            f"replay file {str(path)!r}, which {str(checkpoint_path)!r} names, does not exist: a resume continues "
+            "the run exactly from the replay buffer it saved. Put the file back, or start a new run (a run "
+            "saved with checkpoint.save_buffer=false resumes with a buffer refilled from scratch instead)."
+        )
     arrays = ArrayFile(path)
     try:
         step = int(arrays[REPLAY_STEP_KEY]) if REPLAY_STEP_KEY in arrays else None

@@ -540,8 +540,10 @@ def test_resume_names_a_damaged_replay_file(small_cfg_factory, stopped_run, dama
         np.savez(path, **{**arrays, "dqn_cli_step": np.array(7)})
     else:
         np.savez(path, **{**arrays, "obs": arrays["obs"][:, :, :2]})
-    with pytest.raises(UserError, match=rf"replay file '.*{path.name}'"):
+    with pytest.raises(UserError, match=rf"replay file '.*{path.name}'") as info:
         resume(small_cfg_factory, stopped_run)
+    if damage == "missing":  # what to do about it
+        assert "Put the file back, or start a new run" in str(info.value)
 
 
 def test_cli_eval_and_resume_refuse_a_malicious_checkpoint(tmp_path):
