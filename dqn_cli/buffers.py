@@ -113,9 +113,16 @@ class ReplayBuffer:
         t = rng.integers(0, filled, size=batch_size)
         env = rng.integers(0, self.num_envs, size=batch_size)
         bad = ~self.sampleable(t, env)
-        while bad.any():  # storage layouts with unusable slots redraw them (rare)
+        for _ in range(10_000):  # storage layouts with unusable slots redraw them (rare)
+            if not bad.any():
+                break
             t[bad] = rng.integers(0, filled, size=int(bad.sum()))
             bad = ~self.sampleable(t, env)
+        else:  # (the config check keeps enough slots per env; never loop forever on a case it missed)
+            raise UserError(
+                f"the replay buffer found no usable transition for some envs in 10,000 draws: {self.size_per_env} "
+                "steps per env are too few for this run. Raise buffer.capacity."
+            )
         return self._gather(t, env)
 
     def sampleable(self, t: np.ndarray, env: np.ndarray) -> np.ndarray:

@@ -436,6 +436,14 @@ def validate_train(cfg: DictConfig) -> None:
             )
         if b.capacity < e.num_envs:
             problems.append(f"buffer.capacity={b.capacity} must be at least env.num_envs={e.num_envs}.")
+        elif e.kind == "atari" and b.capacity // e.num_envs < e.preset.frame_stack + a.get("n_step", 1):
+            # a sampled slot needs its stack's earlier frames and its window's next frame still stored
+            needed = e.preset.frame_stack + a.get("n_step", 1)
+            problems.append(
+                f"buffer.capacity={b.capacity} keeps {b.capacity // e.num_envs} steps per env (env.num_envs="
+                f"{e.num_envs}); a transition of {e.preset.frame_stack} stacked frames and agent.n_step="
+                f"{a.get('n_step', 1)} needs at least {needed}. Raise buffer.capacity."
+            )
         elif a.get("n_step", 1) > b.capacity // e.num_envs:
             problems.append(
                 f"agent.n_step={a.n_step} is longer than the {b.capacity // e.num_envs} steps each env keeps "

@@ -161,6 +161,8 @@ BAD = [
     (["train", "env=pong", "env.preset=machado"], ["env.preset='machado' replaces the whole", "env/preset=machado"]),
     (["train", "env.kind=atari"], ["env.kind=atari needs the Atari settings", "use env=atari env.game=GAME"]),
     (["train", "network.hidden_sizes=[64,"], ["'network.hidden_sizes=[64,' cannot be read", "Lists are [a,b]"]),
+    (["train", "env=pong", "env.num_envs=8", "buffer.capacity=16", "agent.batch_size=16", "agent.learning_starts=16"],
+     ["buffer.capacity=16 keeps 2 steps per env", "needs at least 5"]),  # sampling never found a slot: a hang
     (["train", "total_steps=1e4"], ["total_steps=10000.0 is invalid", "(write 10000: 1e4 and 10000.0 are floats)"]),
     (["frobnicate"], ["frobnicate", "unknown command"]),
     # a group needs one option (Hydra raised a ValueError for null, and merged a list's options)
