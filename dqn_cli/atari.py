@@ -108,8 +108,10 @@ class FireOnReset(gym.Wrapper):
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
+        if not self.after_life_loss:  # training: LifeLossTerminal's reset brings the FIRE
+            return obs, reward, terminated, truncated, info
         lives = self.env.unwrapped.ale.lives()
-        if self.after_life_loss and not (terminated or truncated) and 0 < lives < self.lives:
+        if not (terminated or truncated) and 0 < lives < self.lives:
             obs, pressed, terminated, truncated, info = self.env.step(1)
             reward = float(reward) + float(pressed)
         self.lives = self.env.unwrapped.ale.lives()
