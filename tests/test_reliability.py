@@ -355,6 +355,16 @@ def wait_for(proc: subprocess.Popen, pattern: str, timeout: float = 120) -> str:
     raise AssertionError(f"no line matching {pattern!r} from the child; it wrote:\n{seen}")
 
 
+def wait_for_file(proc: subprocess.Popen, path: Path, timeout: float = 120) -> None:
+    """Wait until the child writes `path`: evidence of how far it got that a slow machine cannot fake."""
+    deadline = time.monotonic() + timeout
+    while not path.is_file():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"the child did not write {path}; it wrote:\n{proc.communicate()[0]}")
+        time.sleep(0.05)
+
+
 def finish(proc: subprocess.Popen, seen: str = "", timeout: float = 120) -> str:
     out, _ = proc.communicate(timeout=timeout)
     return seen + out
@@ -367,9 +377,10 @@ def cli_overrides(run: Path, *extra: str) -> list[str]:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_cli_signal_checkpoints_prints_resume_and_exits_128_plus_signal(tmp_path, signum):
     run = tmp_path / "run"
-    proc = start(dqn("train", *cli_overrides(run, "total_steps=10000000", "eval.interval=0", "checkpoint.interval=0")))
+    args = cli_overrides(run, "total_steps=10000000", "eval.interval=500", "eval.episodes=1", "checkpoint.interval=0")
+    proc = start(dqn("train", *args))
     seen = wait_for(proc, r"training CartPole-v1")
-    time.sleep(1.0)  # well into the loop
+    wait_for_file(proc, run / "checkpoints" / "best.pt")  # the first evaluation (step 500): well into the loop
     os.kill(proc.pid, signum)
     out = finish(proc, seen)
     assert proc.returncode == 128 + signum, out
@@ -409,7 +420,7 @@ def test_ctrl_c_to_the_process_group_stops_async_atari_envs_cleanly(tmp_path, ve
     )
     try:
         seen = wait_for(proc, r"training PongNoFrameskip-v4")
-        time.sleep(4.0)  # well into the loop, past the first evaluation (step 200)
+        wait_for_file(proc, run / "checkpoints" / "best.pt")  # well into the loop, past the first evaluation
         os.killpg(proc.pid, signal.SIGINT)
         out = finish(proc, seen)
     finally:  # a run that ignored the signal must not outlive the test
