@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import signal
 import sys
+from pathlib import Path
 
 USAGE = """usage: dqn {train,eval} [KEY=VALUE ...] [GROUP=OPTION ...] [-m] [--help]
 
@@ -55,13 +57,19 @@ def _train(cfg):
     from hydra.types import RunMode
 
     from dqn_cli.config import refuse_resume
+    from dqn_cli.signals import STOP_FILE, NotStartedError, read_stop_file
     from dqn_cli.trainer import train
 
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode == RunMode.MULTIRUN:  # (refused before the start already, unless other flags skipped that)
-        refuse_resume(cfg)
-    single = hydra_cfg.mode != RunMode.MULTIRUN  # (a sweep's job dir holds the sweep's record of it)
-    return train(cfg, hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task), fresh_dir=single)
+    overrides = list(hydra_cfg.overrides.task)
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return train(cfg, hydra_cfg.runtime.output_dir, overrides=overrides, fresh_dir=True)
+    refuse_resume(cfg)  # (refused before the start already, unless other flags skipped that)
+    stop_file = Path(hydra_cfg.sweep.dir) / STOP_FILE
+    if (signum := read_stop_file(stop_file)) is not None:
+        raise NotStartedError(f"not started: the sweep was stopped by {signal.Signals(signum).name}", signum)
+    # (a sweep's job dir holds the sweep's record of it: not removed on a mistake)
+    return train(cfg, hydra_cfg.runtime.output_dir, overrides=overrides, stop_file=stop_file)
 
 
 def _eval(cfg):
@@ -106,8 +114,10 @@ def main() -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from dqn_cli import signals
     from dqn_cli.errors import UserError
     from dqn_cli.signals import TrainingStoppedError
+    from dqn_cli.sweep import end_of_sweep
 
     try:
         _check_groups(args[1:], config_name)
@@ -118,11 +128,14 @@ def main() -> None:
         _hydra_app(config_name, task)()
         if _KEPT:
             raise _KEPT[0]
-    except TrainingStoppedError as e:  # Ctrl-C / SIGTERM: checkpoint written, exit 130 / 143
-        print(f"dqn {command}: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        if (stopped := end_of_sweep(None)) is not None:  # a stop signal after every job had ended
+            raise stopped
     except UserError as e:
-        print(f"dqn {command}: error: {e}", file=sys.stderr)
+        e = end_of_sweep(e)  # a sweep's: with its summary and each stopped job's resume command
+        if isinstance(e, TrainingStoppedError):  # Ctrl-C / SIGTERM: checkpoint written, exit 130 / 143
+            print(f"dqn {command}: {e}", file=sys.stderr)
+        else:
+            print(f"dqn {command}: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except (HydraException, OmegaConfBaseException) as e:
         print(f"dqn {command}: error: {_unknown_override(e, command) or _one_paragraph(e)}", file=sys.stderr)
@@ -140,10 +153,22 @@ def main() -> None:
         hint = " The run dir is hydra.run.dir (outputs/DATE/TIME under the working directory unless set)."
         print(f"dqn {command}: error: {e.strerror or e}{where}.{hint if command == 'train' else ''}", file=sys.stderr)
         sys.exit(1)
+    except Exception as e:  # a launcher's complaint once the sweep was stopped (submitit: a job it killed)
+        stopped = end_of_sweep(e) if signals.ACTIVE_SWEEP is not None else e
+        if not isinstance(stopped, TrainingStoppedError):
+            raise
+        print(f"dqn {command}: {stopped}", file=sys.stderr)
+        sys.exit(stopped.exit_code)
     except KeyboardInterrupt as e:  # a second Ctrl-C, or one before training began
         signum = getattr(e, "signum", signal.SIGINT)
         name = signal.Signals(signum).name
         print(f"dqn {command}: aborted by {name}; checkpoints already written are kept", file=sys.stderr)
+        if (sweep := signals.ACTIVE_SWEEP) is not None:
+            print(
+                f"the sweep's jobs may not have written theirs; list what they left with: "
+                f"python -m dqn_cli.sweep {shlex.quote(str(sweep.sweep_dir))}",
+                file=sys.stderr,
+            )
         sys.exit(128 + signum)
 
 

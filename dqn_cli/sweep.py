@@ -16,6 +16,8 @@ import csv
 import json
 import logging
 import math
+import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 JOB_RESULT = "job_result.json"
 SUMMARY = "sweep_summary.csv"
 METRICS = ["final_return", "best_return", "steps", "episodes", "updates", "wall_time_s"]
+# a run dir without job_result.json: its status from last.pt's; "running" is INCOMPLETE (killed, or running still)
+CHECKPOINT_STATUS = {"done": "COMPLETED", "stopped": "STOPPED"}
 # said with every refusal of `python -m dqn_cli.sweep DIR`
 SWEEP_DIR_HINT = (
     "a sweep dir is the multirun/DATE/TIME dir of a `dqn train -m` (its hydra.sweep.dir), holding one run dir "
@@ -56,7 +60,7 @@ class SweepSummary(Callback):
         value = job_return._return_value  # the property would re-raise a failed job's exception
         result = {
             "job": int(config.hydra.job.num),
-            "status": job_return.status.name,
+            "status": job_status(job_return.status.name, value),
             "overrides": list(job_return.overrides or []),
             "return": float(value) if ok and isinstance(value, (int, float)) else None,
             "error": None if ok else f"{type(value).__name__}: {value}",
@@ -74,6 +78,75 @@ class SweepSummary(Callback):
                 f"sweep summary: {len(rows)} runs in {sweep_dir / self.filename}; best final return "
                 f"{best['final_return']} ({' '.join(best['overrides']) or 'no overrides'})"
             )
+
+
+def job_status(hydra_status: str, value: Any) -> str:
+    """Hydra's COMPLETED / FAILED, told apart from a stop: STOPPED (a signal or the sweep's stop; the
+    run dir's last.pt resumes it) and NOT_STARTED (due after the sweep was stopped)."""
+    from dqn_cli.signals import NotStartedError, TrainingStoppedError
+
+    if isinstance(value, NotStartedError):
+        return "NOT_STARTED"
+    return "STOPPED" if isinstance(value, TrainingStoppedError) else hydra_status
+
+
+class SweepStopper(Callback):
+    """In the process that launches the sweep: the sweep's first SIGINT/SIGTERM stops its jobs cleanly
+    (`dqn_cli.signals.SweepStop`); `dqn_cli.cli` reports how the sweep ended (`report_stop`)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from dqn_cli import signals
+
+        signals.ACTIVE_SWEEP = signals.SweepStop(Path(config.hydra.sweep.dir)).start()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from dqn_cli import signals
+
+        if signals.ACTIVE_SWEEP is not None:
+            signals.ACTIVE_SWEEP.close()  # (kept: the CLI reads how the sweep ended)
+
+
+def end_of_sweep(error: BaseException | None) -> BaseException | None:
+    """How `dqn train -m` ends when its sweep was stopped or a job failed: the error to report, with the
+    sweep's summary written and, for a stop, every stopped job's resume command; None when this process
+    ran no sweep, or one that ended without either. `error` is what the sweep raised, if anything."""
+    from dqn_cli import signals
+    from dqn_cli.errors import UserError
+    from dqn_cli.signals import TrainingStoppedError
+
+    sweep, signals.ACTIVE_SWEEP = signals.ACTIVE_SWEEP, None
+    if sweep is None:
+        return error
+    sweep.close()
+    if error is None and sweep.signum is None:
+        return None
+    if not isinstance(error, (UserError, type(None))) and sweep.signum is None:
+        return error  # (a crash: its traceback)
+    path = sweep.sweep_dir / SUMMARY
+    try:  # (written already when the sweep returned; not when it raised)
+        rows = write_summary(sweep.sweep_dir, path) if error is not None else collect_runs(sweep.sweep_dir)
+    except OSError as e:
+        rows, path = collect_runs(sweep.sweep_dir), f"not written ({e.strerror or e})"
+    signum = sweep.signum or getattr(error, "signum", None)
+    if isinstance(error, UserError) and not isinstance(error, TrainingStoppedError):
+        return type(error)(f"{error}\nthe sweep's jobs, each with its status: {path}")
+    if signum is None:  # (a job stopped by a signal of its own, not the sweep)
+        signum = error.signum
+    counts: dict[str, int] = {}
+    for status in (row["status"] or "ENDED_WITHOUT_A_CHECKPOINT" for row in rows):
+        counts[status] = counts.get(status, 0) + 1
+    said = ", ".join(f"{n} {s.lower().replace('_', ' ')}" for s, n in counts.items())
+    lines = [f"sweep stopped by {signal.Signals(signum).name}; its {len(rows)} jobs: {said or 'none begun'}."]
+    if not isinstance(error, (UserError, type(None))):  # the launcher's own complaint, e.g. of a killed job
+        lines.append(f"the launcher said: {type(error).__name__}: {str(error).strip().splitlines()[0]}")
+    stopped = [r["run_dir"] for r in rows if r["status"] == "STOPPED"]
+    if stopped:
+        lines.append("resume each stopped job in its run dir with:")
+        lines += [f"  dqn train resume={shlex.quote(d)}" for d in stopped]
+    if counts.get("NOT_STARTED"):
+        lines.append("jobs not started: run their overrides (in the summary) as a new sweep.")
+    lines.append(f"summary: {path}")
+    return TrainingStoppedError("\n".join(lines), signum)
 
 
 class QuietRayNotices(Callback):
@@ -127,8 +200,8 @@ def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
                 row["final_return"] = evals["last"]
             if evals.get("best") is not None and math.isfinite(evals["best"]):
                 row["best_return"] = evals["best"]
-            if not row["status"]:
-                row["status"] = "COMPLETED"
+            if not row["status"]:  # no job_result.json: a job killed (or still running) says so in last.pt
+                row["status"] = CHECKPOINT_STATUS.get(state.get("status"), "INCOMPLETE")
         rows.append(row)
     return sorted(rows, key=lambda r: (r["job"] if isinstance(r["job"], int) else math.inf, r["run_dir"]))
 

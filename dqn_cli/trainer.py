@@ -107,15 +107,16 @@ class Trainer:
             self.load_state_dict(resumed)
 
     # ---- the loop ----------------------------------------------------------------------------
-    def run(self) -> float:
+    def run(self, stop_file: Path | None = None) -> float:
         """Train until total_steps (or a solving eval), then evaluate and write last.pt.
 
         Ctrl-C / SIGTERM only raise a flag: the step in flight finishes, last.pt is written, and a
-        TrainingStoppedError says how to resume.
+        TrainingStoppedError says how to resume. So does `stop_file` once it exists (a sweep's, see
+        `dqn_cli.signals.SweepStop`).
         """
         cfg = self.cfg
         steps = f"from step {self.step} to {cfg.total_steps}" if self.step else f"for {cfg.total_steps} steps"
-        with StopSignals() as stop:
+        with StopSignals(stop_file) as stop:
             log.info(f"training {cfg.env.id} {steps} on {self.device}; run dir {self.run_dir}")
             if self.learning_starts >= cfg.total_steps:
                 log.warning(
@@ -479,12 +480,19 @@ class Trainer:
         return path
 
 
-def train(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = (), fresh_dir: bool = False) -> float:
+def train(
+    cfg: DictConfig,
+    run_dir: str | Path,
+    overrides: Sequence[str] = (),
+    fresh_dir: bool = False,
+    stop_file: Path | None = None,
+) -> float:
     """Train from `cfg`, writing TensorBoard files and checkpoints into `run_dir`; return the final
     greedy eval return (the objective sweepers optimise). With `cfg.resume` set, continue that run
     in its own dir instead; `overrides` (the command line's) may extend its total_steps.
     `fresh_dir`: Hydra made `run_dir` for this run; a mistake found while building the parts (a buffer
-    too large for the memory, a network that does not fit the env) removes it again (`discard_run_dir`)."""
+    too large for the memory, a network that does not fit the env) removes it again (`discard_run_dir`).
+    `stop_file`: a sweep job's SWEEP_DIR/.stop, which stops it like a signal once it exists."""
     start = time.perf_counter()
     try:
         trainer = Trainer(cfg, run_dir, overrides)
@@ -492,7 +500,7 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = (), f
         if fresh_dir and not cfg.get("resume"):
             discard_run_dir(Path(run_dir))
         raise
-    result = trainer.run()
+    result = trainer.run(stop_file)
     log.info(f"wall time {time.perf_counter() - start:.1f} s")
     return result
 

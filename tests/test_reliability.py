@@ -293,6 +293,53 @@ def test_stop_signals_flag_first_abort_on_second_and_restore_handlers():
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
+def test_a_sweeps_stop_file_stops_a_job_and_the_same_signal_soon_after_is_no_second_stop(tmp_path, monkeypatch):
+    stop_file = tmp_path / ".stop"
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    with StopSignals(stop_file) as stop:
+        assert not stop.requested
+        stop_file.write_text("SIGINT\n")
+        assert not stop.requested  # looked at once a second, not at every step
+        clock[0] += StopSignals.POLL_S
+        assert stop.requested and stop.signum == signal.SIGINT
+        signal.raise_signal(signal.SIGINT)  # the terminal's own Ctrl-C, which the launcher passed on too
+        assert stop.signum == signal.SIGINT
+        with pytest.raises(Aborted):  # another signal: a second stop
+            signal.raise_signal(signal.SIGTERM)
+        clock[0] += StopSignals.SAME_STOP_S
+        with pytest.raises(Aborted):  # the same one, later: a second Ctrl-C
+            signal.raise_signal(signal.SIGINT)
+
+
+def test_the_sweep_launcher_writes_the_stop_file_on_the_first_signal_and_aborts_on_the_second(tmp_path):
+    from dqn_cli.signals import SweepStop, read_stop_file
+
+    (tmp_path / ".stop").write_text("SIGTERM\n")  # an earlier sweep's
+    before = signal.getsignal(signal.SIGINT)
+    sweep = SweepStop(tmp_path).start()
+    try:
+        assert read_stop_file(tmp_path / ".stop") is None
+        signal.raise_signal(signal.SIGINT)  # no KeyboardInterrupt: the launcher waits for its jobs
+        assert sweep.signum == signal.SIGINT and read_stop_file(tmp_path / ".stop") == signal.SIGINT
+        with pytest.raises(Aborted):
+            signal.raise_signal(signal.SIGTERM)
+    finally:
+        sweep.close()
+    assert signal.getsignal(signal.SIGINT) == before
+
+
+def test_stop_errors_survive_pickling_as_a_sweep_jobs_error_travels_back():
+    import pickle
+
+    from dqn_cli.signals import NotStartedError
+
+    for error in (TrainingStoppedError("stopped by SIGTERM", signal.SIGTERM), NotStartedError("not started", 2)):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)
+        assert (copy.signum, copy.exit_code) == (error.signum, error.exit_code)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_in_process_writes_a_resumable_checkpoint(tmp_path, small_cfg_factory, signum):
     run = tmp_path / "run"

@@ -169,18 +169,25 @@ def test_summary_rows_follow_the_job_numbers(tmp_path):
     assert [r["job"] for r in rows] == [*range(12), ""]
 
 
-def test_a_run_without_a_job_result_is_summarised_from_its_checkpoint(tmp_path):
+@pytest.mark.parametrize(
+    "saved, status", [("done", "COMPLETED"), ("stopped", "STOPPED"), ("running", "INCOMPLETE"), (None, "INCOMPLETE")]
+)
+def test_a_run_without_a_job_result_is_summarised_from_its_checkpoint(tmp_path, saved, status):
+    """A job killed (or still running) wrote no job_result.json: last.pt says how far it got. A periodic
+    checkpoint ("running") is no finished run."""
     from dqn_cli.checkpoint import save_checkpoint
 
     run = tmp_path / "0"
-    _fake_run(run, ["seed=4"], None)  # e.g. a job killed after its last checkpoint
+    _fake_run(run, ["seed=4"], None)
     OmegaConf.save(OmegaConf.create({"hydra": {"job": {"num": 4}}}), run / ".hydra" / "hydra.yaml")
     # no evaluation improved on -inf: there is no best return to report
     state = {"counters": {"step": 300, "episodes": 12, "updates": 67}, "eval": {"last": 20.5, "best": float("-inf")}}
+    if saved is not None:
+        state["status"] = saved
     save_checkpoint(state, run / "checkpoints" / "last.pt")
     (row,) = write_summary(tmp_path, tmp_path / "s.csv")
     assert {k: row[k] for k in ("job", "status", "final_return", "best_return", "steps", "episodes", "updates")} == {
-        "job": 4, "status": "COMPLETED", "final_return": 20.5, "best_return": "", "steps": 300, "episodes": 12,
+        "job": 4, "status": status, "final_return": 20.5, "best_return": "", "steps": 300, "episodes": 12,
         "updates": 67,
     }  # fmt: skip
 
@@ -444,6 +451,109 @@ def test_sweeps_up_to_the_limit_are_checked_job_by_job_and_larger_ones_value_by_
     assert jobs[0] == ["s=0", "l=1", "g=1"] and ["s=0", "l=2", "g=1"] in jobs and ["s=0", "l=1", "g=2"] in jobs
     assert {j[0] for j in jobs} == set(large[0])  # every value once
     assert all(sum(v != f for v, f in zip(j, jobs[0], strict=True)) <= 1 for j in jobs)
+
+
+# ---- stopping a sweep: Ctrl-C or SIGTERM ----------------------------------------------------------
+
+LONG = ["total_steps=10000000", "eval.interval=200", "eval.episodes=1"]  # jobs that run until stopped
+
+
+def stop_sweep(sweep_dir: Path, running: int, signum: int, whole_group: bool, *overrides: str):
+    """Start `dqn train -m` in a session of its own; once `running` jobs have evaluated (best.pt), send
+    `signum` to the whole process group (a terminal's Ctrl-C) or to the launching process only (`kill`)."""
+    cmd = [*DQN, "train", "-m", *TINY, *LONG, f"hydra.sweep.dir={sweep_dir}", *overrides]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen(
+        cmd, cwd=sweep_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while len(list(sweep_dir.glob("*/checkpoints/best.pt"))) < running:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+            time.sleep(0.1)
+        (os.killpg if whole_group else os.kill)(proc.pid, signum)
+        out, _ = proc.communicate(timeout=120)
+    finally:  # a sweep that ignored the signal must not outlive the test
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, out
+
+
+def job_statuses(sweep_dir: Path) -> list[str]:
+    return [json.loads((sweep_dir / str(i) / "job_result.json").read_text())["status"] for i in range(4)]
+
+
+def assert_stopped_with_checkpoint(run_dir: Path) -> None:
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert state["status"] == "stopped" and state["counters"]["step"] > 0
+    assert (run_dir / "checkpoints" / state["replay"]).is_file()
+    assert not list((run_dir / "checkpoints").glob(".*.tmp"))  # no write was cut off
+
+
+@pytest.mark.parametrize(
+    "signum, whole_group", [(signal.SIGINT, True), (signal.SIGTERM, False)], ids=["ctrl-c-to-group", "kill-launcher"]
+)
+def test_a_stopped_joblib_sweep_checkpoints_every_running_job_and_starts_no_other(tmp_path, signum, whole_group):
+    """Before: the launcher's KeyboardInterrupt made joblib kill its workers mid-checkpoint (a temp file,
+    no last.pt) and the stopped job's error did not unpickle (a traceback). Signalled alone (`kill`), the
+    launcher passes the stop on through SWEEP_DIR/.stop."""
+    sweep = tmp_path / "sweep"
+    code, out = stop_sweep(
+        sweep, 2, signum, whole_group, "seed=0,1,2,3", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"
+    )
+    assert code == 128 + signum, out
+    assert "Traceback" not in out and "Error executing job" not in out, out
+    name = signal.Signals(signum).name
+    assert f"sweep stopped by {name}; its 4 jobs: 2 stopped, 2 not started." in out
+    for job in (0, 1):
+        assert f"  dqn train resume={sweep / str(job)}" in out
+        assert_stopped_with_checkpoint(sweep / str(job))
+    assert job_statuses(sweep) == ["STOPPED", "STOPPED", "NOT_STARTED", "NOT_STARTED"]
+    assert [row["status"] for row in read_summary(sweep)] == job_statuses(sweep)
+    assert not (sweep / "2" / "checkpoints").exists()  # a job not started trains nothing
+    assert (sweep / ".stop").read_text() == f"{name}\n"
+
+
+def test_ctrl_c_to_a_sweep_of_the_basic_launcher_stops_its_job_and_skips_the_rest(tmp_path):
+    """The basic launcher runs the jobs in the sweep's own process, one after the other."""
+    sweep = tmp_path / "sweep"
+    code, out = stop_sweep(sweep, 1, signal.SIGINT, True, "seed=0,1,2,3")
+    assert code == 130 and "Traceback" not in out, out
+    assert "its 4 jobs: 1 stopped, 3 not started." in out
+    assert_stopped_with_checkpoint(sweep / "0")
+    assert job_statuses(sweep) == ["STOPPED", "NOT_STARTED", "NOT_STARTED", "NOT_STARTED"]
+    # the printed command resumes the stopped job in place
+    proc = subprocess.run([*DQN, "train", f"resume={sweep / '0'}", "total_steps=2000"], capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert load_checkpoint(sweep / "0" / "checkpoints" / "last.pt")["status"] == "done"
+
+
+def test_a_new_sweep_in_the_same_dir_is_not_stopped_by_the_last_ones_stop_file(tmp_path):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / ".stop").write_text("SIGINT\n")
+    check_ok(multirun(sweep, "seed=0"))
+    assert json.loads((sweep / "0" / "job_result.json").read_text())["status"] == "COMPLETED"
+    assert not (sweep / ".stop").exists()
+
+
+def test_a_failed_job_ends_the_sweep_with_its_message_and_the_summary_written(tmp_path, monkeypatch):
+    """Hydra stops a sweep at a failed job before its own end-of-sweep callback: dqn writes the summary."""
+    from dqn_cli import signals
+    from dqn_cli.sweep import end_of_sweep
+
+    sweep = tmp_path / "sweep"
+    _fake_run(sweep / "0", ["seed=0"], {"job": 0, "status": "COMPLETED", "return": 9.0, "wall_time_s": 1.0})
+    _fake_run(sweep / "1", ["seed=1"], {"job": 1, "status": "FAILED", "return": None, "wall_time_s": 1.0})
+    monkeypatch.setattr(signals, "ACTIVE_SWEEP", signals.SweepStop(sweep))
+    error = end_of_sweep(UserError("training diverged at step 100"))
+    assert type(error) is UserError and signals.ACTIVE_SWEEP is None
+    assert str(error) == f"training diverged at step 100\nthe sweep's jobs, each with its status: {sweep / SUMMARY}"
+    assert [row["status"] for row in read_summary(sweep)] == ["COMPLETED", "FAILED"]
+    assert end_of_sweep(None) is None  # a single run (no sweep): nothing to add
 
 
 # ---- Optuna ---------------------------------------------------------------------------------------
