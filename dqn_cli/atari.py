@@ -254,7 +254,10 @@ def make_atari_env(
     fns = [functools.partial(_make_one, cfg, training, render and i == 0) for i in range(num_envs)]
     if cfg["vectorization"] == "async" and num_envs > 1 and not render:
         fns = [functools.partial(_in_worker, fn) for fn in fns]
-        env = gym.vector.AsyncVectorEnv(fns, autoreset_mode=SAME_STEP)
+        # the platform's own start method (fork on Linux), named: inside a joblib worker the default is
+        # loky's, whose processes cannot take the shared observation memory ("cannot pickle 'mmap.mmap'")
+        context = multiprocessing.get_all_start_methods()[0]
+        env = gym.vector.AsyncVectorEnv(fns, autoreset_mode=SAME_STEP, context=context)
         atexit.register(_kill_workers_at_exit, weakref.ref(env))
     else:
         env = gym.vector.SyncVectorEnv(fns, autoreset_mode=SAME_STEP)

@@ -110,6 +110,16 @@ def test_joblib_multirun_writes_one_run_dir_per_job(joblib_sweep):
     assert (joblib_sweep / "multirun.yaml").is_file()
 
 
+def test_a_joblib_job_runs_async_atari_envs(tmp_path):
+    """A loky worker's default start method is loky's, whose processes could not take gymnasium's shared
+    observation memory (TypeError: cannot pickle 'mmap.mmap' object): the envs name the platform's."""
+    sweep = tmp_path / "sweep"
+    atari = ["env=pong", "env.vectorization=async", "env.num_envs=2", "buffer.capacity=2000", "eval.episodes=1",
+             "eval_protocol.max_episode_frames=100"]  # fmt: skip
+    check_ok(multirun(sweep, *atari, "seed=0", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"))
+    assert load_checkpoint(sweep / "0" / "checkpoints" / "last.pt")["counters"]["step"] == 300
+
+
 def test_sweep_summary_has_a_row_per_run(joblib_sweep):
     rows = read_summary(joblib_sweep)
     assert [r["job"] for r in rows] == ["0", "1"] and [r["seed"] for r in rows] == ["0", "1"]
