@@ -47,15 +47,14 @@ def available_memory() -> int | None:
     return None
 
 
-def check_fits(nbytes: int, what: str) -> None:
+def check_fits(nbytes: int, what: str, fix: str = "Lower buffer.capacity (or the number of envs) so it fits.") -> None:
     """Refuse an allocation larger than the memory available now, before making it."""
     avail = available_memory()
     free = f" of {avail / 2**30:.2f} GiB available" if avail is not None else ""
     log.info(f"replay: {what} needs {nbytes / 2**30:.2f} GiB{free}")
     if avail is not None and nbytes > avail:
         raise UserError(
-            f"{what} needs {nbytes / 2**30:.2f} GiB but only {avail / 2**30:.2f} GiB of memory is "
-            "available. Lower buffer.capacity (or the number of envs) so it fits."
+            f"{what} needs {nbytes / 2**30:.2f} GiB but only {avail / 2**30:.2f} GiB of memory is available. {fix}"
         )
 
 

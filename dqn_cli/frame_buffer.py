@@ -19,12 +19,16 @@ of side frames; a terminated transition's next observation is masked out of the 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
-from dqn_cli.buffers import ReplayBuffer
+from dqn_cli.buffers import ReplayBuffer, check_fits
 from dqn_cli.errors import UserError
 from dqn_cli.utils import to_device
+
+log = logging.getLogger(__name__)
 
 
 class FrameStackReplay(ReplayBuffer):
@@ -84,6 +88,16 @@ class FrameStackReplay(ReplayBuffer):
                     f"buffer.storage=device needs {nbytes / 2**30:.2f} GiB of GPU memory for the frames but "
                     f"{device} has {free / 2**30:.2f} GiB free. Lower buffer.capacity or use buffer.storage=host."
                 )
+        elif device.type == "cpu":  # the store is a second copy in the same memory: counted, and said
+            capacity = self.size_per_env * self.num_envs
+            # a fresh buffer's zeros take no memory until written: count both copies against what is free
+            both = nbytes + (self.estimate_nbytes() if self.fresh else 0)
+            what = f"buffer.capacity={capacity} with buffer.storage=device on the CPU (every frame twice)"
+            check_fits(both, what, "Use buffer.storage=host (every frame once), or lower buffer.capacity.")
+            log.warning(
+                f"buffer.storage=device with device=cpu keeps every frame twice in host memory "
+                f"(+{nbytes / 2**30:.2f} GiB); buffer.storage=host keeps it once"
+            )
         self.store = torch.zeros((rows, *self.frame_shape), dtype=torch.uint8, device=device)
         if not self.fresh:  # frames were added before: copy them (a new buffer's zeros are there already)
             self._copy_to_store()

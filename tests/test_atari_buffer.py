@@ -4,6 +4,7 @@ gave, at episode starts, across the write pointer and per vector stream; memory 
 from __future__ import annotations
 
 import functools
+import logging
 from collections import deque
 from pathlib import Path
 
@@ -319,6 +320,28 @@ def test_device_store_larger_than_free_gpu_memory_is_refused_before_allocation(m
     with pytest.raises(UserError, match=r"buffer.storage=device needs 0.66 GiB of GPU memory .* 0.25 GiB free"):
         buf.keep_frames_on(torch.device("cuda"))
     assert buf.store is None
+
+
+def test_a_cpu_device_store_counts_both_copies_against_free_memory_and_says_so(monkeypatch, caplog):
+    """On the CPU the store is a second copy of every frame in the same memory: a fresh buffer's zeros
+    take none yet, so the check counts both copies; a store that fits is built, with a warning."""
+    import torch
+
+    import dqn_cli.buffers as buffers
+
+    buf = FrameStackReplay(10_000, (K, 84, 84), np.uint8, 4, 1, 0.9)
+    one_copy = buf.estimate_nbytes()
+    monkeypatch.setattr(buffers, "available_memory", lambda: int(1.5 * one_copy))  # one copy fits, two do not
+    with pytest.raises(
+        UserError, match=r"storage=device on the CPU \(every frame twice\) needs .* buffer.storage=host"
+    ):
+        buf.keep_frames_on(torch.device("cpu"))
+    assert buf.store is None
+    monkeypatch.setattr(buffers, "available_memory", lambda: 3 * one_copy)
+    with caplog.at_level(logging.WARNING, logger="dqn_cli.frame_buffer"):
+        store = buf.keep_frames_on(torch.device("cpu"))
+    assert store is buf.store and store.device.type == "cpu"
+    assert "keeps every frame twice in host memory" in caplog.text
 
 
 # ---- layout choice, memory ----------------------------------------------------------------------------
