@@ -262,6 +262,8 @@ def _unknown_override(e: BaseException, command: str) -> str | None:
     from dqn_cli.config import EVAL_RULES, TRAIN_GROUPS, TRAIN_RULES, eval_refuses, options_with, unknown_key
 
     found = re.match(r"Could not override '([\w./]+)'", str(e))
+    if found is not None and found.group(1).startswith("hydra."):
+        return _unknown_hydra_key(found.group(1), e.__cause__)
     if found is not None and command == "eval" and found.group(1).split("/")[0] in TRAIN_GROUPS:
         return eval_refuses(found.group(1).split("/")[0])
     if found is not None and "/" in found.group(1) and "No match in the defaults list" in str(e):
@@ -277,6 +279,25 @@ def _unknown_override(e: BaseException, command: str) -> str | None:
     group, options = key.split(".")[0], options_with(key, command)
     having = f"the {group} options that have it: {', '.join(options)}" if options else f"no {group} option has it"
     return f"{key} is not in the {group} config this run composes; {having}. Pick one of those, or drop {key}."
+
+
+def _unknown_hydra_key(key: str, cause: BaseException | None) -> str | None:
+    """A `hydra.` key that Hydra's config (or the launcher's or sweeper's) lacks. Hydra advises `+KEY=...`,
+    which only an open mapping takes (hydra.launcher.ray.remote); a plugin's fixed fields
+    (JobLibLauncherConf) refuse it too, so name those fields and the one meant instead."""
+    import difflib
+
+    parent, object_type = getattr(cause, "parent_node", None), getattr(cause, "object_type", None)
+    if parent is None:
+        return None
+    where, leaf = key.rsplit(".", 1)
+    keys = [str(k) for k in parent.keys() if not str(k).startswith("_")]
+    if object_type in (None, dict):
+        now = ", ".join(keys) or "nothing"
+        return f"{key} is not set in {where} (it holds {now}); a new key there takes a `+`: +{key}=VALUE."
+    close = difflib.get_close_matches(leaf, keys, n=1, cutoff=0.6)
+    meant = f"; did you mean {where}.{close[0]}?" if close else "."
+    return f"{key} is not a key of {where} ({object_type.__name__}){meant} Its keys: {', '.join(keys)}."
 
 
 def _raised_in_hydra(e: BaseException) -> bool:

@@ -567,7 +567,9 @@ def check_command_line(overrides: list[str], multirun: bool = False) -> None:
             refuse_used_run_dir(compose("train", fixed, return_hydra_config=True))
         space = {}
         if multirun:
-            sweeper = OmegaConf.select(compose("train", fixed, return_hydra_config=True), "hydra.sweeper")
+            hydra_cfg = compose("train", fixed, return_hydra_config=True).hydra
+            check_launcher(hydra_cfg.launcher)
+            sweeper = hydra_cfg.sweeper
             space = sweeper.get("params") or {}
             for key in ("n_trials", "n_jobs"):  # Optuna's: how many trials, and how many run at once
                 if key in sweeper and not Int(1).ok(sweeper[key]):
@@ -593,6 +595,48 @@ def check_command_line(overrides: list[str], multirun: bool = False) -> None:
                     raise
                 where = f"in the sweep's job with {' '.join(job)}: " if job else ""
                 raise UserError(f"{where}{e} No job was started.") from None
+
+
+def check_launcher(launcher: DictConfig) -> None:
+    """Refuse a launcher setting that would crash the sweep inside its plugin, or leave it waiting
+    forever: joblib's n_jobs=0, a Ray job asking a new local instance for more CPUs or GPUs than it
+    has, Slurm's launcher where Slurm is not installed."""
+    import os
+    import shutil
+
+    target = str(launcher.get("_target_", ""))
+    if target.endswith("JoblibLauncher"):
+        n_jobs = launcher.get("n_jobs")
+        if n_jobs is not None and (not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs == 0):
+            raise UserError(
+                f"hydra.launcher.n_jobs={spell(n_jobs)} is invalid: joblib runs that many jobs at once, so it must "
+                "be a whole number other than 0 (-1: one per CPU, -2: all CPUs but one)."
+            )
+    elif target.endswith("RayLauncher"):
+        init, remote = launcher.ray.get("init") or {}, launcher.ray.get("remote") or {}
+        if init.get("address") is None and not os.environ.get("RAY_ADDRESS"):  # a new local instance: its size is known
+            for resource, have in (("num_cpus", os.cpu_count() or 1), ("num_gpus", _cuda_devices())):
+                have = init.get(resource) if init.get(resource) is not None else have
+                want = remote.get(resource)
+                if isinstance(want, (int, float)) and not isinstance(want, bool) and want > have:
+                    raise UserError(
+                        f"hydra.launcher.ray.remote.{resource}={spell(want)} asks Ray for more per job than the "
+                        f"local Ray instance this sweep starts has ({have}, from hydra.launcher.ray.init.{resource} or "
+                        f"this machine): no job would ever start. Ask for at most {have}, or join a larger cluster "
+                        "(hydra/launcher=ray_cluster)."
+                    )
+    elif target.endswith("SlurmLauncher") and shutil.which("srun") is None:
+        raise UserError(
+            "hydra/launcher=submitit_slurm submits each job to Slurm, but Slurm's srun is not on this machine's "
+            "PATH. Start the sweep on the cluster's login node, or pick a launcher that runs here: joblib, "
+            "submitit_local, ray."
+        )
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def refuse_experiment_clash(overrides: list) -> None:

@@ -176,6 +176,19 @@ BAD = [
     (["train", "-m", "hparams_search=cartpole_optuna", "hydra.sweeper.n_trials=0"],
      ["hydra.sweeper.n_trials=0 is invalid: it must be an integer >= 1"]),
     (["train", "resume=nothere"], ["resume='nothere' does not exist"]),  # (Hydra made that dir before)
+    # launcher settings that crashed inside the plugin (tracebacks) or left the sweep waiting forever
+    (["train", "-m", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0"],
+     ["hydra.launcher.n_jobs=0 is invalid", "a whole number other than 0"]),
+    (["train", "-m", "seed=0,1", "hydra/launcher=ray", "+hydra.launcher.ray.remote.num_cpus=4096"],
+     ["hydra.launcher.ray.remote.num_cpus=4096 asks Ray for more per job", "no job would ever start"]),
+    *([(["train", "-m", "seed=0,1", "hydra/launcher=submitit_slurm"], ["Slurm's srun is not on this machine's PATH"])]
+      if shutil.which("srun") is None else []),
+    # a hydra key that is not there: Hydra's advice (+KEY) only fits an open mapping
+    (["train", "-m", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.njobs=2"],
+     ["hydra.launcher.njobs is not a key of hydra.launcher (JobLibLauncherConf); did you mean hydra.launcher.n_jobs?"]),
+    (["train", "hydra.job.chdr=true"], ["hydra.job.chdr is not a key of hydra.job (JobConf)", "mean hydra.job.chdir?"]),
+    (["train", "-m", "seed=0,1", "hydra/launcher=ray", "hydra.launcher.ray.remote.num_cpus=1"],
+     ["takes a `+`: +hydra.launcher.ray.remote.num_cpus=VALUE"]),
     # env ids the classic builder cannot run
     (["train", "env.id=ALE/Pong-v5"], ["is an Atari game", "env=atari env.game=GAME"]),
     (["train", "env.id=MountainCarContinuous-v0"], ["DQN needs a Discrete action space"]),
