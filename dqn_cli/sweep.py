@@ -23,9 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 log = logging.getLogger(__name__)
 
@@ -179,18 +181,20 @@ def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
     rows = []
     for overrides_file in Path(sweep_dir).resolve().rglob(".hydra/overrides.yaml"):
         run_dir = overrides_file.parent.parent.resolve()
+        overrides = read_overrides(overrides_file)
+        if overrides is None:
+            continue
         row: dict[str, Any] = {m: "" for m in METRICS}
-        row.update(job="", status="", overrides=[str(o) for o in OmegaConf.load(overrides_file)], run_dir=str(run_dir))
-        result_file = run_dir / JOB_RESULT
-        if result_file.is_file():
-            result = json.loads(result_file.read_text())
+        row.update(job="", status="", overrides=overrides, run_dir=str(run_dir))
+        result = _read_job_result(run_dir / JOB_RESULT)
+        if result is not None:
             row.update(job=result["job"], status=result["status"], wall_time_s=result["wall_time_s"] or "")
             if result["return"] is not None:
                 row["final_return"] = result["return"]
         else:
             hydra_file = run_dir / ".hydra" / "hydra.yaml"
             if hydra_file.is_file():  # a single run's hydra.job.num is ??? (missing): no job number
-                row["job"] = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.job.num", default="")
+                row["job"] = _read_yaml(hydra_file, "hydra.job.num")
         state = _last_checkpoint(run_dir)
         if state is not None:
             counters, evals = state.get("counters", {}), state.get("eval", {})
@@ -204,6 +208,49 @@ def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
                 row["status"] = CHECKPOINT_STATUS.get(state.get("status"), "INCOMPLETE")
         rows.append(row)
     return sorted(rows, key=lambda r: (r["job"] if isinstance(r["job"], int) else math.inf, r["run_dir"]))
+
+
+UNREADABLE = (OSError, ValueError, KeyError, TypeError, yaml.YAMLError, OmegaConfBaseException)
+
+
+def read_overrides(path: Path) -> list[str] | None:
+    """A run dir's `.hydra/overrides.yaml` (a list of `key=value` strings), or None with a warning when it
+    cannot be read (cut off, edited by hand): that run dir is left out, the others still summarised."""
+    try:
+        overrides = OmegaConf.load(path)
+        if not isinstance(overrides, ListConfig):
+            raise ValueError(f"a {type(overrides).__name__} where a list of overrides belongs")
+        return [str(o) for o in overrides]
+    except UNREADABLE as e:
+        log.warning(f"skipping {path.parent.parent}: {path} cannot be read ({_first_line(e)})")
+        return None
+
+
+def _read_job_result(path: Path) -> dict[str, Any] | None:
+    """job_result.json, or None (with a warning when one is there but cannot be read: the row then
+    comes from the checkpoint, as for a job that wrote none)."""
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text())
+        if not isinstance(result, dict) or not {"job", "status", "return", "wall_time_s"} <= result.keys():
+            raise ValueError("not a job result: it lacks job, status, return or wall_time_s")
+        return result
+    except UNREADABLE as e:
+        log.warning(f"{path} cannot be read ({_first_line(e)}); using the run's checkpoint instead")
+        return None
+
+
+def _read_yaml(path: Path, key: str) -> Any:
+    try:
+        return OmegaConf.select(OmegaConf.load(path), key, default="")
+    except UNREADABLE as e:
+        log.warning(f"{path} cannot be read ({_first_line(e)})")
+        return ""
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def write_summary(sweep_dir: str | Path, path: str | Path) -> list[dict[str, Any]]:

@@ -26,14 +26,17 @@ MAX_PIXELS = 16_384  # per side of the image (W * dpi, H * dpi): an RGBA canvas 
 
 def find_runs(sweep_dirs: list[Path]) -> list[tuple[Path, dict[str, str]]]:
     """(run_dir, {override key: value}) for every run dir under the given dirs, in path order."""
-    from omegaconf import OmegaConf
+    from dqn_cli.sweep import read_overrides
 
     runs = []
     for sweep_dir in sweep_dirs:
         for overrides_file in sorted(sweep_dir.rglob(".hydra/overrides.yaml")):
+            items = read_overrides(overrides_file)  # None (and a warning) when it cannot be read
+            if items is None:
+                continue
             overrides = {}
-            for item in OmegaConf.load(overrides_file):
-                key, _, value = str(item).partition("=")
+            for item in items:
+                key, _, value = item.partition("=")
                 overrides[key.lstrip("+~")] = value
             runs.append((overrides_file.parent.parent, overrides))
     return runs

@@ -202,6 +202,34 @@ def test_a_run_without_a_job_result_is_summarised_from_its_checkpoint(tmp_path, 
     }  # fmt: skip
 
 
+def test_a_run_dir_with_files_that_cannot_be_read_is_skipped_or_read_from_its_checkpoint(tmp_path, caplog):
+    """A cut-off or hand-edited file under the sweep dir was a traceback in the summary and the plot
+    script: an unreadable overrides.yaml leaves its run out, an unreadable job_result.json is ignored."""
+    from dqn_cli.checkpoint import save_checkpoint
+
+    sweep = tmp_path / "sweep"
+    _fake_run(sweep / "0", ["seed=0"], {"job": 0, "status": "COMPLETED", "return": 9.0, "wall_time_s": 1.0})
+    _fake_run(sweep / "1", ["seed=1"], None)
+    (sweep / "1" / ".hydra" / "overrides.yaml").write_text("{{{ cut off")
+    _fake_run(sweep / "2", ["seed=2"], None)
+    (sweep / "2" / "job_result.json").write_text('{"job": 2, "status"')
+    save_checkpoint(
+        {"status": "stopped", "counters": {"step": 50}, "eval": {}}, sweep / "2" / "checkpoints" / "last.pt"
+    )
+    _fake_run(sweep / "3", ["seed=3"], None)
+    (sweep / "3" / ".hydra" / "overrides.yaml").write_text("seed: 3\n")  # a mapping, not a list
+    with caplog.at_level(logging.WARNING, logger="dqn_cli.sweep"):
+        rows = write_summary(sweep, sweep / SUMMARY)
+    assert [(r["overrides"], r["status"], r["steps"]) for r in rows] == [
+        (["seed=0"], "COMPLETED", ""),
+        (["seed=2"], "STOPPED", 50),
+    ]
+    assert f"skipping {sweep / '1'}" in caplog.text and f"skipping {sweep / '3'}" in caplog.text
+    assert f"{sweep / '2' / 'job_result.json'} cannot be read" in caplog.text
+    proc = plot_script(str(sweep), "-o", str(tmp_path / "curves.png"))
+    assert "Traceback" not in proc.stderr and "cannot be read" in proc.stderr, proc.stderr
+
+
 def test_the_sweep_end_logs_the_best_final_return(tmp_path, caplog):
     sweep = tmp_path / "sweep"
     for job, ret in enumerate([3.0, 12.5, None]):
