@@ -37,6 +37,8 @@ import numpy as np
 from ale_py import roms
 from ale_py.vector_env import AtariVectorEnv
 
+from dqn_cli.utils import warn_if_more_than_cores
+
 
 @functools.cache
 def _rom_ids() -> dict[str, str]:
@@ -90,6 +92,7 @@ class ALEVectorEnv(gym.vector.VectorEnv):
 
     def _make(self, cfg: dict, num_envs: int, frame_cap: int) -> AtariVectorEnv:
         p = cfg["preset"]
+        warn_if_more_than_cores("env.num_threads", int(cfg.get("num_threads") or 0))
         return AtariVectorEnv(
             rom_id(cfg["game"]),
             num_envs,

@@ -25,6 +25,16 @@ def set_seed(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+def warn_if_more_than_cores(key: str, threads: int) -> None:
+    """Say so when the setting `key` asks for more threads than this process has cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or threads
+    if threads > cores:
+        log.warning(
+            f"{key}={threads} is more than the {cores} CPU cores this process may use; threads "
+            "beyond them take turns on the same cores and slow each other down"
+        )
+
+
 def setup_torch(device: str, threads: int) -> torch.device:
     """Resolve `device` (auto|cpu|cuda) and configure CPU threads and denormal flushing.
 
@@ -33,12 +43,7 @@ def setup_torch(device: str, threads: int) -> torch.device:
     """
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
         raise UserError(f"device={device!r} is unknown; allowed: auto, cpu, cuda (or cuda:N).")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or threads
-    if threads > cores:
-        log.warning(
-            f"torch_threads={threads} is more than the {cores} CPU cores this process may use; threads "
-            "beyond them take turns on the same cores and slow each other down"
-        )
+    warn_if_more_than_cores("torch_threads", threads)
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
     keep_freed_memory()

@@ -1056,3 +1056,14 @@ def test_a_seeded_reset_after_a_lost_life_starts_a_new_game_and_its_statistics()
         if terminated:
             env.reset()
     assert [(e["l"], e["r"]) for e in episodes] == [(7, 12.0)]  # counted from the seeded reset only
+
+
+def test_more_ale_threads_than_cores_says_so(atari_cfg, caplog):
+    import logging
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    cfg = atari_cfg("env.vectorization=ale", "env.num_envs=2", f"env.num_threads={cores + 1}")
+    with caplog.at_level(logging.WARNING):
+        make_env(cfg.env, seed=0, num_envs=2).close()
+    assert f"env.num_threads={cores + 1} is more than the {cores} CPU cores" in caplog.text
