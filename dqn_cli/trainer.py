@@ -118,6 +118,10 @@ class Trainer:
         steps = f"from step {self.step} to {cfg.total_steps}" if self.step else f"for {cfg.total_steps} steps"
         with StopSignals(stop_file) as stop:
             log.info(f"training {cfg.env.id} {steps} on {self.device}; run dir {self.run_dir}")
+            n = self.env.num_envs
+            if (cfg.total_steps - self.step) % n:
+                end = self.step + -(-(cfg.total_steps - self.step) // n) * n
+                log.info(f"the {n} envs step together, so the run ends at step {end} (total_steps={cfg.total_steps})")
             if self.learning_starts >= cfg.total_steps:
                 log.warning(
                     f"agent.learning_starts={self.learning_starts} >= total_steps={cfg.total_steps}: this run collects "

@@ -239,6 +239,15 @@ def test_a_run_that_cannot_update_or_asks_for_more_threads_than_cores_says_so(sm
     assert f"torch_threads={cores + 1} is more than the {cores} CPU cores" in caplog.text
 
 
+def test_a_run_past_total_steps_because_the_envs_step_together_says_so(small_cfg_factory, run_dir, caplog):
+    cfg = small_cfg_factory("env.num_envs=3", "total_steps=301", "eval.interval=0")
+    with caplog.at_level(logging.INFO, logger="dqn_cli.trainer"):
+        trainer = Trainer(cfg, run_dir)
+        trainer.run()
+    assert trainer.step == 303
+    assert "the 3 envs step together, so the run ends at step 303 (total_steps=301)" in caplog.text
+
+
 def test_vector_envs_count_every_episode_that_ends_in_a_step(small_cfg_factory, run_dir):
     # three CartPole copies: some steps end two episodes at once (steps 63, 189 and 219 with seed 0)
     run = Run(small_cfg_factory("env.num_envs=3"), run_dir)
