@@ -111,6 +111,9 @@ def main() -> None:
     # a number of over 4,300 digits is read (and refused by the config check), not a ValueError in Hydra's parser
     sys.set_int_max_str_digits(0)
     configure_openmp()
+    # SIGTERM outside the training loop (building 500 envs, an evaluation) ends like a Ctrl-C there: one
+    # line and exit 143, not a silent death; training and sweeps take it over with their own handlers
+    signal.signal(signal.SIGTERM, _abort)
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -162,7 +165,8 @@ def main() -> None:
     except KeyboardInterrupt as e:  # a second Ctrl-C, or one before training began
         signum = getattr(e, "signum", signal.SIGINT)
         name = signal.Signals(signum).name
-        print(f"dqn {command}: aborted by {name}; checkpoints already written are kept", file=sys.stderr)
+        kept = "; checkpoints already written are kept" if command == "train" else ""
+        print(f"dqn {command}: aborted by {name}{kept}", file=sys.stderr)
         if (sweep := signals.ACTIVE_SWEEP) is not None:
             print(
                 f"the sweep's jobs may not have written theirs; list what they left with: "
@@ -170,6 +174,12 @@ def main() -> None:
                 file=sys.stderr,
             )
         sys.exit(128 + signum)
+
+
+def _abort(signum: int, frame) -> None:
+    from dqn_cli.signals import Aborted
+
+    raise Aborted(signum)
 
 
 SWEEP_FLAGS = ("-m", "--multirun")
