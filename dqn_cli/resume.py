@@ -16,7 +16,8 @@ from dqn_cli.errors import UserError
 log = logging.getLogger(__name__)
 
 # Keys a resumed run may change. Everything else would make it a different run than the one stopped.
-CHANGEABLE = ("total_steps", "log.progress")
+# (when to stop is not how to train: a run that stopped when solved may go on past it)
+CHANGEABLE = ("total_steps", "log.progress", "eval.stop_on_solved", "eval.stop_return")
 REPLAY_STEP_KEY = "dqn_cli_step"  # the step a replay file was saved at, checked against last.pt
 
 
@@ -63,7 +64,8 @@ def resume_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> tuple[DictC
     if refused:
         raise UserError(
             f"resume={str(run_dir)!r} continues that run with its own config, so only "
-            f"{' and '.join(CHANGEABLE)} may change; these overrides differ from it: {'; '.join(refused)}. "
+            f"{', '.join(CHANGEABLE[:-1])} and {CHANGEABLE[-1]} may change; these overrides differ from it: "
+            f"{'; '.join(refused)}. "
             "Drop them, or start a new run to change them."
         )
     step, total = int(state["counters"]["step"]), int(stored.total_steps)
@@ -72,10 +74,17 @@ def resume_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> tuple[DictC
             f"resume={str(run_dir)!r}: the run is at step {step} and total_steps={total}, so there is "
             f"nothing left to train; extend it with total_steps=N (N > {step})."
         )
-    if state.get("status") == "done" and "total_steps" not in changed:
+    given = {o.split("=", 1)[0].lstrip("+") for o in overrides}
+    solved = state.get("status") == "done" and step < int(state["config"]["total_steps"])
+    if solved and not given & {"total_steps", "eval.stop_on_solved", "eval.stop_return"}:
         raise UserError(
-            f"resume={str(run_dir)!r}: that run finished (step {step}, stopped when solved or at its "
-            f"end); extend it with total_steps=N (N > {step})."
+            f"resume={str(run_dir)!r}: that run stopped when solved, at step {step}; continue it with "
+            "eval.stop_on_solved=false (or a higher eval.stop_return), and total_steps=N for a new end."
+        )
+    if solved and stored.eval.stop_on_solved:
+        log.warning(
+            "resume: the run stopped when solved, and eval.stop_on_solved is still true: it will stop again at "
+            "its next evaluation that solves (eval.stop_on_solved=false trains on to total_steps)"
         )
     for key in changed:
         log.info(f"resume: {key} changed to {OmegaConf.select(stored, key)!r}")

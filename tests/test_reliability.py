@@ -705,7 +705,9 @@ def test_resume_needs_a_run_dir_with_last_pt(tmp_path, small_cfg_factory):
     ],
 )
 def test_resume_refuses_changes_to_the_run(small_cfg_factory, stopped_run, overrides, refused):
-    with pytest.raises(UserError, match="only total_steps and log.progress may change") as info:
+    with pytest.raises(
+        UserError, match="only total_steps, log.progress, eval.stop_on_solved and eval.stop_return may"
+    ) as info:
         Trainer(small_cfg_factory(f"resume={stopped_run}"), "unused", overrides=overrides)
     assert refused in str(info.value)
 
@@ -821,14 +823,28 @@ def test_a_signal_in_the_last_step_completes_the_run_and_still_exits_as_stopped(
     assert state["status"] == "done" and state["counters"]["step"] == 300
 
 
-def test_resume_refuses_a_run_that_stopped_solved_unless_extended(tmp_path, small_cfg_factory):
+def test_a_run_that_stopped_solved_resumes_with_a_total_steps_or_solving_off(tmp_path, small_cfg_factory, caplog):
     run = tmp_path / "run"
     solved = ("eval.stop_on_solved=true", "eval.stop_return=1")  # any CartPole return: solved at the first eval
     Trainer(small_cfg_factory(*solved), run).run()
-    with pytest.raises(UserError, match=r"that run finished \(step 100, stopped when solved or at its end\)"):
+    with pytest.raises(UserError, match=r"that run stopped when solved, at step 100; continue it with eval.stop_on"):
         Trainer(small_cfg_factory(*solved, f"resume={run}"), "unused")
-    trainer = Trainer(small_cfg_factory(*solved, f"resume={run}"), "unused", overrides=["total_steps=400"])
-    assert trainer.step == 100 and trainer.cfg.total_steps == 400
+    # its own total_steps again (300) was refused before: "extend it with N > 100", and 300 > 100
+    with caplog.at_level(logging.WARNING, logger="dqn_cli.resume"):
+        trainer = Trainer(small_cfg_factory(*solved, f"resume={run}"), "unused", overrides=["total_steps=300"])
+    assert trainer.step == 100 and "it will stop again at its next evaluation that solves" in caplog.text
+    trainer = Trainer(small_cfg_factory(*solved, f"resume={run}"), "unused", overrides=["eval.stop_on_solved=false"])
+    trainer.run()
+    assert trainer.step == 300  # on to its total_steps
+
+
+def test_a_finished_run_resumes_only_with_a_new_end(tmp_path, small_cfg_factory):
+    run = tmp_path / "run"
+    Trainer(small_cfg_factory("eval.interval=0"), run).run()
+    with pytest.raises(UserError, match=r"the run is at step 300 and total_steps=300, so there is nothing left"):
+        Trainer(small_cfg_factory(f"resume={run}"), "unused")
+    trainer = Trainer(small_cfg_factory(f"resume={run}"), "unused", overrides=["total_steps=400"])
+    assert trainer.step == 300 and trainer.cfg.total_steps == 400
 
 
 def test_resume_reads_the_replay_file_beside_last_pt_whatever_path_last_pt_names(small_cfg_factory, stopped_run):
