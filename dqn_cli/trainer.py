@@ -247,8 +247,8 @@ class Trainer:
 
     def _learn(self, batch_size: int) -> None:
         """One gradient step on a replay batch, with the NaN guard and priority feedback."""
-        if isinstance(self.buffer, PrioritizedReplay):  # importance-weight beta anneals to 1
-            self.buffer.set_progress(self.step / self.cfg.total_steps)
+        if isinstance(self.buffer, PrioritizedReplay):  # importance-weight beta anneals to 1, as epsilon decays:
+            self.buffer.set_progress(self.step / self.schedule_steps)  # over the run's first total_steps
         self._learn_batch(self.buffer.sample(batch_size, self.rng))
 
     def _learn_batch(self, batch: Batch, target_q: torch.Tensor | None = None) -> None:

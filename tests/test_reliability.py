@@ -157,6 +157,17 @@ def test_resume_extends_total_steps_and_keeps_the_epsilon_schedule(tmp_path, sma
     assert sorted(p.name for p in (run / "checkpoints").glob("replay_*")) == ["replay_400.npz"]
 
 
+def test_resume_extending_total_steps_keeps_prioritized_replays_beta_schedule(tmp_path, small_cfg_factory):
+    run = tmp_path / "run"
+    per = ("buffer=prioritized", "eval.interval=0")
+    stopped = run_stopped(small_cfg_factory(*per), run)  # stopped at HALF of 300: beta has annealed half-way
+    assert stopped.exit_code == 130
+    trainer = Trainer(small_cfg_factory(*per, f"resume={run}"), "unused", overrides=["total_steps=600"])
+    trainer._learn(16)  # beta follows the run's first 300 steps (before: HALF / 600, a step back)
+    beta0 = trainer.buffer.beta0
+    assert trainer.buffer.beta == pytest.approx(beta0 + (1 - beta0) * HALF / 300)
+
+
 def test_resume_without_saved_buffer_refills_before_learning(tmp_path, small_cfg_factory, caplog):
     run = tmp_path / "run"
     run_stopped(small_cfg_factory("checkpoint.save_buffer=false"), run)
