@@ -28,6 +28,7 @@ import atexit
 import difflib
 import functools
 import multiprocessing
+import os
 import re
 import signal
 import time
@@ -253,7 +254,7 @@ def make_atari_env(
         return env
     fns = [functools.partial(_make_one, cfg, training, render and i == 0) for i in range(num_envs)]
     if cfg["vectorization"] == "async" and num_envs > 1 and not render:
-        fns = [functools.partial(_in_worker, fn) for fn in fns]
+        fns = [functools.partial(_in_worker, fn, os.getpid()) for fn in fns]
         # the platform's own start method (fork on Linux), named: inside a joblib worker the default is
         # loky's, whose processes cannot take the shared observation memory ("cannot pickle 'mmap.mmap'")
         context = multiprocessing.get_all_start_methods()[0]
@@ -265,15 +266,16 @@ def make_atari_env(
     return env
 
 
-def _in_worker(make: Callable[[], gym.Env]) -> gym.Env:
+def _in_worker(make: Callable[[], gym.Env], trainer_pid: int) -> gym.Env:
     """Build an env inside an async worker process, deaf to Ctrl-C and SIGTERM.
 
     A Ctrl-C in a terminal (or `timeout`, or a scheduler) signals the whole process group. The
     workers must not die of it: the trainer finishes its step, writes its checkpoint and then
     closes them, which a dead worker turns into a BrokenPipeError. gymnasium also calls the first
-    env function in the parent (to read the spaces): there the trainer's handlers must stay.
+    env function in the parent (to read the spaces): there the trainer's handlers must stay, so the
+    trainer is told by its pid (a trainer that is itself a child, a joblib sweep job, is no worker).
     """
-    if multiprocessing.parent_process() is not None:  # a worker, not the trainer's own process
+    if os.getpid() != trainer_pid:  # a worker, not the trainer's own process
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_IGN)
     return make()

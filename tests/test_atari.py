@@ -1067,3 +1067,25 @@ def test_more_ale_threads_than_cores_says_so(atari_cfg, caplog):
     with caplog.at_level(logging.WARNING):
         make_env(cfg.env, seed=0, num_envs=2).close()
     assert f"env.num_threads={cores + 1} is more than the {cores} CPU cores" in caplog.text
+
+
+def _ignores_ctrl_c_after_building_async_envs(env_cfg, results) -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    make_env(env_cfg, seed=0, num_envs=2).close()
+    results.put(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+
+
+def test_a_trainer_that_is_itself_a_child_process_keeps_its_signals_after_building_async_envs(atari_cfg):
+    """A joblib sweep job is a child process. gymnasium builds the first env in the trainer too (for the
+    spaces), and the workers' check, "has a parent process", made that trainer ignore Ctrl-C and SIGTERM."""
+    import multiprocessing
+
+    cfg = atari_cfg("env.vectorization=async", "env.num_envs=2")
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    child = ctx.Process(target=_ignores_ctrl_c_after_building_async_envs, args=(cfg.env, results))
+    child.start()
+    try:
+        assert results.get(timeout=120) is False
+    finally:
+        child.join(timeout=30)
