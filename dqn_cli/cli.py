@@ -298,9 +298,10 @@ def _unknown_hydra_key(key: str, cause: BaseException | None) -> str | None:
     import difflib
 
     parent, object_type = getattr(cause, "parent_node", None), getattr(cause, "object_type", None)
-    if parent is None:
+    if not hasattr(parent, "keys"):  # (a value, not a mapping, on the way: Hydra's own message)
         return None
-    where, leaf = key.rsplit(".", 1)
+    missing = str(getattr(cause, "full_key", None) or key)  # hydra.run.foo.bar: hydra.run has no foo
+    where, leaf = missing.rsplit(".", 1)
     keys = [str(k) for k in parent.keys() if not str(k).startswith("_")]
     if object_type in (None, dict):
         now = ", ".join(keys) or "nothing"
