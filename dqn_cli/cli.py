@@ -56,17 +56,22 @@ def _train(cfg):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from dqn_cli import signals
+
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if multirun and str(hydra_cfg.launcher.get("_target_", "")).endswith("JoblibLauncher"):
+        signals.hold_stop_signals()  # first: a worker's first job spends seconds importing torch below
     from dqn_cli.config import refuse_resume
     from dqn_cli.signals import STOP_FILE, NotStartedError, read_stop_file
     from dqn_cli.trainer import train
 
-    hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
-    if hydra_cfg.mode != RunMode.MULTIRUN:
+    if not multirun:
         return train(cfg, hydra_cfg.runtime.output_dir, overrides=overrides, fresh_dir=True)
     refuse_resume(cfg)  # (refused before the start already, unless other flags skipped that)
-    stop_file = Path(hydra_cfg.sweep.dir) / STOP_FILE
-    if (signum := read_stop_file(stop_file)) is not None:
+    stop_file = Path(hydra_cfg.runtime.cwd, hydra_cfg.sweep.dir, STOP_FILE)  # (hydra.job.chdir=true: cwd moved)
+    if (signum := read_stop_file(stop_file) or signals.HELD) is not None:
         raise NotStartedError(f"not started: the sweep was stopped by {signal.Signals(signum).name}", signum)
     # (a sweep's job dir holds the sweep's record of it: not removed on a mistake)
     return train(cfg, hydra_cfg.runtime.output_dir, overrides=overrides, stop_file=stop_file)
@@ -114,8 +119,6 @@ def main() -> None:
     # SIGTERM outside the training loop (building 500 envs, an evaluation) ends like a Ctrl-C there: one
     # line and exit 143, not a silent death; training and sweeps take it over with their own handlers
     signal.signal(signal.SIGTERM, _abort)
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     from dqn_cli import signals
     from dqn_cli.errors import UserError
@@ -140,28 +143,14 @@ def main() -> None:
         else:
             print(f"dqn {command}: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except (HydraException, OmegaConfBaseException) as e:
-        print(f"dqn {command}: error: {_unknown_override(e, command) or _one_paragraph(e)}", file=sys.stderr)
-        sys.exit(2)
-    except ValueError as e:  # Hydra's own checks of its flags ("Only one of --run, --multirun, --cfg, ...")
-        if not _raised_in_hydra(e):
-            raise
-        print(f"dqn {command}: error: {_one_paragraph(e)}", file=sys.stderr)
-        sys.exit(2)
-    except BrokenPipeError:  # `dqn train --help | head`: the reader has gone; nothing more to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(128 + signal.SIGPIPE)
-    except OSError as e:  # the file system said no: a run dir that cannot be made, a full disk
-        where = f": {e.filename}" if e.filename else ""
-        hint = " The run dir is hydra.run.dir (outputs/DATE/TIME under the working directory unless set)."
-        print(f"dqn {command}: error: {e.strerror or e}{where}.{hint if command == 'train' else ''}", file=sys.stderr)
-        sys.exit(1)
-    except Exception as e:  # a launcher's complaint once the sweep was stopped (submitit: a job it killed)
-        stopped = end_of_sweep(e) if signals.ACTIVE_SWEEP is not None else e
-        if not isinstance(stopped, TrainingStoppedError):
-            raise
-        print(f"dqn {command}: {stopped}", file=sys.stderr)
-        sys.exit(stopped.exit_code)
+    except Exception as e:
+        if signals.ACTIVE_SWEEP is not None and signals.ACTIVE_SWEEP.signum is not None:
+            # the sweep was stopped: whatever its launcher or sweeper then raised (submitit: a job it killed;
+            # Optuna: "no trials are completed yet"), report the stop and each job's state
+            stopped = end_of_sweep(e)
+            print(f"dqn {command}: {stopped}", file=sys.stderr)
+            sys.exit(stopped.exit_code)
+        _fail(e, command)
     except KeyboardInterrupt as e:  # a second Ctrl-C, or one before training began
         signum = getattr(e, "signum", signal.SIGINT)
         name = signal.Signals(signum).name
@@ -174,6 +163,28 @@ def main() -> None:
                 file=sys.stderr,
             )
         sys.exit(128 + signum)
+
+
+def _fail(e: Exception, command: str) -> None:
+    """Exit with one paragraph for what Hydra, OmegaConf or the file system raised; re-raise the rest."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(e, (HydraException, OmegaConfBaseException)):
+        print(f"dqn {command}: error: {_unknown_override(e, command) or _one_paragraph(e)}", file=sys.stderr)
+        sys.exit(2)
+    if isinstance(e, ValueError) and _raised_in_hydra(e):  # Hydra's checks of its flags ("Only one of --run, ...")
+        print(f"dqn {command}: error: {_one_paragraph(e)}", file=sys.stderr)
+        sys.exit(2)
+    if isinstance(e, BrokenPipeError):  # `dqn train --help | head`: the reader has gone; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + signal.SIGPIPE)
+    if isinstance(e, OSError):  # the file system said no: a run dir that cannot be made, a full disk
+        where = f": {e.filename}" if e.filename else ""
+        hint = " The run dir is hydra.run.dir (outputs/DATE/TIME under the working directory unless set)."
+        print(f"dqn {command}: error: {e.strerror or e}{where}.{hint if command == 'train' else ''}", file=sys.stderr)
+        sys.exit(1)
+    raise e
 
 
 def _abort(signum: int, frame) -> None:
@@ -305,10 +316,12 @@ def _unknown_hydra_key(key: str, cause: BaseException | None) -> str | None:
     keys = [str(k) for k in parent.keys() if not str(k).startswith("_")]
     if object_type in (None, dict):
         now = ", ".join(keys) or "nothing"
-        return f"{key} is not set in {where} (it holds {now}); a new key there takes a `+`: +{key}=VALUE."
+        return f"{missing} is not set in {where} (it holds {now}); a new key there takes a `+`: +{key}=VALUE."
+    if not keys:
+        return f"{missing} is not a key of {where} ({object_type.__name__}), which has no keys to set."
     close = difflib.get_close_matches(leaf, keys, n=1, cutoff=0.6)
     meant = f"; did you mean {where}.{close[0]}?" if close else "."
-    return f"{key} is not a key of {where} ({object_type.__name__}){meant} Its keys: {', '.join(keys)}."
+    return f"{missing} is not a key of {where} ({object_type.__name__}){meant} Its keys: {', '.join(keys)}."
 
 
 def _raised_in_hydra(e: BaseException) -> bool:

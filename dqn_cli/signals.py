@@ -4,6 +4,7 @@ jobs passes the stop on to every job through a file in the sweep dir (`SweepStop
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -80,6 +81,8 @@ class StopSignals:
         return signal.Signals(self.signum).name if self.signum is not None else ""
 
     def __enter__(self) -> StopSignals:
+        if HELD is not None:  # a sweep job's process, signalled while it built this run (`hold_stop_signals`)
+            self.signum = HELD
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
@@ -103,6 +106,41 @@ class StopSignals:
             f"{signal.Signals(signum).name} received: finishing this step, then writing a checkpoint "
             "(Ctrl-C again aborts at once)"
         )
+
+
+@contextlib.contextmanager
+def ignored():
+    """SIGINT and SIGTERM ignored inside (in the main thread; elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+HELD: int | None = None  # the stop signal a joblib job's process took outside training (`hold_stop_signals`)
+
+
+def hold_stop_signals() -> None:
+    """In a joblib worker process, from its first job on: SIGINT / SIGTERM between trainings (building a
+    run, waiting for the next job) are held as a stop request instead of raising KeyboardInterrupt, which
+    would break joblib's worker pool and end the whole sweep at once. The run being built stops at its
+    first step (with a checkpoint), later jobs do not start; a second signal aborts."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _hold)
+
+
+def _hold(signum: int, frame) -> None:
+    global HELD
+    if HELD is not None:
+        raise Aborted(signum)
+    HELD = signum
+    log.warning(f"{signal.Signals(signum).name} received: this job stops (or does not start), with a checkpoint")
 
 
 STOP_FILE = ".stop"  # in a sweep dir, written by `SweepStop`: the signal's name
@@ -132,6 +170,7 @@ class SweepStop:
     def __init__(self, sweep_dir: Path):
         self.sweep_dir = Path(sweep_dir)
         self.signum: int | None = None
+        self.planned: int | None = None  # how many jobs the sweep launches, where known (for the report)
         self._previous: dict[int, object] = {}
 
     @property

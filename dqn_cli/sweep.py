@@ -99,13 +99,42 @@ class SweepStopper(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from dqn_cli import signals
 
+        if str(OmegaConf.select(config, "hydra.launcher._target_", default="")).endswith("RayLauncher"):
+            # start Ray now, as the launcher would: ray.init sets a SIGTERM handler of its own (sys.exit),
+            # which must come before ours, not replace it
+            from hydra_plugins.hydra_ray_launcher._launcher_util import start_ray
+
+            start_ray(config.hydra.launcher.ray.init)
         signals.ACTIVE_SWEEP = signals.SweepStop(Path(config.hydra.sweep.dir)).start()
+        signals.ACTIVE_SWEEP.planned = planned_jobs(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from dqn_cli import signals
 
         if signals.ACTIVE_SWEEP is not None:
             signals.ACTIVE_SWEEP.close()  # (kept: the CLI reads how the sweep ended)
+
+
+def planned_jobs(config: DictConfig) -> int | None:
+    """How many jobs the sweep will launch: Optuna's n_trials, or the basic sweeper's combinations of the
+    swept values (a range, a comma list); None where that is not known."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweeper = config.hydra.sweeper
+    target = str(sweeper.get("_target_", ""))
+    if target.endswith("OptunaSweeper"):
+        return int(sweeper.n_trials)
+    if not target.endswith("BasicSweeper"):
+        return None
+    try:
+        parser = OverridesParser.create()
+        given = parser.parse_overrides(list(config.hydra.overrides.task))
+        keys = {o.get_key_element() for o in given}
+        params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items() if k not in keys]
+        swept = [o for o in [*parser.parse_overrides(params), *given] if o.is_sweep_override()]
+        return math.prod(len(list(o.sweep_string_iterator())) for o in swept)
+    except Exception:  # noqa: BLE001 (an estimate for a message: never a reason to fail the sweep)
+        return None
 
 
 def end_of_sweep(error: BaseException | None) -> BaseException | None:
@@ -125,10 +154,11 @@ def end_of_sweep(error: BaseException | None) -> BaseException | None:
     if not isinstance(error, (UserError, type(None))) and sweep.signum is None:
         return error  # (a crash: its traceback)
     path = sweep.sweep_dir / SUMMARY
-    try:  # (written already when the sweep returned; not when it raised)
-        rows = write_summary(sweep.sweep_dir, path) if error is not None else collect_runs(sweep.sweep_dir)
-    except OSError as e:
-        rows, path = collect_runs(sweep.sweep_dir), f"not written ({e.strerror or e})"
+    with signals.ignored():  # a second Ctrl-C now would only cut the summary short, with a traceback
+        try:  # (written already when the sweep returned; not when it raised)
+            rows = write_summary(sweep.sweep_dir, path) if error is not None else collect_runs(sweep.sweep_dir)
+        except OSError as e:
+            rows, path = collect_runs(sweep.sweep_dir), f"not written ({e.strerror or e})"
     signum = sweep.signum or getattr(error, "signum", None)
     if isinstance(error, UserError) and not isinstance(error, TrainingStoppedError):
         return type(error)(f"{error}\nthe sweep's jobs, each with its status: {path}")
@@ -137,8 +167,14 @@ def end_of_sweep(error: BaseException | None) -> BaseException | None:
     counts: dict[str, int] = {}
     for status in (row["status"] or "ENDED_WITHOUT_A_CHECKPOINT" for row in rows):
         counts[status] = counts.get(status, 0) + 1
+    unlaunched = (sweep.planned or 0) - len(rows)  # later batches (max_batch_size, Optuna's n_jobs) never began
+    if unlaunched > 0:
+        counts["NOT_LAUNCHED"] = unlaunched
     said = ", ".join(f"{n} {s.lower().replace('_', ' ')}" for s, n in counts.items())
-    lines = [f"sweep stopped by {signal.Signals(signum).name}; its {len(rows)} jobs: {said or 'none begun'}."]
+    total = len(rows) + max(unlaunched, 0)
+    name = signal.Signals(signum).name
+    how = f"stopped by {name}" if sweep.signum is not None else f"ended after its batch: a job was stopped by {name}"
+    lines = [f"sweep {how}; its {total} jobs: {said or 'none begun'}."]
     if not isinstance(error, (UserError, type(None))):  # the launcher's own complaint, e.g. of a killed job
         lines.append(f"the launcher said: {type(error).__name__}: {str(error).strip().splitlines()[0]}")
     stopped = [r["run_dir"] for r in rows if r["status"] == "STOPPED"]
@@ -147,6 +183,8 @@ def end_of_sweep(error: BaseException | None) -> BaseException | None:
         lines += [f"  dqn train resume={shlex.quote(d)}" for d in stopped]
     if counts.get("NOT_STARTED"):
         lines.append("jobs not started: run their overrides (in the summary) as a new sweep.")
+    if unlaunched > 0:
+        lines.append("jobs not launched (later batches of the sweep) have no run dir: run them as a new sweep.")
     lines.append(f"summary: {path}")
     return TrainingStoppedError("\n".join(lines), signum)
 

@@ -138,7 +138,9 @@ class Trainer:
                     self.evaluate(logger)
                 self.save_last("done")
                 logger.hparams(self.step, cfg, {"final_return": self.last_eval, "best_return": self.best_eval})
-                if stop.requested:  # arrived after the last step: the run is complete anyway
+                # arrived after the last step: the run is complete anyway; a single run still exits as
+                # stopped (130 / 143), a sweep's job is COMPLETED (its sweep reports the stop)
+                if stop.requested and stop_file is None:
                     raise TrainingStoppedError(
                         f"stopped by {stop.name} after the last step; the run is complete.", stop.signum
                     )

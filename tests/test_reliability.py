@@ -826,6 +826,24 @@ def test_a_resumed_run_names_its_last_pt_as_the_last_good_checkpoint(small_cfg_f
     assert f"last good checkpoint is {stopped_run / 'checkpoints' / 'last.pt'} (step {HALF})" in str(info.value)
 
 
+def test_a_sweep_job_stopped_during_its_final_evaluation_is_complete_not_stopped(
+    tmp_path, small_cfg_factory, monkeypatch
+):
+    """It raised TrainingStoppedError: the job was STOPPED, with a resume command that had nothing to do."""
+    monkeypatch.setattr(StopSignals, "POLL_S", 0.0)
+    stop_file = tmp_path / ".stop"
+    trainer = Trainer(small_cfg_factory("eval.interval=0"), tmp_path / "run")
+    evaluate = trainer.evaluate
+
+    def stop_the_sweep_meanwhile(logger):
+        stop_file.write_text("SIGTERM\n")
+        return evaluate(logger)
+
+    trainer.evaluate = stop_the_sweep_meanwhile
+    assert isinstance(trainer.run(stop_file), float)
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["status"] == "done"
+
+
 def test_a_signal_in_the_last_step_completes_the_run_and_still_exits_as_stopped(tmp_path, small_cfg_factory):
     run = tmp_path / "run"
     stop = run_stopped(small_cfg_factory(), run, step=300)

@@ -496,20 +496,29 @@ def test_sweeps_up_to_the_limit_are_checked_job_by_job_and_larger_ones_value_by_
 LONG = ["total_steps=10000000", "eval.interval=200", "eval.episodes=1"]  # jobs that run until stopped
 
 
-def stop_sweep(sweep_dir: Path, running: int, signum: int, whole_group: bool, *overrides: str):
+def stop_sweep(
+    sweep_dir: Path, running: int, signum: int, whole_group: bool, *overrides: str, relative=False, when=None, env=None
+):
     """Start `dqn train -m` in a session of its own; once `running` jobs have evaluated (best.pt), send
-    `signum` to the whole process group (a terminal's Ctrl-C) or to the launching process only (`kill`)."""
-    cmd = [*DQN, "train", "-m", *TINY, *LONG, f"hydra.sweep.dir={sweep_dir}", *overrides]
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    `signum` to the whole process group (a terminal's Ctrl-C) or to the launching process only (`kill`).
+    `relative`: hydra.sweep.dir relative to the working dir, and each job's cwd its run dir (chdir).
+    `when`: a path instead, signalled 1 s after it appears."""
+    where = (
+        [f"hydra.sweep.dir={sweep_dir.name}", "hydra.job.chdir=true"] if relative else [f"hydra.sweep.dir={sweep_dir}"]
+    )
+    cmd = [*DQN, "train", "-m", *TINY, *LONG, *where, *overrides]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | (env or {})
     proc = subprocess.Popen(
         cmd, cwd=sweep_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 180
-        while len(list(sweep_dir.glob("*/checkpoints/best.pt"))) < running:
+        while len(list(sweep_dir.glob("*/checkpoints/best.pt"))) < running or (when and not when.exists()):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
-            time.sleep(0.1)
+            time.sleep(0.05)
+        if when:
+            time.sleep(1.0)
         (os.killpg if whole_group else os.kill)(proc.pid, signum)
         out, _ = proc.communicate(timeout=120)
     finally:  # a sweep that ignored the signal must not outlive the test
@@ -538,9 +547,10 @@ def test_a_stopped_joblib_sweep_checkpoints_every_running_job_and_starts_no_othe
     no last.pt) and the stopped job's error did not unpickle (a traceback). Signalled alone (`kill`), the
     launcher passes the stop on through SWEEP_DIR/.stop."""
     sweep = tmp_path / "sweep"
-    code, out = stop_sweep(
-        sweep, 2, signum, whole_group, "seed=0,1,2,3", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"
-    )
+    launcher = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    # (killing the launcher alone also runs the jobs in their run dirs, the sweep dir given relative: the jobs
+    # must still find the stop file)
+    code, out = stop_sweep(sweep, 2, signum, whole_group, "seed=0,1,2,3", *launcher, relative=not whole_group)
     assert code == 128 + signum, out
     assert "Traceback" not in out and "Error executing job" not in out, out
     name = signal.Signals(signum).name
@@ -552,6 +562,20 @@ def test_a_stopped_joblib_sweep_checkpoints_every_running_job_and_starts_no_othe
     assert [row["status"] for row in read_summary(sweep)] == job_statuses(sweep)
     assert not (sweep / "2" / "checkpoints").exists()  # a job not started trains nothing
     assert (sweep / ".stop").read_text() == f"{name}\n"
+
+
+def test_ctrl_c_while_joblib_jobs_start_stops_the_sweep_cleanly(tmp_path):
+    """A worker takes Ctrl-C outside the training loop too (importing torch, building the run): it raised
+    KeyboardInterrupt there, which broke joblib's pool and aborted the whole sweep ("aborted by SIGINT")."""
+    sweep = tmp_path / "sweep"
+    launcher = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    code, out = stop_sweep(sweep, 0, signal.SIGINT, True, "seed=0,1,2,3", *launcher, when=sweep / "0" / ".hydra")
+    assert code == 130 and "Traceback" not in out and "aborted" not in out, out
+    statuses = job_statuses(sweep)
+    assert set(statuses) <= {"STOPPED", "NOT_STARTED"} and statuses[2:] == ["NOT_STARTED"] * 2, out
+    for job, status in enumerate(statuses):
+        if status == "STOPPED":  # (a job that reached its training loop all the same)
+            assert_stopped_with_checkpoint(sweep / str(job))
 
 
 def test_ctrl_c_to_a_sweep_of_the_basic_launcher_stops_its_job_and_skips_the_rest(tmp_path):
@@ -592,6 +616,34 @@ def test_a_failed_job_ends_the_sweep_with_its_message_and_the_summary_written(tm
     assert str(error) == f"training diverged at step 100\nthe sweep's jobs, each with its status: {sweep / SUMMARY}"
     assert [row["status"] for row in read_summary(sweep)] == ["COMPLETED", "FAILED"]
     assert end_of_sweep(None) is None  # a single run (no sweep): nothing to add
+
+
+def test_a_stopped_sweep_of_several_batches_counts_the_jobs_it_never_launched(tmp_path, monkeypatch):
+    """hydra.sweeper.max_batch_size (or Optuna's n_jobs) launches the jobs batch by batch: once stopped,
+    the later batches never get a run dir, and the report said nothing of them."""
+    from dqn_cli import signals
+    from dqn_cli.sweep import end_of_sweep, planned_jobs
+
+    def hydra(sweeper: dict, task: list[str]):
+        return OmegaConf.create({"hydra": {"sweeper": sweeper, "overrides": {"task": task}}})
+
+    basic = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "max_batch_size": 2}
+    assert planned_jobs(hydra(basic, ["seed=0,1,2,3", "agent.lr=1e-3,5e-4", "env=cartpole"])) == 8
+    assert planned_jobs(hydra(basic | {"params": {"seed": "range(3)"}}, [])) == 3
+    optuna = {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper", "n_trials": 20}
+    assert planned_jobs(hydra(optuna, [])) == 20
+    sweep = tmp_path / "sweep"
+    for job in (0, 1):
+        result = {"job": job, "status": "STOPPED", "return": None, "wall_time_s": 1.0}
+        _fake_run(sweep / str(job), [f"seed={job}"], result)
+    stop = signals.SweepStop(sweep)
+    stop.signum, stop.planned = signal.SIGINT, 4
+    monkeypatch.setattr(signals, "ACTIVE_SWEEP", stop)
+    from dqn_cli.signals import TrainingStoppedError
+
+    report = str(end_of_sweep(TrainingStoppedError("stopped by SIGINT at step 9", signal.SIGINT)))
+    assert report.startswith("sweep stopped by SIGINT; its 4 jobs: 2 stopped, 2 not launched.")
+    assert "jobs not launched (later batches of the sweep) have no run dir" in report
 
 
 # ---- Optuna ---------------------------------------------------------------------------------------
@@ -686,6 +738,20 @@ def test_ray_multirun_on_a_local_cluster(ray_cluster, tmp_path):
     assert f"Connecting to existing Ray cluster at address: {address}" in out
     assert_run_dirs(sweep_dir, 2)
     assert [r["status"] for r in read_summary(sweep_dir)] == ["COMPLETED", "COMPLETED"]
+
+
+def test_sigterm_to_a_ray_sweep_stops_its_jobs_with_checkpoints(ray_cluster, tmp_path):
+    """ray.init sets a SIGTERM handler of its own (sys.exit), which replaced the sweep's: the launcher
+    died (exit -6) and its jobs with it, no checkpoint. Ray's workers are not in the launcher's process
+    group: they stop through the stop file."""
+    address, env = ray_cluster
+    sweep = tmp_path / "sweep"
+    launcher = ("seed=0,1", "hydra/launcher=ray_cluster")
+    code, out = stop_sweep(sweep, 2, signal.SIGTERM, False, *launcher, env=env | {"RAY_ADDRESS": address})
+    assert code == 143 and "Traceback" not in out, out
+    assert "sweep stopped by SIGTERM; its 2 jobs: 2 stopped." in out
+    for job in (0, 1):
+        assert_stopped_with_checkpoint(sweep / str(job))
 
 
 def test_ray_auth_notice_is_filtered_but_other_ray_warnings_are_not(caplog):
