@@ -301,6 +301,8 @@ def unknown_key(key: str, rules: dict[str, Rule]) -> str:
     else:
         by_leaf = {k.rsplit(".", 1)[-1]: k for k in rules if k.startswith(group)}
         close = difflib.get_close_matches(key, [*rules, *tops], n=2, cutoff=0.85)  # groups too: netwrk=mlp
+        if "." not in key:  # a short name is far from its ratio with one letter off: evn=pong
+            close += difflib.get_close_matches(key, tops, n=1, cutoff=0.6)
         close += [by_leaf[m] for m in difflib.get_close_matches(leaf, list(by_leaf), n=2, cutoff=0.8)]
         hint = f" Did you mean {' or '.join(dict.fromkeys(close))}?" if close else ""
     in_group = sorted(k for k in rules if k.startswith(group))

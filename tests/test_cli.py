@@ -145,6 +145,7 @@ BAD = [
     (["train", "buffer.alpha=0.5"], ["buffer.alpha", "have it: prioritized"]),
     (["eval", "episodez=3"], ["episodez is not a known key", "Did you mean episodes"]),
     (["train", "netwrk=mlp"], ["netwrk is not a known key. Did you mean network?"]),
+    (["train", "evn=pong"], ["evn is not a known key. Did you mean env?"]),  # short names: one letter off
     (["train", "env=atari", "env.game=Pongg"], ["env.game='Pongg' is not an ALE game", "Close matches: Pong"]),
     (["train", "env=cartpole", "env.id=CartPole-v9"], ["env.id='CartPole-v9' is not a registered"]),
     (["train", "seed=0,1"], ["Ambiguous value for argument 'seed=0,1'", "--multirun"]),
