@@ -139,9 +139,9 @@ def main() -> None:
     except UserError as e:
         e = end_of_sweep(e)  # a sweep's: with its summary and each stopped job's resume command
         if isinstance(e, TrainingStoppedError):  # Ctrl-C / SIGTERM: checkpoint written, exit 130 / 143
-            print(f"dqn {command}: {e}", file=sys.stderr)
+            _say(f"dqn {command}: {e}")
         else:
-            print(f"dqn {command}: error: {e}", file=sys.stderr)
+            _say(f"dqn {command}: error: {e}")
         sys.exit(e.exit_code)
     except Exception as e:
         if signals.ACTIVE_SWEEP is not None and signals.ACTIVE_SWEEP.signum is not None:
@@ -155,7 +155,7 @@ def main() -> None:
         signum = getattr(e, "signum", signal.SIGINT)
         name = signal.Signals(signum).name
         kept = "; checkpoints already written are kept" if command == "train" else ""
-        print(f"dqn {command}: aborted by {name}{kept}", file=sys.stderr)
+        _say(f"dqn {command}: aborted by {name}{kept}")
         if (sweep := signals.ACTIVE_SWEEP) is not None:
             print(
                 f"the sweep's jobs may not have written theirs; list what they left with: "
@@ -163,6 +163,20 @@ def main() -> None:
                 file=sys.stderr,
             )
         sys.exit(128 + signum)
+
+
+def _say(text: str) -> None:
+    """The closing message: on stderr, and in a single run's train.log (the run dir's record, where a
+    run under nohup or Slurm is read) after the run's own lines. A sweep's report stays on stderr."""
+    import logging
+
+    print(text, file=sys.stderr)
+    if any(a in SWEEP_FLAGS for a in sys.argv[1:]):
+        return
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and handler.stream is not None:
+            handler.stream.write(f"{text}\n")
+            handler.flush()
 
 
 def _fail(e: Exception, command: str) -> None:

@@ -445,6 +445,8 @@ def test_cli_signal_checkpoints_prints_resume_and_exits_128_plus_signal(tmp_path
     assert f"{signal.Signals(signum).name} received" in out
     assert f"resume with: dqn train resume={run}" in out
     assert "Traceback" not in out and "Error executing job" not in out, out
+    # in the run dir's log too, where a run under nohup or Slurm is read (it was only on stderr)
+    assert f"resume with: dqn train resume={run}" in (run / "train.log").read_text()
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     step = state["counters"]["step"]
     assert state["status"] == "stopped" and 0 < step < 10_000_000
