@@ -152,7 +152,8 @@ class Trainer:
                     self.eval_env.close()
         log.info(
             f"done: {self.step} steps, {self.episodes} episodes, {self.updates} updates; "
-            f"final greedy eval {self.last_eval:.2f} over {cfg.eval.episodes} episodes (best {self.best_eval:.2f})"
+            f"final {eval_kind(cfg.eval.epsilon)} {self.last_eval:.2f} over {cfg.eval.episodes} episodes "
+            f"(best {self.best_eval:.2f})"
         )
         log.info(f"checkpoint: {self.run_dir / 'checkpoints' / 'last.pt'}")
         return float(self.last_eval)
@@ -509,6 +510,11 @@ def train(
     result = trainer.run(stop_file)
     log.info(f"wall time {time.perf_counter() - start:.1f} s")
     return result
+
+
+def eval_kind(epsilon: float) -> str:
+    """How an evaluation at `epsilon` is named in the log: greedy eval, or eval at epsilon 0.05."""
+    return "greedy eval" if float(epsilon) == 0 else f"eval at epsilon {float(epsilon):g}"
 
 
 def discard_run_dir(run_dir: Path) -> None:

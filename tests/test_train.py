@@ -383,3 +383,10 @@ def test_steps_per_second_counts_only_this_sessions_steps(run_dir, small_cfg, mo
     logger = logger_module.RunLogger(run_dir, small_cfg.log, 1000, start_step=500)
     assert logger.steps_per_second(600) == 50.0  # 100 steps in 2 s
     logger.close(600)
+
+
+def test_the_final_log_line_names_the_evaluations_epsilon():
+    from dqn_cli.trainer import eval_kind
+
+    assert eval_kind(0.0) == "greedy eval"
+    assert eval_kind(0.05) == "eval at epsilon 0.05"  # eval_protocol=nature: "greedy" was untrue
