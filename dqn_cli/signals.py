@@ -83,15 +83,12 @@ class StopSignals:
     def __enter__(self) -> StopSignals:
         if HELD is not None:  # a sweep job's process, signalled while it built this run (`hold_stop_signals`)
             self.signum = HELD
-        if threading.current_thread() is threading.main_thread():
-            for signum in STOP_SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
+        self._previous = set_handlers(self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
+        restore_handlers(self._previous)
+        self._previous = {}
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum is not None:
@@ -108,18 +105,27 @@ class StopSignals:
         )
 
 
+def set_handlers(handler) -> dict[int, object]:
+    """`handler` for SIGINT and SIGTERM; returns the handlers it replaced. Only in the main thread (Python
+    allows handlers nowhere else): elsewhere it changes nothing and returns {}."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+
+
+def restore_handlers(previous: dict[int, object]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
 @contextlib.contextmanager
 def ignored():
     """SIGINT and SIGTERM ignored inside (in the main thread; elsewhere nothing changes)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
+    previous = set_handlers(signal.SIG_IGN)
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        restore_handlers(previous)
 
 
 HELD: int | None = None  # the stop signal a joblib job's process took outside training (`hold_stop_signals`)
@@ -130,9 +136,7 @@ def hold_stop_signals() -> None:
     run, waiting for the next job) are held as a stop request instead of raising KeyboardInterrupt, which
     would break joblib's worker pool and end the whole sweep at once. The run being built stops at its
     first step (with a checkpoint), later jobs do not start; a second signal aborts."""
-    if threading.current_thread() is threading.main_thread():
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, _hold)
+    set_handlers(_hold)
 
 
 def _hold(signum: int, frame) -> None:
@@ -179,15 +183,12 @@ class SweepStop:
 
     def start(self) -> SweepStop:
         self.stop_file.unlink(missing_ok=True)  # an earlier sweep's, in a reused hydra.sweep.dir
-        if threading.current_thread() is threading.main_thread():
-            for signum in STOP_SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
+        self._previous = set_handlers(self._handle)
         return self
 
     def close(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
+        restore_handlers(self._previous)
+        self._previous = {}
         if isinstance(sys.stderr, _WithoutJobErrorLines):
             sys.stderr = sys.stderr.stream
 
