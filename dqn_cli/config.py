@@ -6,7 +6,7 @@ import difflib
 import itertools
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -576,9 +576,7 @@ def check_command_line(overrides: list[str], multirun: bool = False) -> None:
             for key in ("n_trials", "n_jobs"):  # Optuna's: how many trials, and how many run at once
                 if key in sweeper and not Int(1).ok(sweeper[key]):
                     raise UserError(f"hydra.sweeper.{key}={sweeper[key]!r} is invalid: it must be {Int(1).describe()}.")
-        keys = {o.get_key_element() for o in given}
-        searched = [f"{k}={v}" for k, v in space.items() if k not in keys]
-        swept = [o for o in [*parser.parse_overrides(searched), *given] if o.is_sweep_override()]
+        swept = swept_overrides(parser, given, space)
         values = [[f"{o.get_key_element()}={v}" for v in _sweep_values(o)] for o in swept]
         checked_envs: set[tuple] = set()
         for job in _jobs(values):
@@ -680,6 +678,14 @@ def refuse_resume(cfg: DictConfig) -> None:
     """A sweep's job may not set `resume=`: that continues one run, in its own dir."""
     if cfg.get("resume"):
         raise UserError(f"resume={cfg.resume!r} continues one run; it cannot be part of a sweep (-m).")
+
+
+def swept_overrides(parser, given: list, space: Mapping[str, Any]) -> list:
+    """The sweep overrides of a multirun: the command line's (`given`, parsed) and the sweeper's search
+    space `hydra.sweeper.params` (`space`) for keys the command line does not set."""
+    keys = {o.get_key_element() for o in given}
+    searched = [f"{k}={v}" for k, v in space.items() if k not in keys]
+    return [o for o in [*parser.parse_overrides(searched), *given] if o.is_sweep_override()]
 
 
 def _sweep_values(override) -> list[str]:

@@ -94,7 +94,7 @@ def job_status(hydra_status: str, value: Any) -> str:
 
 class SweepStopper(Callback):
     """In the process that launches the sweep: the sweep's first SIGINT/SIGTERM stops its jobs cleanly
-    (`dqn_cli.signals.SweepStop`); `dqn_cli.cli` reports how the sweep ended (`report_stop`)."""
+    (`dqn_cli.signals.SweepStop`); `dqn_cli.cli` reports how the sweep ended (`end_of_sweep`)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from dqn_cli import signals
@@ -120,6 +120,8 @@ def planned_jobs(config: DictConfig) -> int | None:
     swept values (a range, a comma list); None where that is not known."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from dqn_cli.config import swept_overrides
+
     sweeper = config.hydra.sweeper
     target = str(sweeper.get("_target_", ""))
     if target.endswith("OptunaSweeper"):
@@ -129,9 +131,7 @@ def planned_jobs(config: DictConfig) -> int | None:
     try:
         parser = OverridesParser.create()
         given = parser.parse_overrides(list(config.hydra.overrides.task))
-        keys = {o.get_key_element() for o in given}
-        params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items() if k not in keys]
-        swept = [o for o in [*parser.parse_overrides(params), *given] if o.is_sweep_override()]
+        swept = swept_overrides(parser, given, sweeper.get("params") or {})
         return math.prod(len(list(o.sweep_string_iterator())) for o in swept)
     except Exception:  # noqa: BLE001 (an estimate for a message: never a reason to fail the sweep)
         return None
