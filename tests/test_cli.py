@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import catches_signal
 
 from dqn_cli.config import config_dir
 
@@ -323,13 +324,6 @@ def test_openmp_threads_sleep_unless_the_user_said_otherwise(monkeypatch):
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
-def _catches(pid: int, signum: int) -> bool:
-    """Whether process `pid` has a handler of its own for `signum` (Linux: SigCgt in /proc/PID/status)."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
-    return bool(mask >> (signum - 1) & 1)
-
-
 def test_sigterm_outside_training_ends_with_one_line_and_exit_143(trained, tmp_path):
     """Before, SIGTERM killed `dqn eval` (or a run still building its envs) silently: exit -15, no line."""
     last = trained / "checkpoints" / "last.pt"
@@ -337,7 +331,7 @@ def test_sigterm_outside_training_ends_with_one_line_and_exit_143(trained, tmp_p
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
-        while not _catches(proc.pid, signal.SIGTERM):  # dqn's handler is in place
+        while not catches_signal(proc.pid, signal.SIGTERM):  # dqn's handler is in place
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "dqn set no SIGTERM handler of its own"
             time.sleep(0.05)

@@ -340,6 +340,25 @@ def test_the_sweep_launcher_writes_the_stop_file_on_the_first_signal_and_aborts_
     assert signal.getsignal(signal.SIGINT) == before
 
 
+def test_a_joblib_workers_signal_outside_training_is_held_for_its_runs(monkeypatch):
+    """In a joblib worker a KeyboardInterrupt outside the training loop broke the pool (the sweep aborted):
+    the first signal is held, the run then being built stops at once, a second signal aborts."""
+    from dqn_cli import signals
+
+    monkeypatch.setattr(signals, "HELD", None)
+    previous = signals.set_handlers(signal.SIG_DFL)
+    try:
+        signals.hold_stop_signals()
+        signal.raise_signal(signal.SIGTERM)  # building a run, or between jobs: no exception
+        assert signals.HELD == signal.SIGTERM
+        with StopSignals() as stop:  # the run being built: stopped before its first step
+            assert stop.requested and stop.signum == signal.SIGTERM
+        with pytest.raises(Aborted):
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        signals.restore_handlers(previous)
+
+
 def test_stop_errors_survive_pickling_as_a_sweep_jobs_error_travels_back():
     import pickle
 

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import catches_signal, child_pids
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
@@ -502,7 +503,7 @@ def stop_sweep(
     """Start `dqn train -m` in a session of its own; once `running` jobs have evaluated (best.pt), send
     `signum` to the whole process group (a terminal's Ctrl-C) or to the launching process only (`kill`).
     `relative`: hydra.sweep.dir relative to the working dir, and each job's cwd its run dir (chdir).
-    `when`: a path instead, signalled 1 s after it appears."""
+    `when`: a test of the launching process instead, signalled once it passes."""
     where = (
         [f"hydra.sweep.dir={sweep_dir.name}", "hydra.job.chdir=true"] if relative else [f"hydra.sweep.dir={sweep_dir}"]
     )
@@ -514,11 +515,9 @@ def stop_sweep(
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 180
-        while len(list(sweep_dir.glob("*/checkpoints/best.pt"))) < running or (when and not when.exists()):
+        while len(list(sweep_dir.glob("*/checkpoints/best.pt"))) < running or (when and not when(proc)):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
             time.sleep(0.05)
-        if when:
-            time.sleep(1.0)
         (os.killpg if whole_group else os.kill)(proc.pid, signum)
         out, _ = proc.communicate(timeout=120)
     finally:  # a sweep that ignored the signal must not outlive the test
@@ -569,7 +568,12 @@ def test_ctrl_c_while_joblib_jobs_start_stops_the_sweep_cleanly(tmp_path):
     KeyboardInterrupt there, which broke joblib's pool and aborted the whole sweep ("aborted by SIGINT")."""
     sweep = tmp_path / "sweep"
     launcher = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
-    code, out = stop_sweep(sweep, 0, signal.SIGINT, True, "seed=0,1,2,3", *launcher, when=sweep / "0" / ".hydra")
+
+    def both_workers_in_dqn_code(proc) -> bool:  # (a worker still starting up takes Ctrl-C as an abort)
+        workers = child_pids(proc.pid, "popen_loky")
+        return len(workers) == 2 and all(catches_signal(pid, signal.SIGTERM) for pid in workers)
+
+    code, out = stop_sweep(sweep, 0, signal.SIGINT, True, "seed=0,1,2,3", *launcher, when=both_workers_in_dqn_code)
     assert code == 130 and "Traceback" not in out and "aborted" not in out, out
     statuses = job_statuses(sweep)
     assert set(statuses) <= {"STOPPED", "NOT_STARTED"} and statuses[2:] == ["NOT_STARTED"] * 2, out
