@@ -615,10 +615,13 @@ def check_launcher(launcher: DictConfig) -> None:
     elif target.endswith("RayLauncher"):
         init, remote = launcher.ray.get("init") or {}, launcher.ray.get("remote") or {}
         if init.get("address") is None and not os.environ.get("RAY_ADDRESS"):  # a new local instance: its size is known
-            for resource, have in (("num_cpus", os.cpu_count() or 1), ("num_gpus", _cuda_devices())):
-                have = init.get(resource) if init.get(resource) is not None else have
+            # (what the machine has, asked only for a resource a job asks for: counting GPUs imports torch)
+            for resource, machine in (("num_cpus", lambda: os.cpu_count() or 1), ("num_gpus", _cuda_devices)):
                 want = remote.get(resource)
-                if isinstance(want, (int, float)) and not isinstance(want, bool) and want > have:
+                if not isinstance(want, (int, float)) or isinstance(want, bool):
+                    continue
+                have = init.get(resource) if init.get(resource) is not None else machine()
+                if want > have:
                     raise UserError(
                         f"hydra.launcher.ray.remote.{resource}={spell(want)} asks Ray for more per job than the "
                         f"local Ray instance this sweep starts has ({have}, from hydra.launcher.ray.init.{resource} or "
