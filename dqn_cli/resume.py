@@ -60,7 +60,7 @@ def resume_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> tuple[DictC
     stored.resume = str(run_dir)
     if OmegaConf.select(stored, "checkpoint.save_buffer") is None:  # checkpoints from before the key
         OmegaConf.update(stored, "checkpoint.save_buffer", bool(cfg.checkpoint.get("save_buffer", True)))
-    changed, refused = _apply_overrides(stored, overrides)
+    given, changed, refused = _apply_overrides(stored, overrides)
     if refused:
         raise UserError(
             f"resume={str(run_dir)!r} continues that run with its own config, so only "
@@ -74,7 +74,6 @@ def resume_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> tuple[DictC
             f"resume={str(run_dir)!r}: the run is at step {step} and total_steps={total}, so there is "
             f"nothing left to train; extend it with total_steps=N (N > {step})."
         )
-    given = {o.split("=", 1)[0].lstrip("+") for o in overrides}
     solved = state.get("status") == "done" and step < int(state["config"]["total_steps"])
     if solved and not given & {"total_steps", "eval.stop_on_solved", "eval.stop_return"}:
         raise UserError(
@@ -91,12 +90,14 @@ def resume_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> tuple[DictC
     return stored, state
 
 
-def _apply_overrides(stored: DictConfig, overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+def _apply_overrides(stored: DictConfig, overrides: Sequence[str]) -> tuple[set[str], list[str], list[str]]:
+    """Apply the `CHANGEABLE` overrides to `stored`; return the keys given, those changed, and the refused ones."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    changed, refused = [], []
+    given, changed, refused = set(), [], []
     for o in OverridesParser.create().parse_overrides(list(overrides)):
         key = o.key_or_group
+        given.add(key)
         if key == "resume" or key.startswith("hydra"):
             continue
         text = f"{o.input_line}" if o.input_line else key
@@ -122,7 +123,7 @@ def _apply_overrides(stored: DictConfig, overrides: Sequence[str]) -> tuple[list
             changed.append(key)
         else:
             refused.append(f"{text} (the run has {key}={current!r})")
-    return changed, refused
+    return given, changed, refused
 
 
 def _same_number(a, b) -> bool:
