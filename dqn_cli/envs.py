@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import gymnasium as gym
 import numpy as np
@@ -38,21 +39,24 @@ def make_env(
         from dqn_cli.atari import make_atari_env  # ale-py loads only for Atari
 
         return make_atari_env(env_cfg, seed, n, training, render)
-    check_env(env_cfg)
+    if env_cfg.kind != "classic":
+        check_env(env_cfg)  # an unknown kind: raises its UserError
+    _check_registered(env_cfg.id)
     kwargs = {"render_mode": "rgb_array"} if render else {}
     if render:  # classic control draws with pygame, whose SDL looks for a display (and on a headless
         # machine prints "error: XDG_RUNTIME_DIR is invalid"); rgb_array frames need none
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     if env_cfg.get("max_episode_steps") is not None:
         kwargs["max_episode_steps"] = int(env_cfg.max_episode_steps)
-    env = gym.make_vec(
-        env_cfg.id,
-        num_envs=n,
-        vectorization_mode="sync",
-        vector_kwargs={"autoreset_mode": SAME_STEP},
-        wrappers=[gym.wrappers.RecordEpisodeStatistics],
-        **kwargs,
-    )
+    with _missing_dependency(env_cfg.id):
+        env = gym.make_vec(
+            env_cfg.id,
+            num_envs=n,
+            vectorization_mode="sync",
+            vector_kwargs={"autoreset_mode": SAME_STEP},
+            wrappers=[gym.wrappers.RecordEpisodeStatistics],
+            **kwargs,
+        )
     _check_spaces(env, env_cfg.id)
     env.action_space.seed(seed)
     return env
@@ -66,17 +70,24 @@ def check_env(env_cfg: DictConfig) -> None:
         check_game(env_cfg)
     elif env_cfg.kind == "classic":
         _check_registered(env_cfg.id)
-        try:  # a spec alone cannot tell the spaces, or a missing extra (Box2D): build one copy
+        with _missing_dependency(env_cfg.id):  # a spec alone cannot tell the spaces, or a missing extra (Box2D)
             env = gym.make(env_cfg.id)
-        except gym.error.DependencyNotInstalled as e:
-            raise UserError(
-                f"env.id={env_cfg.id!r} needs a package that is not installed: {e}. Or pick another env "
-                "(env=cartpole|acrobot|mountaincar, or env.id=ID of an installed gymnasium env)."
-            ) from None
         _check_spaces(env, env_cfg.id)
         env.close()
     else:
         raise UserError(f"env.kind={env_cfg.kind!r} is not supported; allowed: classic, atari.")
+
+
+@contextmanager
+def _missing_dependency(env_id: str) -> Iterator[None]:
+    """Turn gymnasium's DependencyNotInstalled (Box2D, MuJoCo, ...) into a UserError naming the env."""
+    try:
+        yield
+    except gym.error.DependencyNotInstalled as e:
+        raise UserError(
+            f"env.id={env_id!r} needs a package that is not installed: {e}. Or pick another env "
+            "(env=cartpole|acrobot|mountaincar, or env.id=ID of an installed gymnasium env)."
+        ) from None
 
 
 def _check_registered(env_id: str) -> None:

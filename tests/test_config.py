@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import re
 from pathlib import Path
@@ -114,6 +115,13 @@ def _build_error(cfg, obs_shape: tuple[int, ...]) -> str | None:
     if cfg.network.name == "nature_cnn" and len(obs_shape) != 3:
         return "network=nature_cnn needs image observations"
     return None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("Box2D") is not None, reason="needs gymnasium without its box2d extra")
+def test_make_env_itself_names_a_missing_extra(compose_cfg):
+    """`dqn eval` and the Trainer build envs without the CLI's pre-check: the builder says it too."""
+    with pytest.raises(UserError, match=r"env.id='LunarLander-v3' needs a package that is not installed: Box2D"):
+        make_env(compose_cfg("train", ["env.id=LunarLander-v3"]).env, seed=0)
 
 
 @pytest.mark.parametrize("env_option, network", PAIRS, ids=[f"env={e},network={n}" for e, n in PAIRS])
