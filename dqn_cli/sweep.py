@@ -376,6 +376,28 @@ def not_a_sweep_dir(path: Path) -> str | None:
     )
 
 
+def _mixed_origins(rows: list[dict[str, Any]], root: Path) -> str | None:
+    """A warning when the run dirs under `root` (e.g. `multirun/` or `outputs/`) come from more than one sweep
+    (each sweep dir holds Hydra's `multirun.yaml`) or from sweeps and single runs, else None."""
+    top, sweeps, singles = root.resolve(), set(), 0
+    for row in rows:
+        run_dir = Path(row["run_dir"])
+        sweep = next((d for d in [run_dir, *run_dir.parents] if (d / "multirun.yaml").is_file()), None)
+        if sweep is not None and sweep.is_relative_to(top):
+            sweeps.add(sweep)
+        elif _read_yaml(run_dir / ".hydra" / "hydra.yaml", "hydra.mode") == RunMode.RUN.name:
+            singles += 1
+    if len(sweeps) + (singles > 0) < 2:
+        return None
+    parts = [f"{len(sweeps)} sweeps" if len(sweeps) != 1 else "1 sweep"] if sweeps else []
+    parts += [f"{singles} single runs" if singles != 1 else "1 single run"] if singles else []
+    return (
+        f"{root} holds the run dirs of {' and '.join(parts)}; they share this one table"
+        f"{', where job numbers repeat' if len(sweeps) > 1 else ''} (run_dir tells them apart). "
+        f"One sweep's table: python -m dqn_cli.sweep {min(sweeps)}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m dqn_cli.sweep SWEEP_DIR`: write SWEEP_DIR/sweep_summary.csv from the run dirs there.
     Exit 2 for a path that is no sweep dir, 1 when there is no run dir yet or the CSV cannot be written."""
@@ -400,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    mixed = _mixed_origins(rows, sweep_dir)
+    if mixed:
+        print(f"warning: {mixed}", file=sys.stderr)
     try:
         write_rows(rows, sweep_dir / SUMMARY)
     except OSError as e:

@@ -269,6 +269,35 @@ def test_the_summary_script_exit_codes(tmp_path, capsys):
     assert f"1 runs -> {tmp_path / SUMMARY}" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    "sweeps, singles, warning",
+    [
+        (1, 0, None),
+        (0, 2, None),  # a table of single runs (outputs/): nothing mixed
+        (2, 0, "{root} holds the run dirs of 2 sweeps; they share this one table, where job numbers repeat"),
+        (1, 1, "{root} holds the run dirs of 1 sweep and 1 single run; they share this one table (run_dir"),
+        (2, 2, "{root} holds the run dirs of 2 sweeps and 2 single runs; they share this one table, where job"),
+    ],
+)
+def test_the_summary_script_warns_when_it_mixes_sweeps_or_single_runs(tmp_path, capsys, sweeps, singles, warning):
+    from dqn_cli.sweep import main
+
+    root, result = tmp_path / "runs", {"job": 0, "status": "COMPLETED", "return": 1.0, "wall_time_s": 1.0}
+    for i in range(sweeps):  # a sweep dir holds Hydra's multirun.yaml and a run dir per job
+        _fake_run(root / f"sweep{i}" / "0", ["seed=0"], result)
+        (root / f"sweep{i}" / "multirun.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
+    for i in range(singles):
+        _fake_run(root / f"single{i}", ["seed=0"], None)
+        (root / f"single{i}" / ".hydra" / "hydra.yaml").write_text("hydra:\n  mode: RUN\n")
+    assert main([str(root)]) == 0 and len(read_summary(root)) == sweeps + singles
+    err = capsys.readouterr().err
+    if warning is None:
+        assert err == ""
+    else:
+        assert err.startswith("warning: " + warning.format(root=root)), err
+        assert err.rstrip().endswith(f"One sweep's table: python -m dqn_cli.sweep {root.resolve() / 'sweep0'}"), err
+
+
 @pytest.fixture(scope="module")
 def single_run(tmp_path_factory) -> Path:
     """The run dir of a single `dqn train` (no -m): a run dir, not a sweep dir."""
