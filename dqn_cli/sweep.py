@@ -382,11 +382,13 @@ def _mixed_origins(rows: list[dict[str, Any]], root: Path) -> str | None:
     top, sweeps, singles = root.resolve(), set(), 0
     for row in rows:
         run_dir = Path(row["run_dir"])
-        sweep = next((d for d in [run_dir, *run_dir.parents] if (d / "multirun.yaml").is_file()), None)
-        if sweep is not None and sweep.is_relative_to(top):
-            sweeps.add(sweep)
-        elif _read_yaml(run_dir / ".hydra" / "hydra.yaml", "hydra.mode") == RunMode.RUN.name:
+        hydra_file = run_dir / ".hydra" / "hydra.yaml"
+        mode = _read_yaml(hydra_file, "hydra.mode") if hydra_file.is_file() else None
+        if mode == RunMode.RUN.name:
             singles += 1
+        elif mode == RunMode.MULTIRUN.name:
+            marked = (d for d in run_dir.parents if d.is_relative_to(top) and (d / "multirun.yaml").is_file())
+            sweeps.add(next(marked, run_dir.parent))
     if len(sweeps) + (singles > 0) < 2:
         return None
     parts = [f"{len(sweeps)} sweeps" if len(sweeps) != 1 else "1 sweep"] if sweeps else []

@@ -283,13 +283,16 @@ def test_the_summary_script_warns_when_it_mixes_sweeps_or_single_runs(tmp_path, 
     from dqn_cli.sweep import main
 
     root, result = tmp_path / "runs", {"job": 0, "status": "COMPLETED", "return": 1.0, "wall_time_s": 1.0}
-    for i in range(sweeps):  # a sweep dir holds Hydra's multirun.yaml and a run dir per job
-        _fake_run(root / f"sweep{i}" / "0", ["seed=0"], result)
-        (root / f"sweep{i}" / "multirun.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
+    for i in range(sweeps):  # a sweep dir holds Hydra's multirun.yaml (sweep0) or not (Optuna) and a run dir per job
+        for job in (0, 1):
+            _fake_run(root / f"sweep{i}" / str(job), [f"seed={job}"], result | {"job": job})
+            (root / f"sweep{i}" / str(job) / ".hydra" / "hydra.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
+        if i == 0:
+            (root / f"sweep{i}" / "multirun.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
     for i in range(singles):
         _fake_run(root / f"single{i}", ["seed=0"], None)
         (root / f"single{i}" / ".hydra" / "hydra.yaml").write_text("hydra:\n  mode: RUN\n")
-    assert main([str(root)]) == 0 and len(read_summary(root)) == sweeps + singles
+    assert main([str(root)]) == 0 and len(read_summary(root)) == 2 * sweeps + singles
     err = capsys.readouterr().err
     if warning is None:
         assert err == ""
