@@ -58,14 +58,18 @@ class SweepSummary(Callback):
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
             return
+        from dqn_cli.errors import UserError
+
         ok = job_return.status.name == "COMPLETED"
         value = job_return._return_value  # the property would re-raise a failed job's exception
+        crashed = isinstance(value, Exception) and not isinstance(value, UserError)
         result = {
             "job": int(config.hydra.job.num),
             "status": job_status(job_return.status.name, value),
             "overrides": list(job_return.overrides or []),
             "return": float(value) if ok and isinstance(value, (int, float)) else None,
             "error": None if ok else f"{type(value).__name__}: {value}",
+            "traceback": _log_traceback(value, config.hydra.runtime.output_dir) if crashed else None,
             "wall_time_s": round(time.perf_counter() - self._start, 3) if self._start is not None else None,
         }
         path = Path(config.hydra.runtime.output_dir) / JOB_RESULT
@@ -80,6 +84,24 @@ class SweepSummary(Callback):
                 f"sweep summary: {len(rows)} runs in {sweep_dir / self.filename}; best final return "
                 f"{best['final_return']} ({' '.join(best['overrides']) or 'no overrides'})"
             )
+
+
+def _log_traceback(error: Exception, run_dir: str) -> str | None:
+    """Write a crashed job's traceback into its log file in `run_dir` (train.log) only: Hydra re-raises the
+    error in the launcher only while the sweep goes on, and a joblib or Ray job's traceback does not travel
+    back with it (nor, once the sweep is stopped, is it raised at all). Returns the file's path, or None."""
+    files = [
+        h
+        for h in logging.getLogger().handlers
+        if isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve().parent == Path(run_dir).resolve()
+    ]
+    if not files:
+        return None
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "the job crashed:", (), None)
+    record.exc_info = (type(error), error, error.__traceback__)
+    for handler in files:
+        handler.handle(record)
+    return files[0].baseFilename
 
 
 def job_status(hydra_status: str, value: Any) -> str:
@@ -175,8 +197,14 @@ def end_of_sweep(error: BaseException | None) -> BaseException | None:
     name = signal.Signals(signum).name
     how = f"stopped by {name}" if sweep.signum is not None else f"ended after its batch: a job was stopped by {name}"
     lines = [f"sweep {how}; its {total} jobs: {said or 'none begun'}."]
+    failed = [r for r in rows if r["status"] == "FAILED"]
+    for row in failed:  # a real failure beside the stop: its error, and where its traceback went
+        where = f" (traceback: {row['traceback']})" if row.get("traceback") else ""
+        lines.append(f"job {row['job']} failed: {_first_line_of(row.get('error') or 'no error recorded')}{where}")
     if not isinstance(error, (UserError, type(None))):  # the launcher's own complaint, e.g. of a killed job
-        lines.append(f"the launcher said: {type(error).__name__}: {str(error).strip().splitlines()[0]}")
+        said = f"{type(error).__name__}: {_first_line_of(str(error))}"
+        if said not in {_first_line_of(r.get("error") or "") for r in failed}:  # (not a failed job's, again)
+            lines.append(f"the launcher said: {said}")
     stopped = [r["run_dir"] for r in rows if r["status"] == "STOPPED"]
     if stopped:
         lines.append("resume each stopped job in its run dir with:")
@@ -227,6 +255,7 @@ def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
         result = _read_job_result(run_dir / JOB_RESULT)
         if result is not None:
             row.update(job=result["job"], status=result["status"], wall_time_s=result["wall_time_s"] or "")
+            row.update(error=result.get("error"), traceback=result.get("traceback"))
             if result["return"] is not None:
                 row["final_return"] = result["return"]
         else:
@@ -288,7 +317,11 @@ def _read_yaml(path: Path, key: str) -> Any:
 
 
 def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return _first_line_of(str(e)) or type(e).__name__
+
+
+def _first_line_of(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0]
 
 
 def write_summary(sweep_dir: str | Path, path: str | Path) -> list[dict[str, Any]]:
@@ -378,7 +411,8 @@ def not_a_sweep_dir(path: Path) -> str | None:
 
 def _mixed_origins(rows: list[dict[str, Any]], root: Path) -> str | None:
     """A warning when the run dirs under `root` (e.g. `multirun/` or `outputs/`) come from more than one sweep
-    (each sweep dir holds Hydra's `multirun.yaml`) or from sweeps and single runs, else None."""
+    or from sweeps and single runs, else None. A job's sweep dir is the dir above it holding Hydra's
+    `multirun.yaml`, else (Optuna writes none) its parent."""
     top, sweeps, singles = root.resolve(), set(), 0
     for row in rows:
         run_dir = Path(row["run_dir"])

@@ -255,7 +255,45 @@ def test_a_sweep_job_writes_its_result_and_a_single_run_writes_none(tmp_path, mo
         return
     result = json.loads((tmp_path / "job_result.json").read_text())
     assert result.pop("wall_time_s") >= 0
-    assert result == {"job": 3, "status": "COMPLETED", "overrides": ["seed=1"], "return": 7.0, "error": None}
+    assert result == {
+        "job": 3, "status": "COMPLETED", "overrides": ["seed=1"], "return": 7.0, "error": None, "traceback": None
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("crash", [True, False])
+def test_a_crashed_job_writes_its_traceback_to_its_log_file_only(tmp_path, crash, capsys):
+    """A joblib or Ray job's traceback does not travel back with its error, and a stopped sweep raises none:
+    the job's own log file keeps it. A UserError (a message, not a bug) gets no traceback."""
+    from hydra.core.utils import JobReturn, JobStatus
+
+    def failing():
+        raise RuntimeError("boom in the job") if crash else UserError("training diverged at step 9")
+
+    try:
+        failing()
+    except Exception as e:
+        error = e
+    log_file = tmp_path / "train.log"
+    handler, root = logging.FileHandler(log_file), logging.getLogger()
+    root.addHandler(handler)
+    try:
+        config = OmegaConf.create(
+            {"hydra": {"mode": RunMode.MULTIRUN, "job": {"num": 1}, "runtime": {"output_dir": str(tmp_path)}}}
+        )
+        SweepSummary().on_job_end(config, JobReturn(overrides=["seed=1"], status=JobStatus.FAILED, _return_value=error))
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+    result = json.loads((tmp_path / "job_result.json").read_text())
+    text = log_file.read_text()
+    if crash:
+        assert result["error"] == "RuntimeError: boom in the job" and result["traceback"] == str(log_file)
+        assert text.startswith("the job crashed:\nTraceback (most recent call last):"), text
+        assert "in failing" in text and text.rstrip().endswith("RuntimeError: boom in the job"), text
+    else:
+        assert result["error"] == "UserError: training diverged at step 9" and result["traceback"] is None
+        assert text == ""
+    assert "Traceback" not in capsys.readouterr().err  # the console shows none
 
 
 def test_the_summary_script_exit_codes(tmp_path, capsys):
@@ -680,6 +718,32 @@ def test_a_stopped_sweep_of_several_batches_counts_the_jobs_it_never_launched(tm
     report = str(end_of_sweep(TrainingStoppedError("stopped by SIGINT at step 9", signal.SIGINT)))
     assert report.startswith("sweep stopped by SIGINT; its 4 jobs: 2 stopped, 2 not launched.")
     assert "jobs not launched (later batches of the sweep) have no run dir" in report
+
+
+@pytest.mark.parametrize("raised", ["stop", "crash"])
+def test_a_stopped_sweep_reports_a_jobs_crash_beside_it_once(tmp_path, monkeypatch, raised):
+    """A job that crashed while the sweep was being stopped: the report names its error and where its
+    traceback is, whether the launcher raised a stopped job's error or the crash itself (then not twice)."""
+    from dqn_cli import signals
+    from dqn_cli.signals import TrainingStoppedError
+    from dqn_cli.sweep import end_of_sweep
+
+    sweep = tmp_path / "sweep"
+    _fake_run(sweep / "0", ["seed=0"], {"job": 0, "status": "STOPPED", "return": None, "wall_time_s": 1.0})
+    crash = {"job": 1, "status": "FAILED", "return": None, "wall_time_s": 1.0, "error": "RuntimeError: boom\nmore"}
+    _fake_run(sweep / "1", ["seed=1"], crash | {"traceback": str(sweep / "1" / "train.log")})
+    stop = signals.SweepStop(sweep)
+    stop.signum = signal.SIGTERM
+    monkeypatch.setattr(signals, "ACTIVE_SWEEP", stop)
+    error = TrainingStoppedError("stopped", signal.SIGTERM) if raised == "stop" else RuntimeError("boom\nmore")
+    report = end_of_sweep(error)
+    assert isinstance(report, TrainingStoppedError) and report.exit_code == 143
+    lines = str(report).splitlines()
+    assert lines[:2] == [
+        "sweep stopped by SIGTERM; its 2 jobs: 1 stopped, 1 failed.",
+        f"job 1 failed: RuntimeError: boom (traceback: {sweep / '1' / 'train.log'})",
+    ]
+    assert not any(line.startswith("the launcher said") for line in lines), lines
 
 
 # ---- Optuna ---------------------------------------------------------------------------------------
