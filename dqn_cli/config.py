@@ -570,6 +570,7 @@ def check_command_line(overrides: list[str], multirun: bool = False) -> None:
         space = {}
         if multirun:
             hydra_cfg = compose("train", fixed, return_hydra_config=True).hydra
+            refuse_used_sweep_dir(hydra_cfg)
             check_launcher(hydra_cfg.launcher)
             sweeper = hydra_cfg.sweeper
             space = sweeper.get("params") or {}
@@ -674,6 +675,23 @@ def refuse_used_run_dir(cfg: DictConfig) -> None:
             f"hydra.run.dir={run_dir} already holds a run (checkpoints/last.pt); a new run there would "
             f"overwrite its checkpoints. Continue that run with dqn train resume={run_dir}, or pick another "
             "hydra.run.dir."
+        )
+
+
+def refuse_used_sweep_dir(hydra_cfg: DictConfig) -> None:
+    """A sweep into a `hydra.sweep.dir` whose job dirs hold an earlier sweep's checkpoints would overwrite
+    them job by job (Hydra reuses the dir and the job numbers): a UserError naming them."""
+    try:
+        sweep_dir = Path(str(OmegaConf.select(hydra_cfg, "sweep.dir", throw_on_resolution_failure=True)))
+    except Exception:  # noqa: BLE001 - the default multirun/DATE/TIME (under hydra.runtime.cwd): a new dir
+        return
+    used = sorted(p.parent.parent for p in sweep_dir.glob("**/checkpoints/last.pt"))
+    if used:
+        runs = f"{len(used)} run dir{'s' if len(used) > 1 else ''} with checkpoints/last.pt, e.g. {used[0]}"
+        raise UserError(
+            f"hydra.sweep.dir={sweep_dir} already holds an earlier sweep's runs ({runs}); a new sweep there would "
+            "overwrite them job by job. Pick another hydra.sweep.dir (left unset, each sweep gets a new "
+            "multirun/DATE/TIME), or continue a stopped job with dqn train resume=RUN_DIR."
         )
 
 

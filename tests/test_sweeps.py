@@ -111,6 +111,18 @@ def test_joblib_multirun_writes_one_run_dir_per_job(joblib_sweep):
     assert (joblib_sweep / "multirun.yaml").is_file()
 
 
+def test_a_sweep_into_the_dir_of_an_earlier_sweep_is_refused(joblib_sweep):
+    """Hydra would rerun job 0 in 0/ over the earlier run's checkpoints (reported: a stopped, resumable
+    job replaced by a new seed's run, its old step_N.pt and events left mixed in)."""
+    before = {p: p.stat().st_mtime_ns for p in joblib_sweep.rglob("*") if p.is_file()}
+    line = check_refused(multirun(joblib_sweep, "seed=5"), 2)
+    assert line.startswith(
+        f"dqn train: error: hydra.sweep.dir={joblib_sweep} already holds an earlier sweep's runs "
+        f"(2 run dirs with checkpoints/last.pt, e.g. {joblib_sweep / '0'}); a new sweep"
+    ), line
+    assert {p: p.stat().st_mtime_ns for p in joblib_sweep.rglob("*") if p.is_file()} == before
+
+
 def test_a_joblib_job_runs_async_atari_envs(tmp_path):
     """A loky worker's default start method is loky's, whose processes could not take gymnasium's shared
     observation memory (TypeError: cannot pickle 'mmap.mmap' object): the envs name the platform's."""
