@@ -157,6 +157,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"objects other than tensors and plain data, so it was not written by dqn_cli.{why}"
         ) from None
     except Exception as e:  # a damaged file fails deep in torch.load: KeyError, IndexError, struct.error, ...
+        if _is_npz(path):
+            raise UserError(
+                f"checkpoint={str(path)!r} is a replay file (the replay buffer that dqn train saves beside last.pt), "
+                "not a checkpoint; give checkpoints/last.pt, best.pt or step_N.pt."
+            ) from None
         raise UserError(
             f"checkpoint={str(path)!r} cannot be read: it is truncated or not a torch file ({type(e).__name__})."
         ) from None
@@ -164,4 +169,73 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise UserError(
             f"checkpoint={str(path)!r} is a torch file but not a dqn_cli checkpoint (expected format {FORMAT!r})."
         )
+    damage = _damage(state)
+    if damage:
+        raise UserError(
+            f"checkpoint={str(path)!r} is a dqn_cli checkpoint with a part missing or damaged: {damage}. "
+            "Use another checkpoint of the run (checkpoints/ keeps best.pt, last.pt and step_N.pt)."
+        )
     return state
+
+
+def _is_npz(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except Exception:  # noqa: BLE001 - a damaged archive fails in many ways (NotImplementedError, ...): not one
+        return False
+    return bool(names) and all(name.endswith(".npy") for name in names)
+
+
+def state_dict_mismatch(e: Exception) -> str:
+    """What torch's load_state_dict said, in one line: the first two of its size-mismatch, missing-key and
+    unexpected-key lines (its text runs to a line per tensor), or its first line."""
+    lines = [ln.strip().rstrip(".") for ln in str(e).splitlines()[1:] if ln.strip()]
+    return "; ".join(lines[:2]) + ("; ..." if len(lines) > 2 else "") if lines else _first(str(e)) or type(e).__name__
+
+
+def _first(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0]
+
+
+def _damage(state: dict) -> str | None:
+    """What is missing or of the wrong type among the parts every reader of a checkpoint uses, or None."""
+
+    def count(x) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+    def number(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    expected = {
+        "config": (lambda x: isinstance(x, dict), "a mapping (the run's config)"),
+        "agent": (lambda x: isinstance(x, dict) and isinstance(x.get("q_net"), dict), "a mapping with q_net weights"),
+        "counters": (lambda x: isinstance(x, dict), "a mapping"),
+        "counters.step": (count, "an int >= 0"),
+        "counters.episodes": (count, "an int >= 0"),
+        "counters.updates": (count, "an int >= 0"),
+        "eval": (lambda x: isinstance(x, dict), "a mapping"),
+        "eval.best": (number, "a number"),
+        "eval.last": (lambda x: x is None or number(x), "a number or None"),
+        "rng": (lambda x: isinstance(x, dict), "a mapping of RNG states"),
+    }
+    for key, (ok, what) in expected.items():
+        parent, _, leaf = key.rpartition(".")
+        holder = state.get(parent) if parent else state
+        if not isinstance(holder, dict) or leaf not in holder:
+            return f"{key} is missing"
+        if not ok(holder[leaf]):
+            return f"{key} is {_described(holder[leaf])}, where {what} belongs"
+    return None
+
+
+def _described(value) -> str:
+    """`str 'abc'`, `int -1`; a container or tensor by its type and size alone (its repr can be megabytes)."""
+    if isinstance(value, dict):
+        return f"a mapping of {', '.join(map(str, list(value)[:4]))}{', ...' if len(value) > 4 else ''}"
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {len(value)}"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dqn_cli.agent import DQNAgent, make_agent
 from dqn_cli.atari import apply_eval_protocol, frames_per_second
-from dqn_cli.checkpoint import load_checkpoint
+from dqn_cli.checkpoint import load_checkpoint, state_dict_mismatch
 from dqn_cli.config import validate_eval, validate_train
 from dqn_cli.envs import finished_episodes, make_env
 from dqn_cli.errors import UserError
@@ -95,7 +95,7 @@ def evaluate(cfg: DictConfig) -> dict:
         agent.refresh_compute()
     except (KeyError, RuntimeError) as e:
         raise UserError(
-            f"checkpoint={cfg.checkpoint!r} does not match the network its config describes ({type(e).__name__})."
+            f"checkpoint={cfg.checkpoint!r} does not match the network its config describes ({state_dict_mismatch(e)})."
         ) from None
     try:
         returns, lengths = run_episodes(agent, env, cfg.episodes, cfg.epsilon, cfg.seed, video)

@@ -21,7 +21,7 @@ from dqn_cli.accel import accelerate
 from dqn_cli.agent import make_agent
 from dqn_cli.atari import apply_eval_protocol
 from dqn_cli.buffers import Batch, make_buffer
-from dqn_cli.checkpoint import remove_temp_files, save_arrays, save_checkpoint
+from dqn_cli.checkpoint import remove_temp_files, save_arrays, save_checkpoint, state_dict_mismatch
 from dqn_cli.config import validate_train
 from dqn_cli.envs import finished_episodes, make_env, real_next_obs
 from dqn_cli.errors import UserError
@@ -400,7 +400,9 @@ class Trainer:
         try:
             self.agent.load_state_dict(state["agent"])  # copies in place: numpy views stay valid
         except (KeyError, RuntimeError, ValueError) as e:
-            raise UserError(f"checkpoint {str(path)!r} does not match the networks its config builds ({e}).") from None
+            raise UserError(
+                f"checkpoint {str(path)!r} does not match the networks its config builds ({state_dict_mismatch(e)})."
+            ) from None
         c = state["counters"]
         self.step, self.episodes, self.updates = int(c["step"]), int(c["episodes"]), int(c["updates"])
         self.due_updates = int(c.get("due_updates", 0))  # overlap=true: the updates the next step runs

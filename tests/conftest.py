@@ -104,3 +104,18 @@ def child_pids(pid: int, name_part: str) -> list[int]:
         if parent == pid and name_part in cmdline:
             children.append(int(stat.parent.name))
     return children
+
+
+def whole_checkpoint(**parts) -> dict:
+    """The parts every checkpoint reader uses (`dqn_cli.checkpoint._damage`), empty, with `parts` merged
+    in one level deep: for tests that save a hand-made checkpoint to read one part back."""
+    state = {
+        "config": {},
+        "agent": {"q_net": {}},
+        "counters": {"step": 0, "episodes": 0, "updates": 0},
+        "eval": {"best": float("-inf"), "last": None},
+        "rng": {},
+    }
+    for key, value in parts.items():
+        state[key] = {**state[key], **value} if isinstance(state.get(key), dict) and isinstance(value, dict) else value
+    return state

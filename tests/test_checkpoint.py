@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import whole_checkpoint
 
-from dqn_cli.checkpoint import FORMAT, load_checkpoint, save_arrays, save_checkpoint
+from dqn_cli.checkpoint import FORMAT, load_checkpoint, save_arrays, save_checkpoint, state_dict_mismatch
 from dqn_cli.errors import UserError
 
 
@@ -45,8 +46,8 @@ def test_round_trip_keeps_tensors_config_and_counters(tmp_path):
 
 def test_save_overwrites_atomically_and_leaves_no_temp_files(tmp_path):
     path = tmp_path / "last.pt"
-    save_checkpoint({"counters": {"step": 1}}, path)
-    save_checkpoint({"counters": {"step": 2}}, path)
+    save_checkpoint(whole_checkpoint(counters={"step": 1}), path)
+    save_checkpoint(whole_checkpoint(counters={"step": 2}), path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
     assert load_checkpoint(path)["counters"]["step"] == 2
 
@@ -182,6 +183,61 @@ def test_foreign_torch_file(tmp_path, payload):
     torch.save(payload, path)
     with pytest.raises(UserError, match="not a dqn_cli checkpoint"):
         load_checkpoint(path)
+
+
+def _without(state: dict, key: str) -> dict:
+    parent, _, leaf = key.rpartition(".")
+    del (state[parent] if parent else state)[leaf]
+    return state
+
+
+@pytest.mark.parametrize(
+    "damage, said",
+    [
+        (lambda s: _without(s, "config"), "config is missing"),
+        (lambda s: _without(s, "counters"), "counters is missing"),
+        (lambda s: _without(s, "agent.q_net"), "agent is a mapping of optimizer, where a mapping with q_net weights "
+                                                "belongs"),
+        (lambda s: s["counters"].update(step="abc"), "counters.step is str 'abc', where an int >= 0 belongs"),
+        (lambda s: s["counters"].update(updates=-1), "counters.updates is int -1, where an int >= 0 belongs"),
+        (lambda s: s["counters"].update(episodes=True), "counters.episodes is bool True, where an int >= 0 belongs"),
+        (lambda s: s["eval"].update(best=None), "eval.best is NoneType None, where a number belongs"),
+        (lambda s: s.update(rng=[1, 2]), "rng is a list of 2, where a mapping of RNG states belongs"),
+        (lambda s: s.update(config=torch.zeros(2, 3)), "config is a tensor of shape (2, 3), where a mapping"),
+    ],
+)  # fmt: skip
+def test_a_dqn_cli_checkpoint_with_a_part_missing_or_damaged_is_named(tmp_path, damage, said):
+    """Its format tag passed, and then eval and resume failed with a KeyError or ValueError traceback."""
+    state = make_state()
+    damage(state)
+    path = save_checkpoint(state, tmp_path / "last.pt")
+    with pytest.raises(UserError) as e:
+        load_checkpoint(path)
+    assert str(e.value).startswith(f"checkpoint={str(path)!r} is a dqn_cli checkpoint with a part missing or damaged: ")
+    assert said in str(e.value)
+    assert str(e.value).endswith(
+        ". Use another checkpoint of the run (checkpoints/ keeps best.pt, last.pt and step_N.pt)."
+    )
+
+
+def test_a_replay_file_given_as_checkpoint_is_named(tmp_path):
+    path = save_arrays(
+        {"obs": np.zeros((3, 4), np.float32), "actions": np.zeros(3, np.int64)}, tmp_path / "replay_3.npz"
+    )
+    with pytest.raises(UserError, match=r"is a replay file \(the replay buffer that dqn train saves beside last.pt\)"):
+        load_checkpoint(path)
+
+
+def test_a_state_dict_mismatch_is_said_in_one_line_naming_the_tensors():
+    small, big = torch.nn.Sequential(torch.nn.Linear(4, 32), torch.nn.Linear(32, 2)), torch.nn.Linear(4, 64)
+    with pytest.raises(RuntimeError) as e:
+        small.load_state_dict(torch.nn.Sequential(torch.nn.Linear(4, 64), torch.nn.Linear(64, 2)).state_dict())
+    said = state_dict_mismatch(e.value)
+    assert "\n" not in said and said.startswith("size mismatch for 0.weight: copying a param with shape torch.Size")
+    assert said.endswith("; ...") and said.count("size mismatch") == 2  # two of the four, then ...
+    with pytest.raises(RuntimeError) as e:
+        small.load_state_dict(big.state_dict())
+    assert state_dict_mismatch(e.value).startswith('Missing key(s) in state_dict: "0.weight", "0.bias"')
 
 
 class MakesDirWhenUnpickled:

@@ -291,12 +291,18 @@ def test_cuda_without_a_gpu_fails_cleanly(tmp_path):
     assert "device=" in proc.stderr and "cuda" in proc.stderr and "no CUDA GPU" in proc.stderr
 
 
-def test_damaged_checkpoint_fails_cleanly(trained, tmp_path):
+@pytest.mark.parametrize("damage", ["cut off", "no config"])
+def test_damaged_checkpoint_fails_cleanly(trained, tmp_path, damage):
     bad = tmp_path / "bad.pt"
-    bad.write_bytes((trained / "checkpoints" / "last.pt").read_bytes()[:500])
+    if damage == "cut off":
+        bad.write_bytes((trained / "checkpoints" / "last.pt").read_bytes()[:500])
+    else:  # the format tag passes; eval read state["config"]: a KeyError traceback
+        state = torch.load(trained / "checkpoints" / "last.pt", weights_only=True)
+        del state["config"]
+        torch.save(state, bad)
     proc = dqn("eval", f"checkpoint={bad}", "device=cpu", cwd=tmp_path)
-    assert proc.returncode == 2 and "Traceback" not in output(proc)
-    assert "bad.pt" in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in output(proc), output(proc)
+    assert "bad.pt" in proc.stderr and (damage == "cut off" or "config is missing" in proc.stderr), proc.stderr
 
 
 def test_module_entry_point_matches_the_script(tmp_path):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHRINK
+from conftest import SHRINK, whole_checkpoint
 
 from dqn_cli import env_state
 from dqn_cli.checkpoint import FORMAT, load_checkpoint, save_checkpoint
@@ -201,7 +201,7 @@ def test_keep_last_prunes_step_checkpoints_and_old_replay_files(tmp_path, small_
 
 
 def _roundtrip(state: dict, tmp_path: Path) -> dict:
-    path = save_checkpoint({"env": state}, tmp_path / "env.pt")
+    path = save_checkpoint(whole_checkpoint(env=state), tmp_path / "env.pt")
     return load_checkpoint(path)["env"]  # through weights_only=True: plain data only
 
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import catches_signal, child_pids
+from conftest import catches_signal, child_pids, whole_checkpoint
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
@@ -204,7 +204,7 @@ def test_a_run_without_a_job_result_is_summarised_from_its_checkpoint(tmp_path, 
     _fake_run(run, ["seed=4"], None)
     OmegaConf.save(OmegaConf.create({"hydra": {"job": {"num": 4}}}), run / ".hydra" / "hydra.yaml")
     # no evaluation improved on -inf: there is no best return to report
-    state = {"counters": {"step": 300, "episodes": 12, "updates": 67}, "eval": {"last": 20.5, "best": float("-inf")}}
+    state = whole_checkpoint(counters={"step": 300, "episodes": 12, "updates": 67}, eval={"last": 20.5})
     if saved is not None:
         state["status"] = saved
     save_checkpoint(state, run / "checkpoints" / "last.pt")
@@ -226,9 +226,7 @@ def test_a_run_dir_with_files_that_cannot_be_read_is_skipped_or_read_from_its_ch
     (sweep / "1" / ".hydra" / "overrides.yaml").write_text("{{{ cut off")
     _fake_run(sweep / "2", ["seed=2"], None)
     (sweep / "2" / "job_result.json").write_text('{"job": 2, "status"')
-    save_checkpoint(
-        {"status": "stopped", "counters": {"step": 50}, "eval": {}}, sweep / "2" / "checkpoints" / "last.pt"
-    )
+    save_checkpoint(whole_checkpoint(status="stopped", counters={"step": 50}), sweep / "2" / "checkpoints" / "last.pt")
     _fake_run(sweep / "3", ["seed=3"], None)
     (sweep / "3" / ".hydra" / "overrides.yaml").write_text("seed: 3\n")  # a mapping, not a list
     with caplog.at_level(logging.WARNING, logger="dqn_cli.sweep"):
