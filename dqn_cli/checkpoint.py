@@ -46,6 +46,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, _new_file_mode())  # mkstemp's 0o600 would keep the run's files from its collaborators
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -60,6 +61,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _new_file_mode() -> int:
+    """The mode `open()` gives a new file: 0o666 less the process's umask (read, not set: setting it to read
+    it back would race with the other threads' files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no /proc (macOS): the only way to read it
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def remove_temp_files(directory: str | os.PathLike) -> list[Path]:

@@ -52,6 +52,20 @@ def test_save_overwrites_atomically_and_leaves_no_temp_files(tmp_path):
     assert load_checkpoint(path)["counters"]["step"] == 2
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_checkpoints_and_replay_files_get_the_mode_the_umask_gives_a_new_file(tmp_path, umask):
+    """mkstemp makes 0o600 files: a shared run dir's TensorBoard files were readable, its checkpoints not."""
+    old = os.umask(umask)
+    try:
+        checkpoint = save_checkpoint(whole_checkpoint(), tmp_path / "last.pt")
+        replay = save_arrays({"actions": np.zeros(3, np.int64)}, tmp_path / "replay_3.npz")
+        (tmp_path / "plain.txt").write_text("as open() makes it")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (checkpoint, replay, tmp_path / "plain.txt")}
+    assert modes == {"last.pt": 0o666 & ~umask, "replay_3.npz": 0o666 & ~umask, "plain.txt": 0o666 & ~umask}
+
+
 def test_atomic_write_fsyncs_the_temp_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
     """The order that survives a power cut: the new bytes on disk, then the rename, then the rename itself
     on disk (the folder's entry)."""
