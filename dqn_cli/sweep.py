@@ -267,6 +267,9 @@ def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
             counters, evals = state.get("counters", {}), state.get("eval", {})
             row.update(steps=counters.get("step", ""), episodes=counters.get("episodes", ""))
             row.update(updates=counters.get("updates", ""))
+            if result is not None and _newer(run_dir / "checkpoints" / "last.pt", run_dir / JOB_RESULT):
+                # `dqn train resume=RUN_DIR` went on after the job: last.pt tells how the run stands now
+                row.update(status="", final_return="", wall_time_s="")
             if row["final_return"] == "" and evals.get("last") is not None:
                 row["final_return"] = evals["last"]
             if evals.get("best") is not None and math.isfinite(evals["best"]):
@@ -278,6 +281,13 @@ def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
 
 UNREADABLE = (OSError, ValueError, KeyError, TypeError, yaml.YAMLError, OmegaConfBaseException)
+
+
+def _newer(path: Path, than: Path) -> bool:
+    try:
+        return path.stat().st_mtime_ns > than.stat().st_mtime_ns
+    except OSError:
+        return False
 
 
 def read_overrides(path: Path) -> list[str] | None:

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from dqn_cli.checkpoint import load_checkpoint
 from dqn_cli.config import CHECK_LIMIT, _jobs, check_command_line
 from dqn_cli.errors import UserError
-from dqn_cli.sweep import SUMMARY, QuietRayNotices, SweepSummary, write_summary
+from dqn_cli.sweep import SUMMARY, QuietRayNotices, SweepSummary, collect_runs, write_summary
 
 REPO = Path(__file__).resolve().parents[1]
 _SCRIPT = Path(sys.executable).with_name("dqn")
@@ -213,6 +213,38 @@ def test_a_run_without_a_job_result_is_summarised_from_its_checkpoint(tmp_path, 
         "job": 4, "status": status, "final_return": 20.5, "best_return": "", "steps": 300, "episodes": 12,
         "updates": 67,
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("resumed", [True, False])
+def test_a_job_resumed_after_the_sweep_is_summarised_from_its_newer_checkpoint(tmp_path, resumed):
+    """A stopped job run on to its end with `dqn train resume=RUN_DIR` stayed STOPPED in the summary, beside
+    the new steps and returns (job_result.json is the job's, written when it stopped)."""
+    from dqn_cli.checkpoint import save_checkpoint
+
+    run = tmp_path / "0"
+    _fake_run(run, ["seed=0"], {"job": 0, "status": "STOPPED", "return": None, "wall_time_s": 12.5})
+    state = whole_checkpoint(status="done", counters={"step": 3000}, eval={"last": 180.5, "best": 200.0})
+    last = save_checkpoint(state, run / "checkpoints" / "last.pt")
+    older, newer = (run / "job_result.json", last) if resumed else (last, run / "job_result.json")
+    os.utime(older, ns=(newer.stat().st_mtime_ns - 10**9,) * 2)
+    (row,) = collect_runs(tmp_path)
+    seen = {k: row[k] for k in ("status", "final_return", "best_return", "steps", "wall_time_s")}
+    if resumed:  # the run as it stands now; its wall time (two processes) is not known
+        assert seen == {
+            "status": "COMPLETED",
+            "final_return": 180.5,
+            "best_return": 200.0,
+            "steps": 3000,
+            "wall_time_s": "",
+        }
+    else:  # (a hand-made pair: the job's own record wins over an older checkpoint)
+        assert seen == {
+            "status": "STOPPED",
+            "final_return": 180.5,
+            "best_return": 200.0,
+            "steps": 3000,
+            "wall_time_s": 12.5,
+        }
 
 
 def test_a_run_dir_with_files_that_cannot_be_read_is_skipped_or_read_from_its_checkpoint(tmp_path, caplog):
