@@ -282,10 +282,26 @@ def _resume_in_place(args: list[str]) -> list[str]:
         raise UserError(
             f"resume={run_dir} continues the run in that dir itself; drop hydra.run.dir=... from the command."
         )
+    if not os.path.isabs(run_dir) and not run_dir.startswith(("'", '"')):
+        # absolute for the job: with hydra.job.chdir=true it runs in the run dir, where the relative path is not
+        run_dir = _hydra_string(os.path.abspath(run_dir))
+        last = max(i for i, a in enumerate(args) if a.startswith("resume="))
+        args = [*args[:last], f"resume={run_dir}", *args[last + 1 :]]
     extra = [f"hydra.run.dir={run_dir}"]
     if not any(a.startswith("hydra.output_subdir=") for a in args):
         extra.append("hydra.output_subdir=null")
     return [*args, *extra]
+
+
+def _hydra_string(text: str) -> str:
+    """`text` as a Hydra override value: as it is when Hydra reads it back unchanged, else single-quoted."""
+    import re
+
+    if re.fullmatch(r"[\w/.\-+@:]+", text):
+        return text
+    # Hydra's quoted strings: backslashes are doubled only where they come before a quote or the end
+    text = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, text)
+    return "'" + text.replace("'", "\\'") + "'"
 
 
 def _unknown_override(e: BaseException, command: str) -> str | None:

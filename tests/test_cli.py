@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import catches_signal
 
+from dqn_cli.checkpoint import load_checkpoint
 from dqn_cli.config import config_dir
 
 # The console script installed next to this interpreter; `python -m dqn_cli` where it is missing.
@@ -241,6 +242,24 @@ def test_resume_points_from_a_checkpoint_file_to_its_run_dir_and_keeps_the_run_i
     proc = dqn("train", f"resume={trained}", "total_steps=400", "hydra.run.dir=elsewhere", cwd=tmp_path)
     assert proc.returncode == 2 and "drop hydra.run.dir=" in proc.stderr, output(proc)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_relative_resume_path_holds_when_the_job_changes_into_the_run_dir(trained, tmp_path):
+    """With hydra.job.chdir=true the job ran in the run dir, where resume=copy named nothing."""
+    shutil.copytree(trained, tmp_path / "copy")
+    proc = dqn("train", "resume=copy", "total_steps=400", "hydra.job.chdir=true", cwd=tmp_path)
+    assert proc.returncode == 0, output(proc)
+    assert load_checkpoint(tmp_path / "copy" / "checkpoints" / "last.pt")["counters"]["step"] == 400
+
+
+@pytest.mark.parametrize("path", ["/runs/a", "/my runs/it's=1,2", "/x\\y [1]", "/a\\'b\\", "/end\\\\"])
+def test_a_path_handed_to_hydra_reads_back_unchanged(path):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from dqn_cli.cli import _hydra_string
+
+    (override,) = OverridesParser.create().parse_overrides([f"resume={_hydra_string(path)}"])
+    assert override.value() == path
 
 
 def test_eval_output_never_replaces_a_checkpoint(trained, tmp_path):
