@@ -354,8 +354,6 @@ def test_make_buffer_picks_frame_once_storage_for_uint8_stacks():
 
 
 def test_prioritized_replay_samples_from_frame_once_storage():
-    frames, _ = fill_both(100, 2, 90)
-    pytest.importorskip("dqn_cli.prioritized")
     cfg = OmegaConf.create({"kind": "prioritized", "capacity": 100, "alpha": 0.6, "beta0": 0.4, "eps": 1e-6})
     buf = make_buffer(cfg, (K, H, W), np.uint8, 2)
     assert isinstance(buf.storage, FrameStackReplay)

@@ -142,6 +142,17 @@ def test_n_step_bootstrap_obs_after_episode_ends(nstep_buf):
     np.testing.assert_array_equal(batch.next_obs[:, 0], [1002, 1005, 8])
 
 
+def test_a_termination_after_the_window_closed_does_not_mark_it():
+    # t=0 goes on, t=1 is cut by the time limit, t=2 is a one-step episode that terminates: the window of
+    # t=0 ends at the truncation and bootstraps from its s'; the termination past it belongs to another episode
+    buf = ReplayBuffer(10, (1,), np.float32, n_step=3, gamma=GAMMA)
+    fill(buf, 4, truncated={(1, 0)}, terminated={(2, 0)}, rewards=REWARDS)
+    batch = gather(buf, [0, 1, 2])
+    np.testing.assert_array_equal(batch.rewards, [1 + 0.5 * 2, 2, 4])
+    np.testing.assert_array_equal(batch.terminated, [0, 0, 1])
+    np.testing.assert_array_equal(batch.discounts, [0.25, 0.5, 0.5])
+
+
 def test_n_step_window_wraps_around_the_ring_but_stops_at_the_newest():
     buf = ReplayBuffer(4, (1,), np.float32, n_step=3, gamma=GAMMA)
     fill(buf, 6, rewards=REWARDS)  # slots hold t = 4, 5, 2, 3; pos = 2, so slot 1 (t=5) is the newest

@@ -75,8 +75,9 @@ def test_atomic_write_fsyncs_the_temp_file_before_the_rename_and_the_folder_afte
 
     events, fsync, replace = [], os.fsync, os.replace
 
-    def record_fsync(fd):
-        events.append("fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+    def record_fsync(fd):  # (a file's fsync records how many of its bytes had reached the OS by then)
+        info = os.fstat(fd)
+        events.append("fsync folder" if stat.S_ISDIR(info.st_mode) else f"fsync file of {info.st_size} bytes")
         fsync(fd)
 
     def record_replace(src, dst):
@@ -85,8 +86,9 @@ def test_atomic_write_fsyncs_the_temp_file_before_the_rename_and_the_folder_afte
 
     monkeypatch.setattr(ck.os, "fsync", record_fsync)
     monkeypatch.setattr(ck.os, "replace", record_replace)
-    save_checkpoint({"x": 1}, tmp_path / "last.pt")
-    assert events == ["fsync file", "rename .last.pt. -> last.pt", "fsync folder"]
+    save_checkpoint({"x": 1}, tmp_path / "last.pt")  # small: all of it would still sit in Python's buffer
+    size = (tmp_path / "last.pt").stat().st_size
+    assert events == [f"fsync file of {size} bytes", "rename .last.pt. -> last.pt", "fsync folder"]
 
 
 def test_failed_save_keeps_the_old_file_and_removes_the_temp_file(tmp_path):

@@ -12,6 +12,7 @@ from torch import nn
 
 from dqn_cli.agent import DQNAgent
 from dqn_cli.buffers import Batch, ReplayBuffer, make_buffer
+from dqn_cli.frame_buffer import FrameStackReplay
 from dqn_cli.networks import MLP, DuelingHead, NatureCNN
 from dqn_cli.prioritized import PrioritizedReplay, SumTree
 from dqn_cli.trainer import Trainer
@@ -175,6 +176,17 @@ def test_prioritized_sampling_frequencies_follow_td_errors():
     assert chi_square_p(counts, (td + 1e-6) ** 0.6) > 0.001
 
 
+def test_prioritized_sampling_is_stratified():
+    """One draw from each of batch_size equal slices of the priority mass (as in Schaul et al.): with equal
+    priorities a batch of 10 from 10 slots holds each slot once, and a batch of 5 one from each pair."""
+    per = filled_prioritized(steps=10, alpha=0.6)
+    per.update_priorities(np.arange(10), np.ones(10))
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        assert sorted(per.sample(10, rng).indices.tolist()) == list(range(10))
+        assert (np.sort(per.sample(5, rng).indices) // 2).tolist() == [0, 1, 2, 3, 4]
+
+
 def test_importance_weights_and_beta_annealing():
     per = filled_prioritized(steps=8, alpha=0.5, beta0=0.4)
     td = np.array([0.5, 1, 2, 4, 8, 0.1, 3, 1])
@@ -321,8 +333,7 @@ def test_prioritized_pixels_on_both_storage_layouts(layout):
     transitions and never a slot the storage calls unusable."""
     shape, num_envs = (4, 84, 84), 2
     if layout == "frame_once":
-        frame_buffer = pytest.importorskip("dqn_cli.frame_buffer")
-        storage = frame_buffer.FrameStackReplay(64, shape, np.uint8, num_envs)
+        storage = FrameStackReplay(64, shape, np.uint8, num_envs)
     else:
         storage = ReplayBuffer(64, shape, np.uint8, num_envs)
     per = PrioritizedReplay(storage, alpha=0.6, beta0=0.4)

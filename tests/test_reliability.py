@@ -734,6 +734,7 @@ def test_resume_needs_a_run_dir_with_last_pt(tmp_path, small_cfg_factory):
         (["seed=1", "total_steps=600"], "seed=1 (the run has seed=0)"),
         (["+foo=1"], "+foo=1 (no such key in the run's config)"),
         (["~total_steps"], "~total_steps (not allowed on resume)"),
+        (["checkpoint.save_buffer=1"], "checkpoint.save_buffer=1 (the run has checkpoint.save_buffer=True)"),
     ],
 )
 def test_resume_refuses_changes_to_the_run(small_cfg_factory, stopped_run, overrides, refused):
@@ -748,6 +749,28 @@ def test_resume_accepts_repeated_values_and_total_steps(small_cfg_factory, stopp
     same = ["env=cartpole", "seed=0", "agent.batch_size=16", "network.hidden_sizes=[16,16]", "log.progress=false"]
     trainer = Trainer(small_cfg_factory(f"resume={stopped_run}"), "unused", overrides=[*same, "total_steps=500"])
     assert trainer.cfg.total_steps == 500 and trainer.step == HALF
+
+
+def test_a_finished_run_extended_with_solving_on_is_not_called_solved(tmp_path, small_cfg_factory, caplog):
+    run = tmp_path / "run"
+    Trainer(small_cfg_factory(), run).run()  # to its total_steps: done, but not solved
+    with caplog.at_level(logging.WARNING, logger="dqn_cli.resume"):
+        trainer = Trainer(
+            small_cfg_factory(f"resume={run}"), "unused", overrides=["total_steps=400", "eval.stop_on_solved=true"]
+        )
+    assert trainer.step == 300 and trainer.cfg.eval.stop_on_solved is True
+    assert "stopped when solved" not in caplog.text
+
+
+def test_a_checkpoint_from_before_save_buffer_resumes_saving_its_buffer(small_cfg_factory, stopped_run):
+    path = stopped_run / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=True)
+    del state["config"]["checkpoint"]["save_buffer"]  # written before the key existed
+    save_checkpoint(state, path)
+    trainer = resume(small_cfg_factory, stopped_run)
+    assert trainer.cfg.checkpoint.save_buffer is True and trainer.step == HALF
+    trainer.run()
+    assert (stopped_run / "checkpoints" / f"replay_{trainer.step}.npz").is_file()
 
 
 def test_resume_refuses_a_finished_run_unless_extended(tmp_path, small_cfg_factory):

@@ -264,6 +264,12 @@ def test_truncated_episodes_end_and_are_logged(small_cfg_factory, run_dir):
     assert run.returns == [(step, -60.0) for step in (60, 120, 180, 240, 300)]
     assert run.scalars["charts/episodic_length"] == [(step, 60.0) for step in (60, 120, 180, 240, 300)]
     assert run.trainer.episodes == 5
+    # the buffer keeps the time limit apart from a termination: those steps still bootstrap from s'
+    buffer = run.trainer.buffer
+    assert np.flatnonzero(buffer.truncated[:300, 0]).tolist() == [59, 119, 179, 239, 299]
+    assert not buffer.terminated.any()
+    batch = buffer._gather(np.array([59, 58]), np.array([0, 0]))
+    assert batch.terminated.tolist() == [0.0, 0.0] and (batch.discounts > 0).all()
 
 
 def test_replay_stores_each_transition_with_the_state_it_led_to(run0):
