@@ -527,14 +527,49 @@ def check_group_choices(overrides: list, config_name: str) -> None:
     groups = _groups(config_name)
     for o in overrides:
         group = o.key_or_group
-        if group not in groups or o.is_sweep_override() or o.is_delete() or isinstance(o.value(), str):
+        if group not in groups or o.is_sweep_override() or o.is_delete():
             continue
-        options = ", ".join(sorted(p.stem for p in (Path(config_dir()) / group).glob("*.yaml")))
+        names = sorted(p.stem for p in (Path(config_dir()) / group).glob("*.yaml"))
+        options = ", ".join(names)
+        if isinstance(o.value(), str):
+            if o.value() not in names:
+                hint = _hint(group, o.value(), names)
+                raise UserError(f"{o.input_line}: not an option of the {group} group; allowed: {options}.{hint}")
+            continue
         if o.value() is None:
             fix = f" It is off by default: leave {group}= out." if groups[group] else ""
             raise UserError(f"{o.input_line}: the {group} group takes one option, not null; allowed: {options}.{fix}")
         sweep = f" To train with each, sweep: dqn train -m {group}=a,b." if config_name == "train" else ""
         raise UserError(f"{o.input_line}: the {group} group takes one option, not a list; allowed: {options}.{sweep}")
+
+
+# what users type for a DQN extension as if it were a group option: each is a switch of the options there are
+SWITCHES = {
+    "ddqn": "agent.double=true", "double": "agent.double=true", "double_dqn": "agent.double=true",
+    "dueling": "network.dueling=true", "dueling_dqn": "network.dueling=true",
+    "per": "buffer=prioritized", "prioritised": "buffer=prioritized",
+    "nstep": "agent.n_step=3 (or another n)", "n_step": "agent.n_step=3 (or another n)",
+}  # fmt: skip
+
+
+def _hint(group: str, value: str, names: list[str]) -> str:
+    """The sentence after an unknown group option: the option meant, or where such a value goes."""
+    key = value.lower().replace("-", "_")
+    if key in SWITCHES:
+        return f" For {value}: {SWITCHES[key]}."
+    if group == "env" and (atari := re.fullmatch(r"(?:ALE/)?(\w+?)(?:NoFrameskip)?-v\d+", value)):
+        game = atari.group(1)
+        if value.startswith("ALE/") or "NoFrameskip" in value:  # an ALE id: the game goes in env.game
+            preset = f"env={game.lower()}, or " if game.lower() in names else ""
+            return f" An Atari game goes in env.game: {preset}env=atari env.game={game}."
+        close = difflib.get_close_matches(game.lower(), names, n=1, cutoff=0.6)
+        return f" A gymnasium id goes in env.id: {f'env={close[0]}, or ' if close else ''}env.id={value}."
+    close = difflib.get_close_matches(value.lower(), names, n=1, cutoff=0.6)
+    if close:
+        return f" Did you mean {group}={close[0]}?"
+    if group == "env":
+        return f" For an Atari game: env=atari env.game={value}; for another gymnasium env: env.id=ID."
+    return ""
 
 
 CHECK_LIMIT = 32  # a sweep of up to this many jobs has each one checked; a larger one varies one key at a time

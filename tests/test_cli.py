@@ -175,6 +175,11 @@ BAD = [
     (["train", "--cfg", "job", "env=null"], ["env=null: the env group takes one option, not null"]),
     (["train", "experiment=null"], ["the experiment group takes one option", "leave experiment= out"]),
     (["train", "env=[cartpole,acrobot]"], ["env group takes one option, not a list", "dqn train -m env=a,b"]),
+    # an unknown group option: Hydra's "Could not find 'env/Pong'" named no option meant
+    (["train", "env=Pong"], ["env=Pong: not an option of the env group; allowed: acrobot, atari", "mean env=pong?"]),
+    (["train", "env=CartPole-v1"], ["A gymnasium id goes in env.id: env=cartpole, or env.id=CartPole-v1."]),
+    (["train", "agent=ddqn"], ["agent=ddqn: not an option of the agent group; allowed: dqn. For ddqn: agent.double"]),
+    (["eval", "checkpoint=x.pt", "eval_protocol=greed"], ["Did you mean eval_protocol=greedy?"]),
     (["eval", "eval_protocol=null"], ["the eval_protocol group takes one option, not null; allowed: greedy, nature"]),
     (["train", "experiment=pong_fast", "env=cartpole"], ["experiment=pong_fast is a bundle of settings for env=pong"]),
     (["train", "-m", "seed=0,1", "--cfg", "hydra"], ["Only one of --run, --multirun, --cfg"]),

@@ -437,3 +437,25 @@ def test_an_unknown_key_in_a_group_lists_only_that_groups_keys(small_cfg_factory
         "invalid config: eval.foo is not a known key. (known in eval: eval.episodes, eval.epsilon, "
         "eval.interval, eval.seed_offset, eval.stop_on_solved, eval.stop_return.)"
     )
+
+
+@pytest.mark.parametrize(
+    "group, value, hint",
+    [
+        ("env", "Breakout", " Did you mean env=breakout?"),
+        ("env", "Tetris", " For an Atari game: env=atari env.game=Tetris; for another gymnasium env: env.id=ID."),
+        ("env", "PongNoFrameskip-v4", " An Atari game goes in env.game: env=pong, or env=atari env.game=Pong."),
+        ("env", "ALE/SpaceInvaders-v5", " An Atari game goes in env.game: env=atari env.game=SpaceInvaders."),
+        ("env", "MountainCar-v0", " A gymnasium id goes in env.id: env=mountaincar, or env.id=MountainCar-v0."),
+        ("env", "LunarLander-v3", " A gymnasium id goes in env.id: env.id=LunarLander-v3."),
+        ("buffer", "PER", " For PER: buffer=prioritized."),
+        ("network", "dueling", " For dueling: network.dueling=true."),
+        ("agent", "n-step", " For n-step: agent.n_step=3 (or another n)."),
+        ("network", "cnn", ""),
+    ],
+)  # fmt: skip
+def test_an_unknown_group_option_is_told_where_it_belongs(group, value, hint):
+    from dqn_cli.config import _hint
+
+    names = sorted(p.stem for p in (Path(config_dir()) / group).glob("*.yaml"))
+    assert _hint(group, value, names) == hint
