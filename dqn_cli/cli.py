@@ -208,6 +208,7 @@ def _abort(signum: int, frame) -> None:
 
 
 SWEEP_FLAGS = ("-m", "--multirun")
+CONFIG_DIR_FLAGS = ("-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name")
 
 
 def _check_first(args: list[str]) -> None:
@@ -259,7 +260,9 @@ def _check_groups(args: list[str], config_name: str) -> None:
                 f"{override!r} cannot be read: {str(e).splitlines()[0]}. Lists are [a,b], quoted in the shell "
                 "('network.hidden_sizes=[64,64]'); https://hydra.cc/docs/advanced/override_grammar/basic/ has the rest."
             ) from None
-    check_group_choices(parsed, config_name)
+    # a config dir of the user's own (-cd DIR, hydra.searchpath) may add options: only Hydra knows them all
+    more_configs = any(a.split("=")[0] in CONFIG_DIR_FLAGS or a.startswith("hydra.searchpath") for a in args)
+    check_group_choices(parsed, config_name, unknown_options=not more_configs)
 
 
 def _resumed(args: list[str]) -> str | None:

@@ -520,10 +520,11 @@ def _groups(config_name: str) -> dict[str, bool]:
     return groups
 
 
-def check_group_choices(overrides: list, config_name: str) -> None:
+def check_group_choices(overrides: list, config_name: str, unknown_options: bool = True) -> None:
     """A group set to null or to a list (`env=null`, `env=[cartpole,acrobot]`) is a UserError naming the
-    options: one is needed (Hydra raises a ValueError for null, and merges the options of a list).
-    `overrides`: Hydra's parsed overrides of the command line."""
+    options: one is needed (Hydra raises a ValueError for null, and merges the options of a list). So is an
+    option that configs/ does not have (with the option meant), unless `unknown_options` is False (the
+    command line adds a config dir, whose options Hydra finds). `overrides`: Hydra's parsed overrides."""
     groups = _groups(config_name)
     for o in overrides:
         group = o.key_or_group
@@ -532,7 +533,7 @@ def check_group_choices(overrides: list, config_name: str) -> None:
         names = sorted(p.stem for p in (Path(config_dir()) / group).glob("*.yaml"))
         options = ", ".join(names)
         if isinstance(o.value(), str):
-            if o.value() not in names:
+            if unknown_options and o.value() not in names:
                 hint = _hint(group, o.value(), names)
                 raise UserError(f"{o.input_line}: not an option of the {group} group; allowed: {options}.{hint}")
             continue

@@ -249,6 +249,17 @@ def test_resume_points_from_a_checkpoint_file_to_its_run_dir_and_keeps_the_run_i
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_an_option_of_a_config_dir_of_ones_own_is_no_unknown_option(tmp_path):
+    """`-cd DIR` adds DIR to Hydra's search path: env/mycart.yaml there is an env option that configs/ lacks."""
+    (tmp_path / "mine" / "env").mkdir(parents=True)
+    shutil.copy(Path(config_dir()) / "env" / "cartpole.yaml", tmp_path / "mine" / "env" / "mycart.yaml")
+    tiny = [a for a in TINY if not a.startswith("env=")]
+    proc = dqn("train", "-cd", str(tmp_path / "mine"), "env=mycart", *tiny, "hydra.run.dir=run", cwd=tmp_path)
+    assert proc.returncode == 0, output(proc)
+    hydra = (tmp_path / "run" / ".hydra" / "hydra.yaml").read_text()
+    assert "env: mycart" in hydra and (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+
+
 def test_a_relative_resume_path_holds_when_the_job_changes_into_the_run_dir(trained, tmp_path):
     """With hydra.job.chdir=true the job ran in the run dir, where resume=copy named nothing."""
     shutil.copytree(trained, tmp_path / "copy")
