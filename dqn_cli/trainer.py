@@ -354,8 +354,15 @@ class Trainer:
         if self.last_eval > self.best_eval:
             self.best_eval = self.last_eval
             self.save("best.pt")
-        target = cfg.eval.stop_return if cfg.eval.get("stop_return") is not None else cfg.env.solved_return
-        return bool(cfg.eval.stop_on_solved and target is not None and self.last_eval >= target)
+        which = "eval.stop_return" if cfg.eval.get("stop_return") is not None else "env.solved_return"
+        target = OmegaConf.select(cfg, which)
+        solved = bool(cfg.eval.stop_on_solved and target is not None and self.last_eval >= target)
+        if solved:
+            log.info(
+                f"solved at step {self.step}: {eval_kind(cfg.eval.epsilon)} {self.last_eval:.2f} >= {which}={target}, "
+                f"so the run ends here (eval.stop_on_solved=false trains on to total_steps={cfg.total_steps})"
+            )
+        return solved
 
     def state_dict(self, status: str = "running") -> dict:
         """Plain data only (tensors, numbers, strings, lists, dicts): loads with weights_only=True.

@@ -116,9 +116,17 @@ def test_same_seed_is_deterministic_and_another_seed_is_not(run0, small_cfg_fact
     assert not all(torch.equal(a, b) for a, b in zip(params(other.trainer), params(run0.trainer), strict=True))
 
 
-def test_stop_on_solved_ends_training_at_the_first_solving_eval(small_cfg_factory, run_dir):
-    run = Run(small_cfg_factory("eval.stop_on_solved=true", "env.solved_return=1", "eval.stop_return=null"), run_dir)
+def test_stop_on_solved_ends_training_at_the_first_solving_eval(small_cfg_factory, run_dir, caplog):
+    with caplog.at_level(logging.INFO, logger="dqn_cli.trainer"):
+        run = Run(
+            small_cfg_factory("eval.stop_on_solved=true", "env.solved_return=1", "eval.stop_return=null"), run_dir
+        )
     assert run.trainer.step == 100  # the first eval (any CartPole return is >= 1)
+    ret = run.scalars["eval/mean_return"][0][1]
+    assert (  # the log says why the run ended before total_steps
+        f"solved at step 100: greedy eval {ret:.2f} >= env.solved_return=1, so the run ends here "
+        "(eval.stop_on_solved=false trains on to total_steps=300)" in caplog.text
+    )
     assert [step for step, _ in run.scalars["eval/mean_return"]] == [100]
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["counters"]["step"] == 100
 
