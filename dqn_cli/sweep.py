@@ -183,7 +183,12 @@ def end_of_sweep(error: BaseException | None) -> BaseException | None:
             rows, path = collect_runs(sweep.sweep_dir), f"not written ({e.strerror or e})"
     signum = sweep.signum or getattr(error, "signum", None)
     if isinstance(error, UserError) and not isinstance(error, TrainingStoppedError):
-        return type(error)(f"{error}\nthe sweep's jobs, each with its status: {path}")
+        failed = [r for r in rows if r["status"] == "FAILED"]
+        said = f"{type(error).__name__}: {error}"
+        job = next((r for r in failed if r.get("error") == said), failed[0] if failed else None)
+        which = f"job {job['job']} ({' '.join(_varying(rows, job)) or 'no swept values'}) failed: " if job else ""
+        count = f"{len(failed)} of {len(rows)} jobs failed; " if failed else ""
+        return type(error)(f"{which}{error}\n{count}the sweep's jobs, each with its status: {path}")
     if signum is None:  # (a job stopped by a signal of its own, not the sweep)
         signum = error.signum
     counts: dict[str, int] = {}
@@ -367,6 +372,12 @@ def write_rows(rows: list[dict[str, Any]], path: str | Path) -> None:
                     row["run_dir"],
                 ]
             )
+
+
+def _varying(rows: list[dict[str, Any]], row: dict[str, Any]) -> list[str]:
+    """`row`'s overrides whose values differ between the rows: what tells its job apart (seed=3 agent.lr=1e-3)."""
+    values = [_override_values(r["overrides"]) for r in rows]
+    return [o for o in row["overrides"] if len({v.get(o.partition("=")[0].lstrip("+~")) for v in values}) > 1]
 
 
 def _override_values(overrides: list[str]) -> dict[str, str]:

@@ -729,7 +729,10 @@ def test_a_failed_job_ends_the_sweep_with_its_message_and_the_summary_written(tm
     monkeypatch.setattr(signals, "ACTIVE_SWEEP", signals.SweepStop(sweep))
     error = end_of_sweep(UserError("training diverged at step 100"))
     assert type(error) is UserError and signals.ACTIVE_SWEEP is None
-    assert str(error) == f"training diverged at step 100\nthe sweep's jobs, each with its status: {sweep / SUMMARY}"
+    assert str(error) == (
+        "job 1 (seed=1) failed: training diverged at step 100\n"
+        f"1 of 2 jobs failed; the sweep's jobs, each with its status: {sweep / SUMMARY}"
+    )
     assert [row["status"] for row in read_summary(sweep)] == ["COMPLETED", "FAILED"]
     assert end_of_sweep(None) is None  # a single run (no sweep): nothing to add
 
