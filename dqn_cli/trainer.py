@@ -314,10 +314,12 @@ class Trainer:
             kept = f"no last.pt was written before it; {best} holds the weights of the best evaluation so far"
         else:
             kept = "no checkpoint was written before it"
+        clip = self.cfg.agent.get("max_grad_norm")
+        clipping = f"a lower agent.max_grad_norm (it is {clip})" if clip is not None else "agent.max_grad_norm=10"
         message = (
             f"training diverged at step {self.step} (update {update or self.updates}): {what} is not finite. "
-            f"Nothing from this point was saved; {kept}. Lower agent.lr, keep agent.max_grad_norm set, "
-            "or look for inf/nan in the env's rewards and observations."
+            f"Nothing from this point was saved; {kept}. Try a lower agent.lr (it is {self.cfg.agent.lr}), "
+            f"{clipping}, agent.loss=huber if it is mse, or look for inf/nan in the env's rewards and observations."
         )
         log.error(f"non-finite {what} at step {self.step}: stopping without saving")
         raise DivergedError(message)

@@ -692,6 +692,9 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, small_cfg_
     step = 150 if learning else 200
     assert f"diverged at step {step}" in message and "not finite" in message
     assert f"last good checkpoint is {run / 'checkpoints' / 'last.pt'} (step 100)" in message
+    # the advice fits the run: CartPole's preset clips no gradients, so it says to clip (not "keep it set")
+    assert cfg.agent.max_grad_norm is None
+    assert f"Try a lower agent.lr (it is {cfg.agent.lr}), agent.max_grad_norm=10, agent.loss=huber" in message
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["counters"]["step"] == 100
     for name in ("last.pt", "best.pt", "step_100.pt"):
