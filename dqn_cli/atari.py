@@ -222,6 +222,13 @@ def check_game(env_cfg: DictConfig) -> None:
             f"use {game}NoFrameskip-v4 (nature) or ALE/{game}-v5 (machado)."
         )
     plays = str(gym.registry[env_cfg.id].kwargs.get("game", "")).replace("_", "")
+    if not plays:
+        raise UserError(
+            f"env.id={env_cfg.id!r} is no ALE game's id, and env={env_cfg.get('name', 'atari')} plays "
+            f"env.game={game!r}: its preset sets env.id from the game ({game}NoFrameskip-v4 for nature, "
+            f"ALE/{game}-v5 for machado). "
+            "For a classic-control env: env=cartpole|acrobot|mountaincar, or env=cartpole env.id=ID."
+        )
     if plays != game.lower():
         raise UserError(
             f"env.id={env_cfg.id!r} plays {plays!r}, not env.game={game!r}. Name the game with env.game=... "

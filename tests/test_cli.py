@@ -203,6 +203,7 @@ BAD = [
     (["train", "env.id=ALE/Pong-v5"], ["is an Atari game", "env=atari env.game=GAME"]),
     (["train", "env.id=MountainCarContinuous-v0"], ["DQN needs a Discrete action space"]),
     (["train", "env=pong", "env.id=Breakout-v4"], ["env.id='Breakout-v4' plays 'breakout', not env.game='Pong'"]),
+    (["train", "env=pong", "env.id=CartPole-v1"], ["env.id='CartPole-v1' is no ALE game's id, and env=pong plays"]),
     # found while building the parts, after Hydra made the run dir: the dir is removed again
     (["train", "network=nature_cnn"], ["network=nature_cnn needs image observations"]),
     (["train", "buffer.capacity=4000000000000"], ["buffer.capacity=4000000000000 needs", "Lower buffer.capacity"]),
