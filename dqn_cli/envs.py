@@ -78,15 +78,24 @@ def check_env(env_cfg: DictConfig) -> None:
         raise UserError(f"env.kind={env_cfg.kind!r} is not supported; allowed: classic, atari.")
 
 
+class EnvUnavailableError(UserError):
+    """An env id that this machine cannot build: `problem` says why, the message adds what to pick instead
+    (`dqn eval`, which takes the env from its checkpoint, says what to install instead)."""
+
+    def __init__(self, problem: str, advice: str):
+        super().__init__(f"{problem} {advice}")
+        self.problem = problem
+
+
 @contextmanager
 def _missing_dependency(env_id: str) -> Iterator[None]:
     """Turn gymnasium's DependencyNotInstalled (Box2D, MuJoCo, ...) into a UserError naming the env."""
     try:
         yield
     except gym.error.DependencyNotInstalled as e:
-        raise UserError(
-            f"env.id={env_id!r} needs a package that is not installed: {e}. Or pick another env "
-            "(env=cartpole|acrobot|mountaincar, or env.id=ID of an installed gymnasium env)."
+        raise EnvUnavailableError(
+            f"env.id={env_id!r} needs a package that is not installed: {e}.",
+            "Or pick another env (env=cartpole|acrobot|mountaincar, or env.id=ID of an installed gymnasium env).",
         ) from None
 
 
@@ -99,9 +108,9 @@ def _check_registered(env_id: str) -> None:
     if env_id not in gym.registry:
         close = [k for k in gym.registry if k.lower().startswith(env_id.split("-")[0].lower()[:4])]
         hint = f" Close matches: {', '.join(sorted(close)[:6])}." if close else ""
-        raise UserError(
-            f"env.id={env_id!r} is not a registered gymnasium environment.{hint} "
-            "Pick a preset with env=cartpole|acrobot|mountaincar or set env.id to a registered id."
+        raise EnvUnavailableError(
+            f"env.id={env_id!r} is not a registered gymnasium environment.{hint}",
+            "Pick a preset with env=cartpole|acrobot|mountaincar or set env.id to a registered id.",
         )
 
 

@@ -14,7 +14,7 @@ from dqn_cli.agent import DQNAgent, make_agent
 from dqn_cli.atari import apply_eval_protocol, frames_per_second
 from dqn_cli.checkpoint import load_checkpoint, state_dict_mismatch
 from dqn_cli.config import validate_eval, validate_train
-from dqn_cli.envs import finished_episodes, make_env
+from dqn_cli.envs import EnvUnavailableError, finished_episodes, make_env
 from dqn_cli.errors import UserError
 from dqn_cli.utils import set_seed, setup_torch
 from dqn_cli.video import EpisodeVideo, run_dir_of
@@ -88,7 +88,15 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.get("video"):
         where = (run_dir or Path(cfg.checkpoint).resolve().parent) / "videos"
         video = EpisodeVideo(where / f"eval_{protocol_name}_step{step}.mp4", frames_per_second(env_cfg))
-    env = make_env(env_cfg, cfg.seed, num_envs=eval_env_count(cfg.episodes), training=False, render=video is not None)
+    try:
+        env = make_env(
+            env_cfg, cfg.seed, num_envs=eval_env_count(cfg.episodes), training=False, render=video is not None
+        )
+    except EnvUnavailableError as e:  # its advice (env=...) is for dqn train: here the env is the checkpoint's
+        raise UserError(
+            f"checkpoint={cfg.checkpoint!r} was trained on an env this machine cannot build: {e.problem} "
+            "dqn eval plays the checkpoint's own env: install what registers it (the package the run used)."
+        ) from None
     agent = make_agent(train_cfg, env.single_observation_space.shape, int(env.single_action_space.n), device)
     try:
         agent.q_net.load_state_dict(state["agent"]["q_net"])

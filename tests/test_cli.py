@@ -327,6 +327,21 @@ def test_cuda_without_a_gpu_fails_cleanly(tmp_path):
     assert "device=" in proc.stderr and "cuda" in proc.stderr and "no CUDA GPU" in proc.stderr
 
 
+def test_eval_of_a_checkpoint_whose_env_is_not_here_says_what_to_install(trained, tmp_path):
+    """The env id comes from the checkpoint: the advice of dqn train (env=cartpole|..., env.id=...) is refused
+    by dqn eval, which takes no env= at all."""
+    state = torch.load(trained / "checkpoints" / "last.pt", weights_only=True)
+    state["config"]["env"]["id"] = "NotInstalledHere-v0"  # (a package that registered it on the training machine)
+    torch.save(state, tmp_path / "elsewhere.pt")
+    proc = dqn("eval", "checkpoint=elsewhere.pt", "device=cpu", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in output(proc), output(proc)
+    assert proc.stderr.strip() == (
+        "dqn eval: error: checkpoint='elsewhere.pt' was trained on an env this machine cannot build: "
+        "env.id='NotInstalledHere-v0' is not a registered gymnasium environment. dqn eval plays the checkpoint's "
+        "own env: install what registers it (the package the run used)."
+    )
+
+
 @pytest.mark.parametrize("damage", ["cut off", "no config"])
 def test_damaged_checkpoint_fails_cleanly(trained, tmp_path, damage):
     bad = tmp_path / "bad.pt"
