@@ -209,6 +209,8 @@ def _abort(signum: int, frame) -> None:
 
 SWEEP_FLAGS = ("-m", "--multirun")
 CONFIG_DIR_FLAGS = ("-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name")
+# Hydra's flags that take the next argument as their value
+FLAGS_WITH_VALUES = (*CONFIG_DIR_FLAGS, "-c", "--cfg", "-i", "--info", "-p", "--package", "--experimental-rerun")
 
 
 def _check_first(args: list[str]) -> None:
@@ -245,12 +247,20 @@ def _flags_first(args: list[str]) -> list[str]:
 def _check_groups(args: list[str], config_name: str) -> None:
     """`check_group_choices` on the command line's overrides (whatever the flags): Hydra would raise a
     ValueError for a group set to null, and merge a list of options."""
+    import re
+
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
     from dqn_cli.config import check_group_choices
     from dqn_cli.errors import UserError
 
+    for before, arg in zip(["", *args], args, strict=False):  # (a flag's value: -cd DIR, --cfg job)
+        if "=" not in arg and re.fullmatch(r"\+{0,2}\w[\w.@/-]*", arg) and before not in FLAGS_WITH_VALUES:
+            raise UserError(
+                f"{arg!r} has no value: write {arg}=VALUE (overrides are KEY=VALUE; +KEY=VALUE adds a "
+                "key, ~KEY deletes one)."
+            )
     parser, parsed = OverridesParser.create(), []
     for override in (a for a in args if not a.startswith("-") and "=" in a):
         try:
@@ -367,7 +377,7 @@ def _raised_in_hydra(e: BaseException) -> bool:
 
 def _one_paragraph(e: BaseException) -> str:
     """Hydra's multi-line composition errors, minus the search-path listing, as one paragraph."""
-    text = str(e)
+    text = str(e).replace("\\'", "'")  # Hydra's "quote the value: key=\'value1,value2\'" shows its escapes
     if e.__cause__ is not None and str(e.__cause__) not in text:
         text += "\n\n" + str(e.__cause__)
     noise = ("full_key:", "object_type=", "reference_type=")

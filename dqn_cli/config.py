@@ -540,6 +540,12 @@ def check_group_choices(overrides: list, config_name: str, unknown_options: bool
         if o.value() is None:
             fix = f" It is off by default: leave {group}= out." if groups[group] else ""
             raise UserError(f"{o.input_line}: the {group} group takes one option, not null; allowed: {options}.{fix}")
+        if isinstance(o.value(), dict):  # agent={lr:1}
+            key = f"{group}.{next(iter(o.value()), 'KEY')}"
+            raise UserError(
+                f"{o.input_line}: the {group} group takes one option, not a mapping; allowed: {options}. "
+                f"Set a key of it with {key}=VALUE."
+            )
         sweep = f" To train with each, sweep: dqn train -m {group}=a,b." if config_name == "train" else ""
         raise UserError(f"{o.input_line}: the {group} group takes one option, not a list; allowed: {options}.{sweep}")
 

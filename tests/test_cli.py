@@ -150,7 +150,10 @@ BAD = [
     (["train", "evn=pong"], ["evn is not a known key. Did you mean env?"]),  # short names: one letter off
     (["train", "env=atari", "env.game=Pongg"], ["env.game='Pongg' is not an ALE game", "Close matches: Pong"]),
     (["train", "env=cartpole", "env.id=CartPole-v9"], ["env.id='CartPole-v9' is not a registered"]),
-    (["train", "seed=0,1"], ["Ambiguous value for argument 'seed=0,1'", "--multirun"]),
+    (["train", "seed=0,1"], ["Ambiguous value for argument 'seed=0,1'", "--multirun", "quote the value: key='value1"]),
+    (["train", "agent.lr"], ["'agent.lr' has no value: write agent.lr=VALUE (overrides are KEY=VALUE;"]),
+    (["train", "--cfg", "job", "agent.lr"], ["'agent.lr' has no value"]),  # (job: the flag's value)
+    (["train", "agent={lr:1}"], ["the agent group takes one option, not a mapping", "with agent.lr=VALUE"]),
     (["train", "env/preset=machado"], ["env/preset is a config group of the env options atari, breakout, pong"]),
     (["train", "agent.lr=abc"], ["agent.lr", "abc"]),
     (["train", "agent.gamma=1.5"], ["agent.gamma", "1.5"]),
