@@ -339,10 +339,27 @@ def _unknown_override(e: BaseException, command: str) -> str | None:
         return None
     key, rules = found.group(1), TRAIN_RULES if command == "train" else EVAL_RULES
     if key not in rules:
-        return unknown_key(key, rules)
+        return unknown_key(key, rules, _composed_keys(command, key))
     group, options = key.split(".")[0], options_with(key, command)
     having = f"the {group} options that have it: {', '.join(options)}" if options else f"no {group} option has it"
     return f"{key} is not in the {group} config this run composes; {having}. Pick one of those, or drop {key}."
+
+
+def _composed_keys(command: str, without: str) -> set[str] | None:
+    """The keys of the config the command line composes, less the override of `without` (the key Hydra could
+    not set); None when that cannot be composed either."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from dqn_cli.config import _leaves, config_dir
+
+    others = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-") and a.split("=")[0].lstrip("+~") != without]
+    try:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir(), version_base="1.3"):
+            return set(_leaves(compose(command, others)))
+    except Exception:  # noqa: BLE001 - only a narrower list of keys for a message: the full one will do
+        return None
 
 
 def _unknown_hydra_key(key: str, cause: BaseException | None) -> str | None:

@@ -258,7 +258,7 @@ def _check(cfg: DictConfig, rules: dict[str, Rule]) -> list[str]:
             if not any_missing:  # a required key left unset explains it better
                 problems.append(f"{key} cannot be resolved: {value}.")
         elif rule is None:
-            message = unknown_key(key, rules)
+            message = unknown_key(key, rules, set(leaves))
             if message not in problems:  # one line for all the keys of a group eval does not have (+env=...)
                 problems.append(message)
         elif value == "???":
@@ -290,13 +290,17 @@ OTHER_NAMES = {
 }
 
 
-def unknown_key(key: str, rules: dict[str, Rule]) -> str:
+def unknown_key(key: str, rules: dict[str, Rule], present: set[str] | None = None) -> str:
     """The message for a key no config has: the key meant (by its SB3, CleanRL or ALE name, or a close
-    spelling) and the keys its group has."""
+    spelling) and the keys its group has. `present`: the keys of the config the run composes, where known
+    (env=cartpole has no env.game): only those are offered; else every option's keys."""
     group = key.split(".")[0] + "." if "." in key else ""
     leaf = key.rsplit(".", 1)[-1]
     tops = sorted({k.split(".")[0] for k in rules})  # the top-level keys and groups
-    if OTHER_NAMES.get(leaf) in rules:
+    meant = OTHER_NAMES.get(leaf) in rules  # (another tool's name: said even where this run lacks the key)
+    if present:
+        rules = {k: rule for k, rule in rules.items() if k in present}
+    if meant:
         hint = f" Did you mean {OTHER_NAMES[leaf]} (what Stable-Baselines3, CleanRL or the ALE call {leaf})?"
     else:
         by_leaf = {k.rsplit(".", 1)[-1]: k for k in rules if k.startswith(group)}

@@ -152,6 +152,9 @@ BAD = [
     (["train", "env=cartpole", "env.id=CartPole-v9"], ["env.id='CartPole-v9' is not a registered"]),
     (["train", "seed=0,1"], ["Ambiguous value for argument 'seed=0,1'", "--multirun", "quote the value: key='value1"]),
     (["train", "agent.lr"], ["'agent.lr' has no value: write agent.lr=VALUE (overrides are KEY=VALUE;"]),
+    # the keys of the uniform buffer this run composes, not the prioritized one's alpha, beta0, eps
+    (["train", "buffer.size=100"], ["buffer.size is not a known key. (known in buffer: buffer.capacity, buffer.kind, "
+                                    "buffer.storage.)"]),
     (["train", "--cfg", "job", "agent.lr"], ["'agent.lr' has no value"]),  # (job: the flag's value)
     (["train", "agent={lr:1}"], ["the agent group takes one option, not a mapping", "with agent.lr=VALUE"]),
     (["train", "env/preset=machado"], ["env/preset is a config group of the env options atari, breakout, pong"]),

@@ -237,6 +237,18 @@ def test_an_unknown_key_names_the_key_meant(small_cfg_factory, key, hint):
     assert f"{key} is not a known key." in str(info.value) and hint in str(info.value), str(info.value)
 
 
+def test_an_unknown_key_lists_the_keys_of_the_options_the_run_composes(small_cfg_factory, compose_cfg):
+    """Not the keys of every option: env=cartpole has no env.game or env.preset.*, which it would refuse."""
+    with pytest.raises(UserError) as info:
+        validate_train(small_cfg_factory("+env.foo=1"))
+    assert "(known in env: env.id, env.kind, env.max_episode_steps, env.name, env.num_envs, env.solved_return.)" in str(
+        info.value
+    )
+    with pytest.raises(UserError) as info:
+        validate_train(compose_cfg("train", ["env=pong", "+env.foo=1"]))
+    assert "env.game, env.id" in str(info.value) and "env.preset.sticky_actions" in str(info.value)
+
+
 def test_an_eval_key_is_not_pointed_at_a_train_only_key(compose_cfg):
     # learning_rate is SB3's agent.lr, a key `dqn eval` does not have: no hint, the eval config's keys
     with pytest.raises(UserError) as info:
