@@ -187,8 +187,11 @@ class SweepStop:
         return self
 
     def close(self) -> None:
+        """Once the launcher has returned (every job launched has ended): the old handlers back, the stop file
+        gone (it has told every job)."""
         restore_handlers(self._previous)
         self._previous = {}
+        self.stop_file.unlink(missing_ok=True)
         if isinstance(sys.stderr, _WithoutJobErrorLines):
             sys.stderr = sys.stderr.stream
 

@@ -337,7 +337,7 @@ def test_the_sweep_launcher_writes_the_stop_file_on_the_first_signal_and_aborts_
             signal.raise_signal(signal.SIGTERM)
     finally:
         sweep.close()
-    assert signal.getsignal(signal.SIGINT) == before
+    assert signal.getsignal(signal.SIGINT) == before and not (tmp_path / ".stop").exists()
 
 
 def test_a_joblib_workers_signal_outside_training_is_held_for_its_runs(monkeypatch):
