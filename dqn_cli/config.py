@@ -287,6 +287,10 @@ OTHER_NAMES = {
     "num_envs": "env.num_envs",
     "env_id": "env.id",
     "repeat_action_probability": "env.preset.sticky_actions",  # the ALE's name
+    "net_arch": "network.hidden_sizes",  # SB3's policy_kwargs
+    "n_timesteps": "total_steps",  # rl-zoo's
+    "cuda": "device",  # CleanRL's --cuda
+    "target_update_freq": "agent.target_update_interval",
 }
 
 
@@ -298,6 +302,7 @@ def unknown_key(key: str, rules: dict[str, Rule], present: set[str] | None = Non
     leaf = key.rsplit(".", 1)[-1]
     tops = sorted({k.split(".")[0] for k in rules})  # the top-level keys and groups
     meant = OTHER_NAMES.get(leaf) in rules  # (another tool's name: said even where this run lacks the key)
+    for_eval = rules is EVAL_RULES
     if present:
         rules = {k: rule for k, rule in rules.items() if k in present}
     if meant:
@@ -308,10 +313,11 @@ def unknown_key(key: str, rules: dict[str, Rule], present: set[str] | None = Non
         if "." not in key:  # a short name is far from its ratio with one letter off: evn=pong
             close += difflib.get_close_matches(key, tops, n=1, cutoff=0.6)
         close += [by_leaf[m] for m in difflib.get_close_matches(leaf, list(by_leaf), n=2, cutoff=0.8)]
+        close += [k for k in rules if k.rsplit(".", 1)[-1] == leaf and k != key]  # another group's: agent.capacity
         hint = f" Did you mean {' or '.join(dict.fromkeys(close))}?" if close else ""
     in_group = sorted(k for k in rules if k.startswith(group))
     if group and not in_group:
-        if rules is EVAL_RULES and group[:-1] in TRAIN_GROUPS:
+        if for_eval and group[:-1] in TRAIN_GROUPS:
             return eval_refuses(group[:-1]) + f" (dqn eval's keys: {', '.join(tops)}.)"
         return (
             f"{key} is not a known key: there are no {group[:-1]}.* keys.{hint} (known at the top: {', '.join(tops)}.)"

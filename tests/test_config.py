@@ -259,6 +259,23 @@ def test_an_eval_key_is_not_pointed_at_a_train_only_key(compose_cfg):
     )
 
 
+def test_an_added_train_key_in_eval_says_eval_takes_it_from_the_checkpoint(compose_cfg):
+    with pytest.raises(UserError) as info:
+        validate_eval(compose_cfg("eval", ["checkpoint=last.pt", "+env.foo=1"]))
+    assert str(info.value).startswith("invalid config: env=... and env.* are not dqn eval settings: the env, network")
+
+
+@pytest.mark.parametrize(
+    "key, meant",
+    [("network.net_arch", "network.hidden_sizes"), ("n_timesteps", "total_steps"), ("cuda", "device"),
+     ("agent.target_update_freq", "agent.target_update_interval"), ("agent.capacity", "buffer.capacity")],
+)  # fmt: skip
+def test_other_tools_names_and_keys_of_another_group_point_at_ours(small_cfg_factory, key, meant):
+    with pytest.raises(UserError) as info:
+        validate_train(small_cfg_factory(f"+{key}=1"))
+    assert f"{key} is not a known key. Did you mean {meant}" in str(info.value), str(info.value)
+
+
 def test_every_other_name_points_at_a_key_that_exists():
     for name, key in OTHER_NAMES.items():
         assert key in TRAIN_RULES, key
