@@ -359,7 +359,7 @@ def write_rows(rows: list[dict[str, Any]], path: str | Path) -> None:
             if key not in keys:
                 keys.append(key)
     with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
+        writer = csv.writer(f, lineterminator="\n")  # (the csv module's default is \r\n)
         writer.writerow(["job", "status", *keys, *METRICS, "run_dir"])
         for row in rows:
             values = _override_values(row["overrides"])

@@ -170,6 +170,7 @@ def test_summary_of_hand_made_run_dirs_sorts_by_job_and_names_deleted_and_added_
     )
     rows = write_summary(sweep, tmp_path / "s.csv")
     assert [r["job"] for r in rows] == [0, 1]
+    assert b"\r" not in (tmp_path / "s.csv").read_bytes()  # Unix lines, for cat, awk and diff
     with open(tmp_path / "s.csv", newline="") as f:
         table = list(csv.reader(f))
     assert table == [
