@@ -107,6 +107,15 @@ class ReplayBuffer:
         self.pos = (p + 1) % self.size_per_env
         self.full = self.full or self.pos == 0
 
+    def cut_episodes(self) -> None:
+        """The envs were reset without their episodes' ends stored (a resume that starts fresh episodes): each
+        stream's last transition that went on becomes a truncation, bootstrapped from its stored next
+        observation, so no n-step window (or frame stack) runs from the old episode into the new one."""
+        if len(self) == 0:
+            return
+        last = (self.pos - 1) % self.size_per_env
+        self.truncated[last] |= ~self.terminated[last]
+
     def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
         filled = self.size_per_env if self.full else self.pos
         t = rng.integers(0, filled, size=batch_size)

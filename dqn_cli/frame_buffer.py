@@ -140,11 +140,7 @@ class FrameStackReplay(ReplayBuffer):
         self.truncated[p] = truncated
         self.side_slot[p] = -1
         for i in np.flatnonzero(truncated & ~terminated):
-            k = self.side_pos
-            self.side_frames[k] = next_obs[i, -1]
-            self.side_owner[k] = p * n + i
-            self.side_slot[p, i] = k
-            self.side_pos = (k + 1) % self.side_capacity
+            self._keep_side_frame(p, i, next_obs[i, -1])
         # The next frame of a step that goes on is the newest frame of the next slot: write it now so
         # this transition is sampleable at once (the next add writes the same frame again).
         going_on = ~(terminated | truncated)
@@ -154,12 +150,31 @@ class FrameStackReplay(ReplayBuffer):
         self.prev_done = ~going_on
         self.pos = q
         self.full = self.full or q == 0
-        if self.store is not None:  # the slots written (p and q) and any new side frames, on the device too
+        if self.store is not None:  # the slots written (p and q) on the device too (side frames: kept there)
             for a, b in [(p, q)] if q == p + 1 else [(p, p), (q, q)]:
                 self.store[a * n : (b + 1) * n] = self._on_store_device(self.frames[a : b + 1])
-            for i in np.flatnonzero(truncated & ~terminated):
-                k = self.side_slot[p, i]
-                self.store[n * self.size_per_env + k] = self._on_store_device(self.side_frames[k])
+
+    def _keep_side_frame(self, t: int, env: int, frame: np.ndarray) -> None:
+        """The newest frame of truncated transition (t, env)'s next observation, into the ring of side frames."""
+        k = self.side_pos
+        self.side_frames[k] = frame
+        self.side_owner[k] = t * self.num_envs + env
+        self.side_slot[t, env] = k
+        self.side_pos = (k + 1) % self.side_capacity
+        if self.store is not None:
+            self.store[self.num_envs * self.size_per_env + k] = self._on_store_device(frame)
+
+    def cut_episodes(self) -> None:
+        """ReplayBuffer's cut (a resume that starts fresh episodes): the next frame of each stream's last
+        transition, written into the next slot, moves to a side frame, and the next add starts an episode."""
+        if len(self) == 0:
+            return
+        last = (self.pos - 1) % self.size_per_env
+        going_on = ~(self.terminated[last] | self.truncated[last])
+        for i in np.flatnonzero(going_on):
+            self._keep_side_frame(last, i, self.frames[self.pos, i].copy())
+        self.truncated[last] |= going_on
+        self.prev_done[:] = True
 
     def _on_store_device(self, frames: np.ndarray) -> torch.Tensor:
         return to_device(frames.reshape(-1, *self.frame_shape), self.store.device)

@@ -422,9 +422,11 @@ class Trainer:
         self.epsilon = LinearSchedule(
             a.exploration_initial_eps, a.exploration_final_eps, a.exploration_fraction, self.schedule_steps
         )
-        self.obs = self._restore_env(state)
+        self.obs, fresh_episodes = self._restore_env(state)
         if load_replay(path, state, self.buffer):
             self._replay_step = self.step
+            if fresh_episodes:  # the stored episodes end where the run stopped
+                self.buffer.cut_episodes()
         else:
             self.learning_starts = self.step + int(a.learning_starts)
             self.due_updates = 0  # they were due on the saved buffer, which is gone
@@ -436,13 +438,15 @@ class Trainer:
         self.last_saved = (path, self.step)
         log.info(f"resumed {path} at step {self.step} ({self.episodes} episodes, {self.updates} updates)")
 
-    def _restore_env(self, state: dict) -> np.ndarray:
+    def _restore_env(self, state: dict) -> tuple[np.ndarray, bool]:
+        """The envs as the run left them, and False; or, where their state cannot be restored, fresh episodes
+        and True."""
         obs, _ = self.env.reset(seed=self.cfg.seed)  # sets up every wrapper; the saved state overwrites it
         reason = env_state.unsupported(self.env)
         if reason is None and state.get("env") is not None and state.get("obs") is not None:
             try:
                 env_state.set_state(self.env, state["env"])
-                return state["obs"].numpy().copy()
+                return state["obs"].numpy().copy(), False
             except (KeyError, ValueError, TypeError, RuntimeError) as e:
                 # the run's own config built this env: dqn_cli's wrappers changed since the checkpoint
                 reason = f"the saved one does not fit this version's {self.cfg.env.id}: {e}"
@@ -452,7 +456,7 @@ class Trainer:
             f"the env's state cannot be restored ({reason or 'not in this checkpoint'}): the resumed run starts "
             "fresh episodes, so it will not match an uninterrupted run step for step"
         )
-        return obs
+        return obs, True
 
     def _restore_rngs(self, rng: dict) -> None:
         self.rng.bit_generator.state = rng["numpy"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from dqn_cli.buffers import ReplayBuffer, make_buffer
@@ -397,3 +398,34 @@ def test_measured_memory_per_transition_is_under_7500_bytes():
 def test_a_buffer_larger_than_memory_is_refused_before_allocation():
     with pytest.raises(UserError, match=r"buffer.capacity=1000000000 needs .* GiB but only"):
         FrameStackReplay(10**9, (4, 84, 84), np.uint8, 1)
+
+
+@pytest.mark.parametrize("store", [False, True], ids=["host", "device store"])
+def test_a_cut_starts_the_next_episode_and_keeps_the_old_ones_last_next_obs(store):
+    """A resume that starts fresh episodes (ale/async envs: no saved state): the next add is an episode
+    start, and the last transition before the stop keeps its next stack. Before, the new game's first stack
+    was rebuilt with three frames of the old game and the old game's last next stack ended in the new one."""
+    k, shape = 3, (2, 2)
+
+    def stack(*frames):
+        return np.stack([np.full(shape, f, np.uint8) for f in frames])[None]  # (1, K, H, W)
+
+    buf = FrameStackReplay(32, (k, *shape), np.uint8, num_envs=1, gamma=0.5)
+    if store:
+        buf.keep_frames_on(torch.device("cpu"))
+    old = [stack(0, 0, 1), stack(0, 1, 2), stack(1, 2, 3), stack(2, 3, 4), stack(3, 4, 5)]
+    for obs, next_obs in zip(old[:-1], old[1:], strict=True):
+        buf.add(obs, [0], [1.0], next_obs, [False], [False])  # t = 0..3, all going on
+    buf.cut_episodes()
+    new = [stack(0, 0, 21), stack(0, 21, 22)]
+    buf.add(new[0], [1], [1.0], new[1], [False], [False])  # t = 4: the new game's first step
+    t, env = np.array([3, 4]), np.zeros(2, np.int64)
+    assert buf.sampleable(t, env).all()
+    batch, (obs, next_obs) = buf._gather(t, env), buf._obs_pair(t, t, env)
+    np.testing.assert_array_equal(obs[:, :, 0, 0], [[2, 3, 4], [0, 0, 21]])
+    np.testing.assert_array_equal(next_obs[:, :, 0, 0], [[3, 4, 5], [0, 21, 22]])
+    np.testing.assert_array_equal(batch.terminated, [0, 0])
+    np.testing.assert_array_equal(batch.discounts, [0.5, 0.5])
+    if store:  # the rows an update gathers on the device hold the same frames
+        rows = buf.store[torch.from_numpy(buf._window_rows(t, env))][:, :, 0, 0].numpy()
+        np.testing.assert_array_equal(rows, [[2, 3, 4, 5], [0, 0, 21, 22]])

@@ -153,6 +153,24 @@ def test_a_termination_after_the_window_closed_does_not_mark_it():
     np.testing.assert_array_equal(batch.discounts, [0.25, 0.5, 0.5])
 
 
+def test_a_cut_closes_each_streams_last_transition_as_a_truncation():
+    """A resume that starts fresh episodes: the stored episodes end where the run stopped. Env 0's last step
+    went on (its window now stops there, bootstrapped from its stored s'); env 1's had terminated."""
+    buf = ReplayBuffer(20, (1,), np.float32, num_envs=2, n_step=3, gamma=GAMMA)
+    fill(buf, 4, terminated={(3, 1)}, rewards=[[1, 1], [2, 2], [4, 4], [8, 8]])
+    buf.cut_episodes()
+    fill(buf, 2, start=10, rewards={10: [16, 16], 11: [32, 32]})  # the new episodes
+    assert buf.truncated[3].tolist() == [True, False] and buf.terminated[3].tolist() == [False, True]
+    batch = gather(buf, [2, 3])
+    np.testing.assert_array_equal(batch.rewards, [4 + 0.5 * 8, 8])  # not on into the new episode's 16
+    np.testing.assert_array_equal(batch.discounts, [0.25, 0.5])
+    np.testing.assert_array_equal(batch.terminated, [0, 0])
+    np.testing.assert_array_equal(batch.next_obs[:, 0], [4, 4])  # the old episode's s' of t=3
+    empty = ReplayBuffer(20, (1,), np.float32)
+    empty.cut_episodes()  # nothing stored: nothing to cut
+    assert not empty.truncated.any()
+
+
 def test_n_step_window_wraps_around_the_ring_but_stops_at_the_newest():
     buf = ReplayBuffer(4, (1,), np.float32, n_step=3, gamma=GAMMA)
     fill(buf, 6, rewards=REWARDS)  # slots hold t = 4, 5, 2, 3; pos = 2, so slot 1 (t=5) is the newest

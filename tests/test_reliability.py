@@ -754,6 +754,22 @@ def test_resume_accepts_repeated_values_and_total_steps(small_cfg_factory, stopp
     assert trainer.cfg.total_steps == 500 and trainer.step == HALF
 
 
+def test_a_resume_that_starts_fresh_episodes_ends_the_stored_ones(small_cfg_factory, stopped_run, monkeypatch):
+    """Envs whose state is not saved (ale, async) restart their games on resume: the replay buffer's last
+    transition, mid-episode when the run stopped, becomes a truncation, so no n-step window or frame stack
+    runs on from the old game into the new one (a bootstrap from the old game's own next state)."""
+    from dqn_cli import env_state
+
+    monkeypatch.setattr(env_state, "unsupported", lambda env: "not saved by this env (the test's stand-in)")
+    trainer = resume(small_cfg_factory, stopped_run)
+    last = (trainer.buffer.pos - 1) % trainer.buffer.size_per_env
+    assert trainer.step == HALF and trainer.buffer.pos == HALF  # (one env, no wrap: slot = step)
+    assert trainer.buffer.truncated[last, 0] and not trainer.buffer.terminated[last, 0]
+    monkeypatch.undo()
+    restored = resume(small_cfg_factory, stopped_run)  # the games go on where they were: nothing to cut
+    assert not restored.buffer.truncated[last, 0]
+
+
 def test_a_finished_run_extended_with_solving_on_is_not_called_solved(tmp_path, small_cfg_factory, caplog):
     run = tmp_path / "run"
     Trainer(small_cfg_factory(), run).run()  # to its total_steps: done, but not solved
