@@ -80,6 +80,9 @@ def evaluate(cfg: DictConfig) -> dict:
     set_seed(cfg.seed)
     protocol, step = cfg.get("eval_protocol"), int(state["counters"]["step"])
     protocol_name = protocol.name if protocol is not None else "custom"
+    if protocol is not None and float(cfg.epsilon) != float(protocol.epsilon):
+        # another epsilon is another protocol: its scores do not go under the protocol's name (or TB tag)
+        protocol_name = f"{protocol.name}_eps{float(cfg.epsilon):g}"
     env_cfg = apply_eval_protocol(train_cfg.env, protocol)
     run_dir = run_dir_of(cfg.checkpoint)
     if cfg.output:  # before the games: a path that cannot be written fails now, not after them

@@ -674,6 +674,15 @@ def test_eval_nature_protocol_writes_scores_video_and_tensorboard(pong_run, tmp_
     (scalar,) = events.Scalars("eval_nature/mean_return")
     assert scalar.step == trainer.step and scalar.value == pytest.approx(result["mean_return"])
 
+    # another epsilon is not the protocol: its scores go under a name of their own, not eval_nature/*
+    cfg.epsilon, cfg.video, cfg.output = 0.0, False, None
+    greedy = evaluate(cfg)
+    assert greedy["protocol"] == "nature_eps0" and greedy["epsilon"] == 0.0
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    assert len(events.Scalars("eval_nature/mean_return")) == 1
+    assert events.Scalars("eval_nature_eps0/mean_return")[0].value == pytest.approx(greedy["mean_return"])
+
 
 def test_bf16_mixed_pong_run_checkpoints_fp32_and_evaluates_with_the_trained_weights(
     tmp_path, atari_cfg, compose_cfg, monkeypatch
