@@ -216,6 +216,20 @@ def test_numpy_and_torch_greedy_paths_agree(small_cfg, activation, dueling):
     np.testing.assert_array_equal(agent.act(obs, 0.0, np.random.default_rng(0)), expected)
 
 
+def test_an_mlp_over_frames_scales_the_bytes_to_0_1_on_both_greedy_paths(small_cfg):
+    """As nature_cnn (and SB3's MlpPolicy on image spaces): raw 0..255 inputs gave a badly scaled baseline."""
+    from dqn_cli.networks import make_network
+
+    torch.manual_seed(0)
+    net = make_network(small_cfg.network, (2, 3, 3), 4)
+    frames = np.random.default_rng(0).integers(0, 256, size=(50, 2, 3, 3), dtype=np.uint8)
+    with torch.no_grad():
+        q = net(torch.from_numpy(frames))
+        torch.testing.assert_close(q, net.layers(torch.from_numpy(frames).flatten(1).float() / 255))
+    np.testing.assert_array_equal(net.numpy_policy()(frames), q.argmax(1).numpy())
+    assert make_network(small_cfg.network, (4,), 2).scale == 1.0  # vector observations stay as they are
+
+
 def test_dueling_head_combines_value_and_centred_advantage():
     torch.manual_seed(0)
     net = MLP(4, 3, [8], dueling=True)
