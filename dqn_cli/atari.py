@@ -27,6 +27,7 @@ from __future__ import annotations
 import atexit
 import difflib
 import functools
+import logging
 import multiprocessing
 import os
 import re
@@ -42,6 +43,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from dqn_cli import env_state
 from dqn_cli.errors import UserError
+
+log = logging.getLogger(__name__)
 
 gym.register_envs(ale_py)
 ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)  # no "A.L.E: ... [Powered by Stella]" per game
@@ -253,6 +256,11 @@ def make_atari_env(
     """
     check_game(env_cfg)
     cfg = OmegaConf.to_container(env_cfg, resolve=True)
+    if training and cfg.get("num_threads") and cfg["vectorization"] != "ale":
+        log.warning(
+            f"env.num_threads={cfg['num_threads']} sets ale-py's C++ threads, which only env.vectorization=ale "
+            f"uses; with {cfg['vectorization']} it changes nothing"
+        )
     if cfg["vectorization"] == "ale" and not render:  # rendering (video) goes through gymnasium's pipeline
         from dqn_cli.ale_vector import ALEVectorEnv
 

@@ -4,6 +4,7 @@ training run, the nature eval protocol with video, and clear refusals of bad inp
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -1098,3 +1099,14 @@ def test_a_trainer_that_is_itself_a_child_process_keeps_its_signals_after_buildi
         assert results.get(timeout=120) is False
     finally:
         child.join(timeout=30)
+
+
+def test_env_num_threads_outside_the_ale_vectorization_is_said_to_change_nothing(atari_cfg, caplog):
+    with caplog.at_level(logging.WARNING, logger="dqn_cli.atari"):
+        make_env(atari_cfg("env.num_threads=2").env, seed=0).close()  # sync
+    assert "env.num_threads=2 sets ale-py's C++ threads, which only env.vectorization=ale uses" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dqn_cli.atari"):
+        make_env(atari_cfg("env.num_threads=2").env, seed=0, training=False).close()  # (the eval env: said once)
+        make_env(atari_cfg().env, seed=0).close()
+    assert "env.num_threads" not in caplog.text
