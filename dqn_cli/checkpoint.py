@@ -16,7 +16,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from dqn_cli.errors import UserError
+from dqn_cli.errors import UserError, first_line
 
 FORMAT = "dqn_cli/checkpoint-v1"
 
@@ -206,11 +206,9 @@ def state_dict_mismatch(e: Exception) -> str:
     """What torch's load_state_dict said, in one line: the first two of its size-mismatch, missing-key and
     unexpected-key lines (its text runs to a line per tensor), or its first line."""
     lines = [ln.strip().rstrip(".") for ln in str(e).splitlines()[1:] if ln.strip()]
-    return "; ".join(lines[:2]) + ("; ..." if len(lines) > 2 else "") if lines else _first(str(e)) or type(e).__name__
-
-
-def _first(text: str) -> str:
-    return (text.strip().splitlines() or [""])[0]
+    return (
+        "; ".join(lines[:2]) + ("; ..." if len(lines) > 2 else "") if lines else first_line(str(e)) or type(e).__name__
+    )
 
 
 def _damage(state: dict) -> str | None:

@@ -29,6 +29,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from dqn_cli.errors import first_line
+
 log = logging.getLogger(__name__)
 
 JOB_RESULT = "job_result.json"
@@ -205,10 +207,10 @@ def end_of_sweep(error: BaseException | None) -> BaseException | None:
     failed = [r for r in rows if r["status"] == "FAILED"]
     for row in failed:  # a real failure beside the stop: its error, and where its traceback went
         where = f" (traceback: {row['traceback']})" if row.get("traceback") else ""
-        lines.append(f"job {row['job']} failed: {_first_line_of(row.get('error') or 'no error recorded')}{where}")
+        lines.append(f"job {row['job']} failed: {first_line(row.get('error') or 'no error recorded')}{where}")
     if not isinstance(error, (UserError, type(None))):  # the launcher's own complaint, e.g. of a killed job
-        said = f"{type(error).__name__}: {_first_line_of(str(error))}"
-        if said not in {_first_line_of(r.get("error") or "") for r in failed}:  # (not a failed job's, again)
+        said = f"{type(error).__name__}: {first_line(str(error))}"
+        if said not in {first_line(r.get("error") or "") for r in failed}:  # (not a failed job's, again)
             lines.append(f"the launcher said: {said}")
     stopped = [r["run_dir"] for r in rows if r["status"] == "STOPPED"]
     if stopped:
@@ -332,11 +334,7 @@ def _read_yaml(path: Path, key: str) -> Any:
 
 
 def _first_line(e: BaseException) -> str:
-    return _first_line_of(str(e)) or type(e).__name__
-
-
-def _first_line_of(text: str) -> str:
-    return (text.strip().splitlines() or [""])[0]
+    return first_line(str(e)) or type(e).__name__
 
 
 def write_summary(sweep_dir: str | Path, path: str | Path) -> list[dict[str, Any]]:
