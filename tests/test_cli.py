@@ -321,7 +321,8 @@ def test_compile_without_a_cpp_compiler_fails_cleanly(tmp_path):
     proc = dqn("train", *TINY, "compile=true", "hydra.run.dir=run", cwd=tmp_path, CXX=str(tmp_path / "no-g++"))
     assert proc.returncode == 2, output(proc)
     assert "Traceback" not in output(proc)
-    assert "compile=true" in proc.stderr and "C++ compiler" in proc.stderr and "no-g++" in proc.stderr
+    assert "compile=true" in proc.stderr and "C++ compiler" in proc.stderr and "no-g++ is not one" in proc.stderr
+    assert "none was found. Install one (or point CXX at it)" in proc.stderr  # (not "this machine has none")
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
