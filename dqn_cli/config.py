@@ -737,7 +737,14 @@ def refuse_used_sweep_dir(hydra_cfg: DictConfig) -> None:
         sweep_dir = Path(str(OmegaConf.select(hydra_cfg, "sweep.dir", throw_on_resolution_failure=True)))
     except Exception:  # noqa: BLE001 - the default multirun/DATE/TIME (under hydra.runtime.cwd): a new dir
         return
-    used = sorted(p.parent.parent for p in sweep_dir.glob("**/checkpoints/last.pt"))
+    if OmegaConf.to_container(hydra_cfg.sweep, resolve=False).get("subdir") != "${hydra.job.num}":
+        return  # job dirs named otherwise (${hydra.job.override_dirname}, ...): a new sweep may well add its own
+    if not sweep_dir.is_dir():
+        return
+    used = sorted(
+        (d for d in sweep_dir.iterdir() if d.name.isdigit() and (d / "checkpoints" / "last.pt").is_file()),
+        key=lambda d: int(d.name),
+    )
     if used:
         runs = f"{len(used)} run dir{'s' if len(used) > 1 else ''} with checkpoints/last.pt, e.g. {used[0]}"
         raise UserError(

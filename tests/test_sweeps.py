@@ -123,6 +123,17 @@ def test_a_sweep_into_the_dir_of_an_earlier_sweep_is_refused(joblib_sweep):
     assert {p: p.stat().st_mtime_ns for p in joblib_sweep.rglob("*") if p.is_file()} == before
 
 
+def test_a_sweep_whose_job_dirs_are_named_by_their_overrides_may_share_a_dir(joblib_sweep, tmp_path):
+    """hydra.sweep.subdir=${hydra.job.override_dirname}: each job's dir is named by its values, so a new
+    sweep in the same dir adds dirs of its own and overwrites none."""
+    shared = tmp_path / "shared"
+    shutil.copytree(joblib_sweep, shared)
+    check_ok(multirun(shared, "seed=5", "hydra.sweep.subdir=${hydra.job.override_dirname}"))
+    (new,) = [d for d in shared.iterdir() if d.is_dir() and d.name not in ("0", "1")]
+    assert "seed=5" in new.name and (new / "checkpoints" / "last.pt").is_file()
+    assert (shared / "0" / "checkpoints" / "last.pt").is_file()  # the earlier sweep's, kept
+
+
 def test_a_joblib_job_runs_async_atari_envs(tmp_path):
     """A loky worker's default start method is loky's, whose processes could not take gymnasium's shared
     observation memory (TypeError: cannot pickle 'mmap.mmap' object): the envs name the platform's."""
