@@ -55,8 +55,7 @@ def compile_agent(agent: DQNAgent) -> DQNAgent:
     if missing:
         raise UserError(
             f"compile=true builds the update's kernels with {missing}, and none was found. "
-            f"Install one (or point CXX at it), or drop compile=true: the update then runs uncompiled (the same "
-            "algorithm)."
+            f"Install it, or drop compile=true: the update then runs uncompiled (the same algorithm)."
         )
     # Dynamo tells once that it drops Adam's profiler annotation; nothing a user can act on
     logging.getLogger("torch._dynamo.variables.ctx_manager").setLevel(logging.ERROR)

@@ -271,7 +271,9 @@ def _check_groups(args: list[str], config_name: str) -> None:
                 "('network.hidden_sizes=[64,64]'); https://hydra.cc/docs/advanced/override_grammar/basic/ has the rest."
             ) from None
     # a config dir of the user's own (-cd DIR, hydra.searchpath) may add options: only Hydra knows them all
-    more_configs = any(a.split("=")[0] in CONFIG_DIR_FLAGS or a.startswith("hydra.searchpath") for a in args)
+    more_configs = any(
+        a.split("=")[0] in CONFIG_DIR_FLAGS or a.lstrip("+").startswith("hydra.searchpath") for a in args
+    )
     check_group_choices(parsed, config_name, unknown_options=not more_configs)
 
 

@@ -188,7 +188,8 @@ def end_of_sweep(error: BaseException | None) -> BaseException | None:
         failed = [r for r in rows if r["status"] == "FAILED"]
         said = f"{type(error).__name__}: {error}"
         job = next((r for r in failed if r.get("error") == said), failed[0] if failed else None)
-        which = f"job {job['job']} ({' '.join(_varying(rows, job)) or 'no swept values'}) failed: " if job else ""
+        swept = _varying(rows, job) if job and len(rows) > 1 else (job or {}).get("overrides", [])
+        which = f"job {job['job']} ({' '.join(swept) or 'no overrides'}) failed: " if job else ""
         count = f"{len(failed)} of {len(rows)} jobs failed; " if failed else ""
         return type(error)(f"{which}{error}\n{count}the sweep's jobs, each with its status: {path}")
     if signum is None:  # (a job stopped by a signal of its own, not the sweep)

@@ -359,7 +359,7 @@ class Trainer:
         which = "eval.stop_return" if cfg.eval.get("stop_return") is not None else "env.solved_return"
         target = OmegaConf.select(cfg, which)
         solved = bool(cfg.eval.stop_on_solved and target is not None and self.last_eval >= target)
-        if solved:
+        if solved and self.step < cfg.total_steps:  # (at the last step the run ends anyway: nothing to say)
             log.info(
                 f"solved at step {self.step}: {eval_kind(cfg.eval.epsilon)} {self.last_eval:.2f} >= {which}={target}, "
                 f"so the run ends here (eval.stop_on_solved=false trains on to total_steps={cfg.total_steps})"

@@ -748,6 +748,11 @@ def test_a_failed_job_ends_the_sweep_with_its_message_and_the_summary_written(tm
     assert [row["status"] for row in read_summary(sweep)] == ["COMPLETED", "FAILED"]
     assert end_of_sweep(None) is None  # a single run (no sweep): nothing to add
 
+    one = tmp_path / "one"  # a sweep of one job: nothing varies, so its overrides are named
+    _fake_run(one / "0", ["seed=3", "agent.lr=1"], {"job": 0, "status": "FAILED", "return": None, "wall_time_s": 1.0})
+    monkeypatch.setattr(signals, "ACTIVE_SWEEP", signals.SweepStop(one))
+    assert str(end_of_sweep(UserError("diverged"))).startswith("job 0 (seed=3 agent.lr=1) failed: diverged\n1 of 1")
+
 
 def test_a_stopped_sweep_of_several_batches_counts_the_jobs_it_never_launched(tmp_path, monkeypatch):
     """hydra.sweeper.max_batch_size (or Optuna's n_jobs) launches the jobs batch by batch: once stopped,

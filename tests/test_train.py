@@ -131,6 +131,13 @@ def test_stop_on_solved_ends_training_at_the_first_solving_eval(small_cfg_factor
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["counters"]["step"] == 100
 
 
+def test_a_run_solved_only_at_its_last_step_is_not_said_to_end_early(small_cfg_factory, run_dir, caplog):
+    cfg = small_cfg_factory("eval.stop_on_solved=true", "eval.stop_return=1", "eval.interval=0")  # the final eval
+    with caplog.at_level(logging.INFO, logger="dqn_cli.trainer"):
+        run = Run(cfg, run_dir)
+    assert run.trainer.step == 300 and "solved at step" not in caplog.text
+
+
 def test_stop_return_overrides_the_solved_return(small_cfg_factory, run_dir):
     # a stop_return below every CartPole return stops at the first eval, whatever env.solved_return says
     run = Run(small_cfg_factory("eval.stop_on_solved=true", "env.solved_return=1000", "eval.stop_return=1"), run_dir)
