@@ -126,9 +126,10 @@ def main() -> None:
     from dqn_cli.sweep import end_of_sweep
 
     try:
+        if command == "train":  # first: its path, taken as typed, becomes one Hydra reads back unchanged
+            args = _resume_in_place(args)
         _check_groups(args[1:], config_name)
         if command == "train":
-            args = _resume_in_place(args)
             _check_first(args[1:])
         sys.argv = [f"dqn {command}", *args[1:]]
         _hydra_app(config_name, task)()
@@ -256,7 +257,13 @@ def _check_groups(args: list[str], config_name: str) -> None:
     from dqn_cli.errors import UserError
 
     for before, arg in zip(["", *args], args, strict=False):  # (a flag's value: -cd DIR, --cfg job)
-        if "=" not in arg and re.fullmatch(r"\+{0,2}\w[\w.@/-]*", arg) and before not in FLAGS_WITH_VALUES:
+        if "=" in arg or arg.startswith("-") or before in FLAGS_WITH_VALUES:
+            continue
+        if "/" in arg or os.path.exists(arg):  # a path typed without its key
+            key = "checkpoint" if config_name == "eval" else "resume"
+            what = "the checkpoint to evaluate" if config_name == "eval" else "the run dir to continue"
+            raise UserError(f"{arg!r} has no key: {what} is given as {key}={arg}.")
+        if re.fullmatch(r"\+{0,2}\w[\w.@-]*", arg):
             raise UserError(
                 f"{arg!r} has no value: write {arg}=VALUE (overrides are KEY=VALUE; +KEY=VALUE adds a "
                 "key, ~KEY deletes one)."
@@ -278,9 +285,21 @@ def _check_groups(args: list[str], config_name: str) -> None:
 
 
 def _resumed(args: list[str]) -> str | None:
-    """The run dir of `resume=RUN_DIR` in `args`, or None."""
+    """The run dir of the last `resume=RUN_DIR` in `args`, or None. The path is taken as typed (a run dir
+    named by Hydra's override_dirname holds `=` and `,`), unless it is quoted for Hydra ('...')."""
     resume = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
-    return resume[-1] if resume and resume[-1] not in ("", "null") else None
+    if not resume or resume[-1] in ("", "null"):
+        return None
+    if resume[-1][:1] in ("'", '"'):
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from omegaconf import OmegaConf
+
+        try:
+            (override,) = OverridesParser.create().parse_overrides([f"resume={resume[-1]}"])
+            return str(OmegaConf.create({"path": override.value()}).path)
+        except Exception:  # noqa: BLE001 - not Hydra's quoting after all: the path as typed
+            return resume[-1]
+    return resume[-1]
 
 
 def _resume_in_place(args: list[str]) -> list[str]:
@@ -297,12 +316,11 @@ def _resume_in_place(args: list[str]) -> list[str]:
         raise UserError(
             f"resume={run_dir} continues the run in that dir itself; drop hydra.run.dir=... from the command."
         )
-    if not os.path.isabs(run_dir) and not run_dir.startswith(("'", '"')):
-        # absolute for the job: with hydra.job.chdir=true it runs in the run dir, where the relative path is not
-        run_dir = _hydra_string(os.path.abspath(run_dir))
-        last = max(i for i, a in enumerate(args) if a.startswith("resume="))
-        args = [*args[:last], f"resume={run_dir}", *args[last + 1 :]]
-    extra = [f"hydra.run.dir={run_dir}"]
+    # absolute for the job (with hydra.job.chdir=true it runs in the run dir), and written so that Hydra reads
+    # it back as it is; the earlier resume= arguments, which the last one overrides, go
+    path = _hydra_string(os.path.abspath(run_dir))
+    args = [a for a in args if not a.startswith("resume=")]
+    extra = [f"resume={path}", f"hydra.run.dir={path}"]
     if not any(a.startswith("hydra.output_subdir=") for a in args):
         extra.append("hydra.output_subdir=null")
     return [*args, *extra]
@@ -314,8 +332,9 @@ def _hydra_string(text: str) -> str:
 
     if re.fullmatch(r"[\w/.\-+@:]+", text):
         return text
-    # Hydra's quoted strings: backslashes are doubled only where they come before a quote or the end
-    text = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, text)
+    # Hydra's quoted strings: backslashes are doubled only where they come before a quote or the end, and
+    # OmegaConf would read ${...} as an interpolation
+    text = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, text).replace("${", "\\${")
     return "'" + text.replace("'", "\\'") + "'"
 
 

@@ -156,6 +156,8 @@ BAD = [
     (["train", "buffer.size=100"], ["buffer.size is not a known key. (known in buffer: buffer.capacity, buffer.kind, "
                                     "buffer.storage.)"]),
     (["train", "--cfg", "job", "agent.lr"], ["'agent.lr' has no value"]),  # (job: the flag's value)
+    (["eval", "runs/a/checkpoints/last.pt"], ["has no key: the checkpoint to evaluate is given as checkpoint=runs/a/"]),
+    (["train", "runs/a"], ["'runs/a' has no key: the run dir to continue is given as resume=runs/a."]),
     (["train", "agent={lr:1}"], ["the agent group takes one option, not a mapping", "with agent.lr=VALUE"]),
     (["train", "env/preset=machado"], ["env/preset is a config group of the env options atari, breakout, pong"]),
     (["train", "agent.lr=abc"], ["agent.lr", "abc"]),
@@ -278,14 +280,29 @@ def test_a_relative_resume_path_holds_when_the_job_changes_into_the_run_dir(trai
     assert load_checkpoint(tmp_path / "copy" / "checkpoints" / "last.pt")["counters"]["step"] == 400
 
 
-@pytest.mark.parametrize("path", ["/runs/a", "/my runs/it's=1,2", "/x\\y [1]", "/a\\'b\\", "/end\\\\"])
+@pytest.mark.parametrize(
+    "path", ["/runs/a", "/my runs/it's=1,2", "/x\\y [1]", "/a\\'b\\", "/end\\\\", "/r${x}", "/s/agent.lr=0.001,seed=1"]
+)
 def test_a_path_handed_to_hydra_reads_back_unchanged(path):
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
 
-    from dqn_cli.cli import _hydra_string
+    from dqn_cli.cli import _hydra_string, _resumed
 
     (override,) = OverridesParser.create().parse_overrides([f"resume={_hydra_string(path)}"])
-    assert override.value() == path
+    assert OmegaConf.create({"resume": override.value()}).resume == path  # as the job's config reads it
+    assert _resumed([f"resume={_hydra_string(path)}"]) == path == _resumed([f"resume={path}"])  # quoted or as typed
+
+
+@pytest.mark.parametrize("name", ["agent.lr=0.001,seed=1", "run (2)"])
+@pytest.mark.parametrize("relative", [True, False], ids=["relative", "absolute"])
+def test_a_run_dir_whose_name_hydra_cannot_read_unquoted_resumes(trained, tmp_path, name, relative):
+    """Job dirs named by hydra.job.override_dirname hold = and ,: the stop report's resume command for them
+    failed ("Ambiguous value", "mismatched input '='")."""
+    shutil.copytree(trained, tmp_path / name)
+    proc = dqn("train", f"resume={name if relative else tmp_path / name}", "total_steps=400", cwd=tmp_path)
+    assert proc.returncode == 0, output(proc)
+    assert load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")["counters"]["step"] == 400
 
 
 def test_eval_output_never_replaces_a_checkpoint(trained, tmp_path):
