@@ -39,8 +39,8 @@ class DuelingHead(nn.Module):
 
 
 class MLP(nn.Module):
-    """Fully connected Q-network over flat float observations; `dueling` splits the last layer
-    into a value and an advantage stream. `scale` multiplies the inputs (1/255 for uint8 frames)."""
+    """Fully connected Q-network over flat observations; `dueling` splits the last layer into a value and
+    an advantage stream. uint8 observations (frames) are scaled to [0, 1], as nature_cnn and SB3 do."""
 
     def __init__(
         self,
@@ -49,10 +49,8 @@ class MLP(nn.Module):
         hidden_sizes: Sequence[int],
         activation: str = "relu",
         dueling: bool = False,
-        scale: float = 1.0,
     ):
         super().__init__()
-        self.scale = float(scale)
         sizes = [obs_dim, *hidden_sizes]
         layers: list[nn.Module] = []
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
@@ -66,7 +64,7 @@ class MLP(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         x = obs.flatten(1).to(next(self.parameters()).dtype)  # fp32, or bf16 compute copies
-        return self.layers(x * self.scale if self.scale != 1.0 else x)
+        return self.layers(x / 255.0 if obs.dtype == torch.uint8 else x)
 
     def numpy_policy(self):
         """A greedy-action function in plain numpy over views of this module's CPU weights.
@@ -79,12 +77,12 @@ class MLP(nn.Module):
         last = head.advantage if isinstance(head, DuelingHead) else head
         linears = [m for m in hidden if isinstance(m, nn.Linear)] + [last]
         weights = [(m.weight.detach().numpy().T, m.bias.detach().numpy()) for m in linears]
-        act, scale = _NUMPY_ACTIVATIONS[self.activation], np.float32(self.scale)
+        act = _NUMPY_ACTIVATIONS[self.activation]
 
         def greedy(obs: np.ndarray) -> np.ndarray:
             x = obs.reshape(len(obs), -1).astype(np.float32, copy=False)
-            if scale != 1:
-                x = x * scale
+            if obs.dtype == np.uint8:
+                x /= 255.0
             with np.errstate(all="ignore"):  # diverged weights overflow here; the trainer's NaN guard says so
                 for w, b in weights[:-1]:
                     x = act(x @ w + b)
@@ -130,14 +128,12 @@ def make_network(net_cfg: DictConfig, obs_shape: tuple[int, ...], n_actions: int
     if net_cfg.name == "mlp":
         if net_cfg.activation not in ACTIVATIONS:
             raise UserError(f"network.activation={net_cfg.activation!r} is unknown; allowed: {', '.join(ACTIVATIONS)}.")
-        image = len(obs_shape) == 3
-        if image:  # allowed (a baseline, a test), but rarely what was meant
+        if len(obs_shape) == 3:  # allowed (a baseline, a test), but rarely what was meant
             log.warning(
                 f"network=mlp flattens this env's image observations {tuple(obs_shape)} into "
                 f"{int(np.prod(obs_shape)):,} inputs; the Nature DQN setup for frames is network=nature_cnn."
             )
-        scale = 1 / 255 if image else 1.0  # uint8 frames to [0, 1], as nature_cnn (and SB3's MlpPolicy) do
-        return MLP(int(np.prod(obs_shape)), n_actions, list(net_cfg.hidden_sizes), net_cfg.activation, dueling, scale)
+        return MLP(int(np.prod(obs_shape)), n_actions, list(net_cfg.hidden_sizes), net_cfg.activation, dueling)
     if net_cfg.name == "nature_cnn":
         if len(obs_shape) != 3:
             raise UserError(

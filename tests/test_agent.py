@@ -227,7 +227,10 @@ def test_an_mlp_over_frames_scales_the_bytes_to_0_1_on_both_greedy_paths(small_c
         q = net(torch.from_numpy(frames))
         torch.testing.assert_close(q, net.layers(torch.from_numpy(frames).flatten(1).float() / 255))
     np.testing.assert_array_equal(net.numpy_policy()(frames), q.argmax(1).numpy())
-    assert make_network(small_cfg.network, (4,), 2).scale == 1.0  # vector observations stay as they are
+    floats = torch.from_numpy(frames).float()  # float observations (vectors, or images already scaled) stay
+    with torch.no_grad():
+        torch.testing.assert_close(net(floats), net.layers(floats.flatten(1)))
+    np.testing.assert_array_equal(net.numpy_policy()(floats.numpy()), net(floats).argmax(1).numpy())
 
 
 def test_dueling_head_combines_value_and_centred_advantage():
