@@ -547,6 +547,8 @@ def check_group_choices(overrides: list, config_name: str, unknown_options: bool
                 hint = _hint(group, o.value(), names)
                 raise UserError(f"{o.input_line}: not an option of the {group} group; allowed: {options}.{hint}")
             continue
+        if not isinstance(o.value(), (list, dict)) and o.value() is not None:  # env=1, agent=true
+            raise UserError(f"{o.input_line}: the {group} group takes an option's name; allowed: {options}.")
         if o.value() is None:
             fix = f" It is off by default: leave {group}= out." if groups[group] else ""
             raise UserError(f"{o.input_line}: the {group} group takes one option, not null; allowed: {options}.{fix}")
@@ -574,19 +576,30 @@ def _hint(group: str, value: str, names: list[str]) -> str:
     key = value.lower().replace("-", "_")
     if key in SWITCHES:
         return f" For {value}: {SWITCHES[key]}."
-    if group == "env" and (atari := re.fullmatch(r"(?:ALE/)?(\w+?)(?:NoFrameskip)?-v\d+", value)):
-        game = atari.group(1)
-        if value.startswith("ALE/") or "NoFrameskip" in value:  # an ALE id: the game goes in env.game
-            preset = f"env={game.lower()}, or " if game.lower() in names else ""
-            return f" An Atari game goes in env.game: {preset}env=atari env.game={game}."
-        close = difflib.get_close_matches(game.lower(), names, n=1, cutoff=0.6)
-        return f" A gymnasium id goes in env.id: {f'env={close[0]}, or ' if close else ''}env.id={value}."
-    close = difflib.get_close_matches(value.lower(), names, n=1, cutoff=0.6)
-    if close:
-        return f" Did you mean {group}={close[0]}?"
     if group == "env":
-        return f" For an Atari game: env=atari env.game={value}; for another gymnasium env: env.id=ID."
-    return ""
+        return _env_hint(value, names)
+    close = difflib.get_close_matches(value.lower(), names, n=1, cutoff=0.6)
+    return f" Did you mean {group}={close[0]}?" if close else ""
+
+
+def _env_hint(value: str, names: list[str]) -> str:
+    """Where an env value that is no env option goes: a preset, env.game (an ALE game) or env.id."""
+    import gymnasium as gym
+
+    from dqn_cli.atari import ale_games  # (registers the ALE's ids too)
+
+    game = re.fullmatch(r"(?:ALE/)?(\w+?)(?:NoFrameskip)?(?:-v\d+)?", value)
+    games = {g.lower(): g for g in ale_games()}
+    if game and game.group(1).lower() in games:  # Pong, Breakout-v5, PongNoFrameskip-v4, ALE/Pong-v5
+        name = games[game.group(1).lower()]
+        preset = f"env={name.lower()}, or " if name.lower() in names else ""
+        return f" An Atari game goes in env.game: {preset}env=atari env.game={name}."
+    close = difflib.get_close_matches(value.lower(), names, n=1, cutoff=0.6)
+    if value in gym.registry:  # CartPole-v1, LunarLander-v3
+        return f" A gymnasium id goes in env.id: {f'env={close[0]}, or ' if close else ''}env.id={value}."
+    if close:
+        return f" Did you mean env={close[0]}?"
+    return " A gymnasium env goes in env.id=ID (a registered id); an Atari game in env=atari env.game=GAME."
 
 
 CHECK_LIMIT = 32  # a sweep of up to this many jobs has each one checked; a larger one varies one key at a time

@@ -100,7 +100,7 @@ def _missing_dependency(env_id: str) -> Iterator[None]:
 
 
 def _check_registered(env_id: str) -> None:
-    if re.fullmatch(r"(ALE/\w+-v\d+|\w+NoFrameskip-v4)", env_id):
+    if re.fullmatch(r"(ALE/\w+-v\d+|\w+NoFrameskip-v4)", env_id) or _ale_id(env_id):
         raise UserError(
             f"env.id={env_id!r} is an Atari game; it runs under env.kind=atari with its preprocessing: "
             "env=pong, env=breakout or env=atari env.game=GAME (the env/preset group picks the id)."
@@ -112,6 +112,17 @@ def _check_registered(env_id: str) -> None:
             f"env.id={env_id!r} is not a registered gymnasium environment.{hint}",
             "Pick a preset with env=cartpole|acrobot|mountaincar or set env.id to a registered id.",
         )
+
+
+def _ale_id(env_id: str) -> bool:
+    """An id that ale-py registers (Pong-v4, Breakout-v5 besides the two forms above). Looked up only for an
+    id gymnasium itself does not have: that lookup imports ale-py."""
+    if env_id in gym.registry:
+        return False
+    import dqn_cli.atari  # noqa: F401 - registers the ALE's ids
+
+    spec = gym.registry.get(env_id)
+    return spec is not None and "ale_py" in str(spec.entry_point)
 
 
 def _check_spaces(env: gym.Env | gym.vector.VectorEnv, env_id: str) -> None:

@@ -184,7 +184,8 @@ BAD = [
     (["train", "experiment=null"], ["the experiment group takes one option", "leave experiment= out"]),
     (["train", "env=[cartpole,acrobot]"], ["env group takes one option, not a list", "dqn train -m env=a,b"]),
     # an unknown group option: Hydra's "Could not find 'env/Pong'" named no option meant
-    (["train", "env=Pong"], ["env=Pong: not an option of the env group; allowed: acrobot, atari", "mean env=pong?"]),
+    (["train", "env=Pong"], ["env=Pong: not an option of the env group; allowed: acrobot, atari", "env=pong, or env"]),
+    (["train", "env=1"], ["env=1: the env group takes an option's name; allowed: acrobot, atari, breakout"]),
     (["train", "env=CartPole-v1"], ["A gymnasium id goes in env.id: env=cartpole, or env.id=CartPole-v1."]),
     (["train", "agent=ddqn"], ["agent=ddqn: not an option of the agent group; allowed: dqn. For ddqn: agent.double"]),
     (["eval", "checkpoint=x.pt", "eval_protocol=greed"], ["Did you mean eval_protocol=greedy?"]),
@@ -209,6 +210,7 @@ BAD = [
      ["takes a `+`: +hydra.launcher.ray.remote.num_cpus=VALUE"]),
     # env ids the classic builder cannot run
     (["train", "env.id=ALE/Pong-v5"], ["is an Atari game", "env=atari env.game=GAME"]),
+    (["train", "env.id=Pong-v4"], ["env.id='Pong-v4' is an Atari game"]),  # (ale-py's own id: raw frames)
     (["train", "env.id=MountainCarContinuous-v0"], ["DQN needs a Discrete action space"]),
     (["train", "env=pong", "env.id=Breakout-v4"], ["env.id='Breakout-v4' plays 'breakout', not env.game='Pong'"]),
     (["train", "env=pong", "env.id=CartPole-v1"], ["env.id='CartPole-v1' is no ALE game's id, and env=pong plays"]),

@@ -471,15 +471,20 @@ def test_an_unknown_key_in_a_group_lists_only_that_groups_keys(small_cfg_factory
 @pytest.mark.parametrize(
     "group, value, hint",
     [
-        ("env", "Breakout", " Did you mean env=breakout?"),
-        ("env", "Tetris", " For an Atari game: env=atari env.game=Tetris; for another gymnasium env: env.id=ID."),
+        ("env", "Breakout", " An Atari game goes in env.game: env=breakout, or env=atari env.game=Breakout."),
+        ("env", "Tetris", " An Atari game goes in env.game: env=atari env.game=Tetris."),
         ("env", "PongNoFrameskip-v4", " An Atari game goes in env.game: env=pong, or env=atari env.game=Pong."),
+        ("env", "Pong-v4", " An Atari game goes in env.game: env=pong, or env=atari env.game=Pong."),
         ("env", "ALE/SpaceInvaders-v5", " An Atari game goes in env.game: env=atari env.game=SpaceInvaders."),
         ("env", "MountainCar-v0", " A gymnasium id goes in env.id: env=mountaincar, or env.id=MountainCar-v0."),
         ("env", "LunarLander-v3", " A gymnasium id goes in env.id: env.id=LunarLander-v3."),
+        ("env", "carpole", " Did you mean env=cartpole?"),
+        ("env", "MiniGrid-Empty-5x5-v0", " A gymnasium env goes in env.id=ID (a registered id); an Atari game in "
+                                         "env=atari env.game=GAME."),
         ("buffer", "PER", " For PER: buffer=prioritized."),
         ("network", "dueling", " For dueling: network.dueling=true."),
         ("agent", "n-step", " For n-step: agent.n_step=3 (or another n)."),
+        ("eval_protocol", "greed", " Did you mean eval_protocol=greedy?"),
         ("network", "cnn", ""),
     ],
 )  # fmt: skip
