@@ -206,9 +206,9 @@ def state_dict_mismatch(e: Exception) -> str:
     """What torch's load_state_dict said, in one line: the first two of its size-mismatch, missing-key and
     unexpected-key lines (its text runs to a line per tensor), or its first line."""
     lines = [ln.strip().rstrip(".") for ln in str(e).splitlines()[1:] if ln.strip()]
-    return (
-        "; ".join(lines[:2]) + ("; ..." if len(lines) > 2 else "") if lines else first_line(str(e)) or type(e).__name__
-    )
+    if not lines:
+        return first_line(str(e)) or type(e).__name__
+    return "; ".join(lines[:2]) + ("; ..." if len(lines) > 2 else "")
 
 
 def _damage(state: dict) -> str | None:
