@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from dqn_cli.errors import UserError
+from dqn_cli.errors import UserError, counted
 
 
 def config_dir() -> str:
@@ -759,7 +759,7 @@ def refuse_used_sweep_dir(hydra_cfg: DictConfig) -> None:
         key=lambda d: int(d.name),
     )
     if used:
-        runs = f"{len(used)} run dir{'s' if len(used) > 1 else ''} with checkpoints/last.pt, e.g. {used[0]}"
+        runs = f"{counted(len(used), 'run dir')} with checkpoints/last.pt, e.g. {used[0]}"
         raise UserError(
             f"hydra.sweep.dir={sweep_dir} already holds an earlier sweep's runs ({runs}); a new sweep there would "
             "overwrite them job by job. Pick another hydra.sweep.dir (left unset, each sweep gets a new "

@@ -1,4 +1,4 @@
-"""The one exception type for user mistakes: the CLI prints it as a paragraph and exits 2."""
+"""The one exception type for user mistakes (the CLI prints it as a paragraph, exits 2); message text helpers."""
 
 
 class UserError(Exception):
@@ -10,3 +10,8 @@ class UserError(Exception):
 def first_line(text: str) -> str:
     """The first non-blank line of an error's text ('' for none): a message quotes it, not the whole text."""
     return (text.strip().splitlines() or [""])[0]
+
+
+def counted(n: int, noun: str) -> str:
+    """`n` and the noun, plural unless n is 1: "1 episode", "3 episodes", "0 runs"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

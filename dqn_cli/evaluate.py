@@ -15,7 +15,7 @@ from dqn_cli.atari import apply_eval_protocol, frames_per_second
 from dqn_cli.checkpoint import load_checkpoint, state_dict_mismatch
 from dqn_cli.config import validate_eval, validate_train
 from dqn_cli.envs import EnvUnavailableError, finished_episodes, make_env
-from dqn_cli.errors import UserError
+from dqn_cli.errors import UserError, counted
 from dqn_cli.utils import set_seed, setup_torch
 from dqn_cli.video import EpisodeVideo, run_dir_of
 
@@ -178,7 +178,7 @@ def _add_to_tensorboard(run_dir: Path, prefix: str, result: dict, step: int) -> 
 
 
 def _print_table(r: dict) -> None:
-    log.info(f"{r['env']}  checkpoint step {r['step']}  ({r['episodes']} episodes, epsilon {r['epsilon']})")
+    log.info(f"{r['env']}  checkpoint step {r['step']}  ({counted(r['episodes'], 'episode')}, epsilon {r['epsilon']})")
     log.info(f"  {'mean return':<12} {r['mean_return']:>10.2f} ± {r['std_return']:.2f}")
     log.info(f"  {'min / max':<12} {r['min_return']:>10.2f} / {r['max_return']:.2f}")
     log.info(f"  {'mean length':<12} {r['mean_length']:>10.1f}")

@@ -29,7 +29,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from dqn_cli.errors import first_line
+from dqn_cli.errors import counted, first_line
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class SweepSummary(Callback):
         if rows:
             best = max(rows, key=lambda r: _num(r["final_return"]))
             log.info(
-                f"sweep summary: {len(rows)} runs in {sweep_dir / self.filename}; best final return "
+                f"sweep summary: {counted(len(rows), 'run')} in {sweep_dir / self.filename}; best final return "
                 f"{best['final_return']} ({' '.join(best['overrides']) or 'no overrides'})"
             )
 
@@ -190,7 +190,7 @@ def end_of_sweep(error: BaseException | None) -> BaseException | None:
         job = next((r for r in failed if r.get("error") == said), failed[0] if failed else None)
         swept = _varying(rows, job) if job and len(rows) > 1 else (job or {}).get("overrides", [])
         which = f"job {job['job']} ({' '.join(swept) or 'no overrides'}) failed: " if job else ""
-        count = f"{len(failed)} of {len(rows)} jobs failed; " if failed else ""
+        count = f"{len(failed)} of {counted(len(rows), 'job')} failed; " if failed else ""
         return type(error)(f"{which}{error}\n{count}the sweep's jobs, each with its status: {path}")
     if signum is None:  # (a job stopped by a signal of its own, not the sweep)
         signum = error.signum
@@ -204,7 +204,7 @@ def end_of_sweep(error: BaseException | None) -> BaseException | None:
     total = len(rows) + max(unlaunched, 0)
     name = signal.Signals(signum).name
     how = f"stopped by {name}" if sweep.signum is not None else f"ended after its batch: a job was stopped by {name}"
-    lines = [f"sweep {how}; its {total} jobs: {said or 'none begun'}."]
+    lines = [f"sweep {how}; its {counted(total, 'job')}: {said or 'none begun'}."]
     failed = [r for r in rows if r["status"] == "FAILED"]
     for row in failed:  # a real failure beside the stop: its error, and where its traceback went
         where = f" (traceback: {row['traceback']})" if row.get("traceback") else ""
@@ -445,8 +445,8 @@ def _mixed_origins(rows: list[dict[str, Any]], root: Path) -> str | None:
             sweeps.add(next(marked, run_dir.parent))
     if len(sweeps) + (singles > 0) < 2:
         return None
-    parts = [f"{len(sweeps)} sweeps" if len(sweeps) != 1 else "1 sweep"] if sweeps else []
-    parts += [f"{singles} single runs" if singles != 1 else "1 single run"] if singles else []
+    parts = [counted(len(sweeps), "sweep")] if sweeps else []
+    parts += [counted(singles, "single run")] if singles else []
     return (
         f"{root} holds the run dirs of {' and '.join(parts)}; they share this one table"
         f"{', where job numbers repeat' if len(sweeps) > 1 else ''} (run_dir tells them apart). "
@@ -486,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"error: could not write {sweep_dir / SUMMARY} ({e.strerror or e})", file=sys.stderr)
         return 1
-    print(f"{len(rows)} runs -> {sweep_dir / SUMMARY}")
+    print(f"{counted(len(rows), 'run')} -> {sweep_dir / SUMMARY}")
     return 0
 
 

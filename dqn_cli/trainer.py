@@ -24,7 +24,7 @@ from dqn_cli.buffers import Batch, make_buffer
 from dqn_cli.checkpoint import remove_temp_files, save_arrays, save_checkpoint, state_dict_mismatch
 from dqn_cli.config import validate_train
 from dqn_cli.envs import finished_episodes, make_env, real_next_obs
-from dqn_cli.errors import UserError
+from dqn_cli.errors import UserError, counted
 from dqn_cli.evaluate import eval_env_count, run_episodes
 from dqn_cli.logger import RunLogger
 from dqn_cli.prioritized import PrioritizedReplay
@@ -151,8 +151,9 @@ class Trainer:
                 if self.eval_env is not None:
                     self.eval_env.close()
         log.info(
-            f"done: {self.step} steps, {self.episodes} episodes, {self.updates} updates; "
-            f"final {eval_kind(cfg.eval.epsilon)} {self.last_eval:.2f} over {cfg.eval.episodes} episodes "
+            f"done: {counted(self.step, 'step')}, {counted(self.episodes, 'episode')}, "
+            f"{counted(self.updates, 'update')}; "
+            f"final {eval_kind(cfg.eval.epsilon)} {self.last_eval:.2f} over {counted(cfg.eval.episodes, 'episode')} "
             f"(best {self.best_eval:.2f})"
         )
         log.info(f"checkpoint: {self.run_dir / 'checkpoints' / 'last.pt'}")
@@ -436,7 +437,8 @@ class Trainer:
             )
         self._restore_rngs(state["rng"])
         self.last_saved = (path, self.step)
-        log.info(f"resumed {path} at step {self.step} ({self.episodes} episodes, {self.updates} updates)")
+        done = f"{counted(self.episodes, 'episode')}, {counted(self.updates, 'update')}"
+        log.info(f"resumed {path} at step {self.step} ({done})")
 
     def _restore_env(self, state: dict) -> tuple[np.ndarray, bool]:
         """The envs as the run left them, and False; or, where their state cannot be restored, fresh episodes

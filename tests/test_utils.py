@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import dqn_cli.utils
-from dqn_cli.errors import UserError
+from dqn_cli.errors import UserError, counted
 from dqn_cli.utils import Every, set_seed, setup_torch
 
 
@@ -39,6 +39,11 @@ def test_every_fires_once_even_when_a_stride_crosses_several_multiples():
 def test_every_zero_never_fires():
     every = Every(0)
     assert not any(every(s, s + 1) for s in range(100))
+
+
+@pytest.mark.parametrize("n, said", [(0, "0 episodes"), (1, "1 episode"), (2, "2 episodes"), (-1, "-1 episodes")])
+def test_counted_says_the_noun_in_the_singular_only_for_one(n, said):
+    assert counted(n, "episode") == said
 
 
 def test_set_seed_makes_every_generator_repeat():
