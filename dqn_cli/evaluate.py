@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from dqn_cli.agent import DQNAgent, make_agent
 from dqn_cli.atari import apply_eval_protocol, frames_per_second
 from dqn_cli.checkpoint import load_checkpoint, state_dict_mismatch
-from dqn_cli.config import validate_eval, validate_train
+from dqn_cli.config import config_dir, validate_eval, validate_train
 from dqn_cli.envs import EnvUnavailableError, finished_episodes, make_env
 from dqn_cli.errors import UserError, counted
 from dqn_cli.utils import set_seed, setup_torch
@@ -62,6 +62,26 @@ def eval_env_count(episodes: int) -> int:
     return min(episodes, 16)
 
 
+def protocol_label(protocol: DictConfig | None, epsilon: float, atari: bool) -> str:
+    """The name an evaluation's scores go under (result, video, TensorBoard tag `eval_NAME/*`).
+
+    Another epsilon, or on Atari another frame cap or no-op count, is another protocol: the shipped
+    protocol's name gets a suffix per changed field (`nature_eps0`, `nature_frames800`), so its scores
+    never pass for the published protocol's. `episodes` only sets how many games, and keeps the name.
+    """
+    if protocol is None:
+        return "custom"
+    shipped_file = Path(config_dir()) / "eval_protocol" / f"{protocol.name}.yaml"
+    shipped = OmegaConf.load(shipped_file) if shipped_file.is_file() else protocol  # a user's own protocol
+    label = protocol.name
+    if epsilon != float(shipped.epsilon):
+        label += f"_eps{epsilon:g}"
+    for key, short in (("noop_max", "noop"), ("max_episode_frames", "frames")) if atari else ():
+        if protocol.get(key) != shipped.get(key):
+            label += f"_{short}{protocol.get(key)}"
+    return label
+
+
 def evaluate(cfg: DictConfig) -> dict:
     """`dqn eval`: load `checkpoint`, rebuild env and network from its stored config, play episodes.
 
@@ -79,10 +99,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise UserError(f"checkpoint={cfg.checkpoint!r} holds a config this version cannot use: {e}") from None
     set_seed(cfg.seed)
     protocol, step = cfg.get("eval_protocol"), int(state["counters"]["step"])
-    protocol_name = protocol.name if protocol is not None else "custom"
-    if protocol is not None and float(cfg.epsilon) != float(protocol.epsilon):
-        # another epsilon is another protocol: its scores do not go under the protocol's name (or TB tag)
-        protocol_name = f"{protocol.name}_eps{float(cfg.epsilon):g}"
+    protocol_name = protocol_label(protocol, float(cfg.epsilon), atari=train_cfg.env.kind == "atari")
     env_cfg = apply_eval_protocol(train_cfg.env, protocol)
     run_dir = run_dir_of(cfg.checkpoint)
     if cfg.output:  # before the games: a path that cannot be written fails now, not after them

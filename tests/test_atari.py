@@ -103,6 +103,34 @@ def test_eval_configs_validate(protocol, compose_cfg):
 
 
 @pytest.mark.parametrize(
+    "overrides, atari, label",
+    [
+        (["eval_protocol=nature"], True, "nature"),
+        (["eval_protocol=nature", "episodes=3"], True, "nature"),  # fewer games, the same protocol
+        (["eval_protocol=nature", "epsilon=0"], True, "nature_eps0"),
+        (["eval_protocol=nature", "eval_protocol.epsilon=0.01"], True, "nature_eps0.01"),  # the file says 0.05
+        (["eval_protocol=nature", "eval_protocol.max_episode_frames=18000"], True, "nature_frames18000"),
+        (["eval_protocol=nature", "eval_protocol.noop_max=0", "epsilon=0"], True, "nature_eps0_noop0"),
+        (["eval_protocol=nature", "eval_protocol.noop_max=0"], False, "nature"),  # no no-ops outside Atari
+        (["eval_protocol=greedy", "eval_protocol.noop_max=30"], True, "greedy_noop30"),
+    ],
+)
+def test_a_changed_eval_protocol_is_named_by_what_changed(compose_cfg, overrides, atari, label):
+    from dqn_cli.evaluate import protocol_label
+
+    cfg = compose_cfg("eval", ["checkpoint=x.pt", *overrides])
+    assert protocol_label(cfg.eval_protocol, float(cfg.epsilon), atari) == label
+
+
+def test_a_users_own_eval_protocol_keeps_its_name_unless_epsilon_differs():
+    from dqn_cli.evaluate import protocol_label
+
+    mine = OmegaConf.create({"name": "mine", "epsilon": 0.1, "episodes": 5, "max_episode_frames": 900, "noop_max": 3})
+    assert protocol_label(mine, 0.1, atari=True) == "mine"
+    assert protocol_label(mine, 0.0, atari=True) == "mine_eps0"
+
+
+@pytest.mark.parametrize(
     "overrides, episodes, epsilon",
     [
         (["env=pong"], 10, 0.0),
@@ -662,7 +690,8 @@ def test_eval_nature_protocol_writes_scores_video_and_tensorboard(pong_run, tmp_
         ],
     )
     result = evaluate(cfg)
-    assert result["protocol"] == "nature" and result["epsilon"] == 0.05 and len(result["returns"]) == 2
+    # a shorter frame cap than the protocol's is another protocol, named by what changed
+    assert result["protocol"] == "nature_frames800" and result["epsilon"] == 0.05 and len(result["returns"]) == 2
     assert all(length <= 200 for length in result["lengths"])  # 800 frames / frame_skip 4
     video = Path(result["video"])
     assert video.parent == run_dir / "videos" and video.suffix == ".mp4" and video.stat().st_size > 1000
@@ -672,17 +701,17 @@ def test_eval_nature_protocol_writes_scores_video_and_tensorboard(pong_run, tmp_
 
     events = EventAccumulator(str(run_dir))
     events.Reload()
-    (scalar,) = events.Scalars("eval_nature/mean_return")
+    (scalar,) = events.Scalars("eval_nature_frames800/mean_return")
     assert scalar.step == trainer.step and scalar.value == pytest.approx(result["mean_return"])
 
-    # another epsilon is not the protocol: its scores go under a name of their own, not eval_nature/*
+    # another epsilon is not the protocol either: its scores go under a name of their own
     cfg.epsilon, cfg.video, cfg.output = 0.0, False, None
     greedy = evaluate(cfg)
-    assert greedy["protocol"] == "nature_eps0" and greedy["epsilon"] == 0.0
+    assert greedy["protocol"] == "nature_eps0_frames800" and greedy["epsilon"] == 0.0
     events = EventAccumulator(str(run_dir))
     events.Reload()
-    assert len(events.Scalars("eval_nature/mean_return")) == 1
-    assert events.Scalars("eval_nature_eps0/mean_return")[0].value == pytest.approx(greedy["mean_return"])
+    assert len(events.Scalars("eval_nature_frames800/mean_return")) == 1
+    assert events.Scalars("eval_nature_eps0_frames800/mean_return")[0].value == pytest.approx(greedy["mean_return"])
 
 
 def test_bf16_mixed_pong_run_checkpoints_fp32_and_evaluates_with_the_trained_weights(
