@@ -42,7 +42,7 @@ import gymnasium as gym
 from omegaconf import DictConfig, OmegaConf
 
 from dqn_cli import env_state
-from dqn_cli.errors import UserError
+from dqn_cli.errors import EnvUnavailableError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -215,14 +215,15 @@ def check_game(env_cfg: DictConfig) -> None:
         lower = {g.lower(): g for g in ale_games()}
         close = difflib.get_close_matches(str(game).lower().replace("_", ""), list(lower), n=4, cutoff=0.6)
         hint = f" Close matches: {', '.join(lower[c] for c in close)}." if close else ""
-        raise UserError(
-            f"env.game={game!r} is not an ALE game.{hint} Games are spelled as in gymnasium ids "
-            f"(CamelCase), e.g. Pong, Breakout, SpaceInvaders, MsPacman; {len(ale_games())} are available."
+        raise EnvUnavailableError(
+            f"env.game={game!r} is not an ALE game.{hint}",
+            f"Games are spelled as in gymnasium ids (CamelCase), e.g. Pong, Breakout, SpaceInvaders, MsPacman; "
+            f"{len(ale_games())} are available.",
         )
     if env_cfg.id not in gym.registry:
-        raise UserError(
-            f"env.id={env_cfg.id!r} is not a registered gymnasium id for env.game={game!r}; the presets "
-            f"use {game}NoFrameskip-v4 (nature) or ALE/{game}-v5 (machado)."
+        raise EnvUnavailableError(
+            f"env.id={env_cfg.id!r} is not a registered gymnasium id for env.game={game!r}.",
+            f"The presets use {game}NoFrameskip-v4 (nature) or ALE/{game}-v5 (machado).",
         )
     plays = str(gym.registry[env_cfg.id].kwargs.get("game", "")).replace("_", "")
     if not plays:

@@ -18,7 +18,7 @@ import gymnasium as gym
 import numpy as np
 from omegaconf import DictConfig
 
-from dqn_cli.errors import UserError
+from dqn_cli.errors import EnvUnavailableError, UserError
 
 SAME_STEP = gym.vector.AutoresetMode.SAME_STEP
 
@@ -76,15 +76,6 @@ def check_env(env_cfg: DictConfig) -> None:
         env.close()
     else:
         raise UserError(f"env.kind={env_cfg.kind!r} is not supported; allowed: classic, atari.")
-
-
-class EnvUnavailableError(UserError):
-    """An env id that this machine cannot build: `problem` says why, the message adds what to pick instead
-    (`dqn eval`, which takes the env from its checkpoint, says what to install instead)."""
-
-    def __init__(self, problem: str, advice: str):
-        super().__init__(f"{problem} {advice}")
-        self.problem = problem
 
 
 @contextmanager

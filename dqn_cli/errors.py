@@ -7,6 +7,15 @@ class UserError(Exception):
     exit_code = 2  # what `dqn` exits with; subclasses for stops and divergence use their own
 
 
+class EnvUnavailableError(UserError):
+    """An env that this machine cannot build: `problem` says why, the message adds what to pick instead
+    (`dqn eval`, which takes the env from its checkpoint, says what to install instead)."""
+
+    def __init__(self, problem: str, advice: str):
+        super().__init__(f"{problem} {advice}")
+        self.problem = problem
+
+
 def first_line(text: str) -> str:
     """The first non-blank line of an error's text ('' for none): a message quotes it, not the whole text."""
     return (text.strip().splitlines() or [""])[0]

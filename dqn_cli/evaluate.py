@@ -14,8 +14,8 @@ from dqn_cli.agent import DQNAgent, make_agent
 from dqn_cli.atari import apply_eval_protocol, frames_per_second
 from dqn_cli.checkpoint import load_checkpoint, state_dict_mismatch
 from dqn_cli.config import config_dir, validate_eval, validate_train
-from dqn_cli.envs import EnvUnavailableError, finished_episodes, make_env
-from dqn_cli.errors import UserError, counted
+from dqn_cli.envs import finished_episodes, make_env
+from dqn_cli.errors import EnvUnavailableError, UserError, counted
 from dqn_cli.utils import set_seed, setup_torch
 from dqn_cli.video import EpisodeVideo, run_dir_of
 

@@ -714,6 +714,29 @@ def test_eval_nature_protocol_writes_scores_video_and_tensorboard(pong_run, tmp_
     assert events.Scalars("eval_nature_eps0_frames800/mean_return")[0].value == pytest.approx(greedy["mean_return"])
 
 
+@pytest.mark.parametrize(
+    "game, env_id, said",
+    [
+        ("Pongg", "PonggNoFrameskip-v4", "env.game='Pongg' is not an ALE game."),
+        ("Pong", "PongNoFrameskip-v9", "env.id='PongNoFrameskip-v9' is not a"),
+    ],
+)
+def test_eval_of_an_atari_game_this_ale_lacks_says_what_to_install(pong_run, tmp_path, compose_cfg, game, env_id, said):
+    """The game comes from the checkpoint (an ale-py of another version registers other ids): dqn train's
+    advice (env.game=..., the presets' ids) is not dqn eval's, which takes no env settings."""
+    from dqn_cli.evaluate import evaluate
+
+    run_dir, _, _ = pong_run
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    state["config"]["env"].update(game=game, id=env_id)
+    torch.save(state, tmp_path / "elsewhere.pt")
+    with pytest.raises(UserError) as e:
+        evaluate(compose_cfg("eval", [f"checkpoint={tmp_path / 'elsewhere.pt'}", "device=cpu", "tensorboard=false"]))
+    assert "was trained on an env this machine cannot build: " + said in str(e.value)
+    assert "install what registers it" in str(e.value)
+    assert "Games are spelled" not in str(e.value) and "The presets use" not in str(e.value)
+
+
 def test_bf16_mixed_pong_run_checkpoints_fp32_and_evaluates_with_the_trained_weights(
     tmp_path, atari_cfg, compose_cfg, monkeypatch
 ):
