@@ -1,6 +1,6 @@
 """Frame-once replay for stacked frames (Atari): each 84x84 frame is stored once, as uint8.
 
-An observation is a stack of the last K frames (K = `env.frame_stack`), so consecutive observations
+An observation is a stack of the last K frames (K = `env.preset.frame_stack`), so consecutive observations
 share K-1 frames and the next observation of a transition is the observation of the one after it.
 Storing only the newest frame of each observation cuts replay memory by 2K (8x for K=4): about
 7.1 KB per transition at 84x84, so a 1M buffer fits in about 7.1 GB (Dopamine's layout; SB3 keeps
