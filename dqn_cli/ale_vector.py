@@ -37,6 +37,7 @@ import numpy as np
 from ale_py import roms
 from ale_py.vector_env import AtariVectorEnv
 
+from dqn_cli.envs import SAME_STEP
 from dqn_cli.utils import warn_if_more_than_cores
 
 
@@ -58,7 +59,7 @@ class ALEVectorEnv(gym.vector.VectorEnv):
     at that many agent steps times `frame_skip`.
     """
 
-    metadata = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
+    metadata = {"autoreset_mode": SAME_STEP}
 
     def __init__(self, cfg: dict, num_envs: int, training: bool = True):
         p = cfg["preset"]
@@ -100,7 +101,7 @@ class ALEVectorEnv(gym.vector.VectorEnv):
             max_num_frames_per_episode=frame_cap,
             repeat_action_probability=float(p["sticky_actions"]),
             full_action_space=bool(p["full_action_space"]),
-            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+            autoreset_mode=SAME_STEP,
             img_height=int(p["screen_size"]),
             img_width=int(p["screen_size"]),
             grayscale=True,

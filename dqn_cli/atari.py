@@ -42,6 +42,7 @@ import gymnasium as gym
 from omegaconf import DictConfig, OmegaConf
 
 from dqn_cli import env_state
+from dqn_cli.envs import SAME_STEP
 from dqn_cli.errors import EnvUnavailableError, UserError
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 gym.register_envs(ale_py)
 ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)  # no "A.L.E: ... [Powered by Stella]" per game
 
-SAME_STEP = gym.vector.AutoresetMode.SAME_STEP
 NEW_GAME = "new_game"  # reset option: restart the emulator even if the game below is not over
 LIFE_LOST = "life_lost"  # step info: the agent's episode ended at a lost life, the game goes on
 PRESS_REWARD = "press_reward"  # reset info: reward of the buttons a wrapper pressed for the agent

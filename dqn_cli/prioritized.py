@@ -103,9 +103,6 @@ class PrioritizedReplay:
     def __len__(self) -> int:
         return len(self.storage)
 
-    def estimate_nbytes(self) -> int:
-        return self.storage.estimate_nbytes() + self.tree.nodes.nbytes
-
     def add(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
         """Store one vector step in the storage and give its slots the maximal priority."""
         first = self.storage.pos * self.storage.num_envs

@@ -15,3 +15,10 @@ class LinearSchedule:
             return self.final
         progress = min(1.0, step / self.duration)
         return self.initial + progress * (self.final - self.initial)
+
+
+def epsilon_schedule(agent_cfg, total_steps: int) -> LinearSchedule:
+    """The exploration schedule of `agent.exploration_initial_eps`, `exploration_final_eps` and
+    `exploration_fraction` over `total_steps`."""
+    a = agent_cfg
+    return LinearSchedule(a.exploration_initial_eps, a.exploration_final_eps, a.exploration_fraction, total_steps)

@@ -29,7 +29,7 @@ from dqn_cli.evaluate import eval_env_count, run_episodes
 from dqn_cli.logger import RunLogger
 from dqn_cli.prioritized import PrioritizedReplay
 from dqn_cli.resume import load_replay, replay_arrays, resume_config
-from dqn_cli.schedules import LinearSchedule
+from dqn_cli.schedules import epsilon_schedule
 from dqn_cli.signals import StopSignals, TrainingStoppedError
 from dqn_cli.utils import Every, set_seed, setup_torch
 
@@ -85,9 +85,7 @@ class Trainer:
         graphed = self.agent.graphed is not None
         self.round_graphs = self.draw_together and graphed and bool(cfg.get("round_graphs", True))
         a = cfg.agent
-        self.epsilon = LinearSchedule(
-            a.exploration_initial_eps, a.exploration_final_eps, a.exploration_fraction, cfg.total_steps
-        )
+        self.epsilon = epsilon_schedule(a, cfg.total_steps)
         self.eval_env = None
         self.step = self.episodes = self.updates = 0
         self.best_eval = -math.inf
@@ -420,9 +418,7 @@ class Trainer:
         self.metrics = {k: list(v) for k, v in state.get("metrics", {}).items()}
         # epsilon keeps the decay of the run as started, even when total_steps is extended
         self.schedule_steps = int(state.get("schedule", {}).get("total_steps", cfg.total_steps))
-        self.epsilon = LinearSchedule(
-            a.exploration_initial_eps, a.exploration_final_eps, a.exploration_fraction, self.schedule_steps
-        )
+        self.epsilon = epsilon_schedule(cfg.agent, self.schedule_steps)
         self.obs, fresh_episodes = self._restore_env(state)
         if load_replay(path, state, self.buffer):
             self._replay_step = self.step

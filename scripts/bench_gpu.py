@@ -26,13 +26,11 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _children import run_json_child  # noqa: E402
+from _children import run_json_child  # scripts/ is sys.path[0] when a script runs
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_ID = "PongNoFrameskip-v4"
