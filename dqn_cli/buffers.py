@@ -212,14 +212,25 @@ class ReplayBuffer:
 
 
 def make_buffer(
-    buf_cfg: DictConfig, obs_shape, obs_dtype, num_envs: int, n_step: int = 1, gamma: float = 0.99
+    buf_cfg: DictConfig,
+    obs_shape,
+    obs_dtype,
+    num_envs: int,
+    n_step: int = 1,
+    gamma: float = 0.99,
+    frame_stacks: bool = False,
 ) -> ReplayBuffer:
     """Build the replay buffer. Reads `buffer.kind` and `buffer.capacity`; `kind=prioritized` wraps
-    the same storage in `dqn_cli.prioritized.PrioritizedReplay` (which reads alpha, beta0, eps)."""
+    the same storage in `dqn_cli.prioritized.PrioritizedReplay` (which reads alpha, beta0, eps).
+    `frame_stacks=True` (Atari): each observation is a uint8 stack of the env's last frames, so
+    consecutive ones share all but one and `FrameStackReplay` stores each frame once. Nothing else is
+    stored that way, whatever its shape (another image env's observations share no frames)."""
     if buf_cfg.kind not in ("uniform", "prioritized"):
         raise UserError(f"buffer.kind={buf_cfg.kind!r} is unknown; allowed: uniform, prioritized.")
     storage_cls = ReplayBuffer
-    if len(obs_shape) == 3 and np.dtype(obs_dtype) == np.uint8:  # stacked frames: store each frame once
+    if frame_stacks:
+        if len(obs_shape) != 3 or np.dtype(obs_dtype) != np.uint8:
+            raise ValueError(f"frame stacks are uint8 (K, H, W); got {np.dtype(obs_dtype)} {tuple(obs_shape)}")
         from dqn_cli.frame_buffer import FrameStackReplay  # imports this module
 
         storage_cls = FrameStackReplay

@@ -66,7 +66,13 @@ class Trainer:
         # overlap=true on the CPU with bf16-mixed: each update also finishes while the next steps are taken
         self.agent.defer_updates = bool(cfg.get("overlap")) and self.agent.can_defer_updates
         self.buffer = make_buffer(
-            cfg.buffer, obs_space.shape, obs_space.dtype, self.env.num_envs, cfg.agent.n_step, cfg.agent.gamma
+            cfg.buffer,
+            obs_space.shape,
+            obs_space.dtype,
+            self.env.num_envs,
+            cfg.agent.n_step,
+            cfg.agent.gamma,
+            frame_stacks=cfg.env.kind == "atari",
         )
         # buffer.storage=device: frames on the device too; with uniform replay a round's batches are drawn at
         # once, and with batched_targets the target network scores all their next states in one pass

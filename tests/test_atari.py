@@ -397,7 +397,8 @@ def test_trainer_refuses_a_buffer_that_cannot_fit(run_dir, atari_cfg):
 
 
 def test_frame_buffer_is_chosen_for_atari_and_estimates_its_bytes():
-    buf = make_buffer(OmegaConf.create({"kind": "uniform", "capacity": 1000}), (4, 84, 84), np.uint8, 2)
+    cfg = OmegaConf.create({"kind": "uniform", "capacity": 1000})
+    buf = make_buffer(cfg, (4, 84, 84), np.uint8, 2, frame_stacks=True)
     assert isinstance(buf, FrameStackReplay) and buf.size_per_env == 500
 
 

@@ -348,15 +348,25 @@ def test_a_cpu_device_store_counts_both_copies_against_free_memory_and_says_so(m
 # ---- layout choice, memory ----------------------------------------------------------------------------
 
 
-def test_make_buffer_picks_frame_once_storage_for_uint8_stacks():
+def test_make_buffer_picks_frame_once_storage_for_frame_stacks_only():
     cfg = OmegaConf.create({"kind": "uniform", "capacity": 1000})
-    assert isinstance(make_buffer(cfg, (4, 84, 84), np.uint8, 1), FrameStackReplay)
+    assert isinstance(make_buffer(cfg, (4, 84, 84), np.uint8, 1, frame_stacks=True), FrameStackReplay)
     assert type(make_buffer(cfg, (4,), np.float32, 1)) is ReplayBuffer
+    # uint8 images that are not stacks of the env's last frames (they share no frames): stored whole
+    images = make_buffer(cfg, (3, 4, 4), np.uint8, 1)
+    assert type(images) is ReplayBuffer
+    rng = np.random.default_rng(0)
+    obs, next_obs = rng.integers(0, 256, (2, 1, 3, 4, 4), dtype=np.uint8)
+    images.add(obs, np.zeros(1, int), np.zeros(1), next_obs, np.zeros(1, bool), np.zeros(1, bool))
+    batch = images.sample(1, rng)
+    assert (batch.obs == obs).all() and (batch.next_obs == next_obs).all()
+    with pytest.raises(ValueError, match="frame stacks are uint8"):
+        make_buffer(cfg, (4, 84, 84), np.float32, 1, frame_stacks=True)
 
 
 def test_prioritized_replay_samples_from_frame_once_storage():
     cfg = OmegaConf.create({"kind": "prioritized", "capacity": 100, "alpha": 0.6, "beta0": 0.4, "eps": 1e-6})
-    buf = make_buffer(cfg, (K, H, W), np.uint8, 2)
+    buf = make_buffer(cfg, (K, H, W), np.uint8, 2, frame_stacks=True)
     assert isinstance(buf.storage, FrameStackReplay)
     streams = StackedStreams(2, np.random.default_rng(0))
     for _ in range(90):

@@ -150,7 +150,8 @@ def test_every_env_and_network_builds(compose_cfg, env_option, network, caplog):
         next_obs, rewards, terminated, truncated, _ = env.step(actions)
         for buffer_option in OPTIONS["buffer"]:
             buf_cfg = compose_cfg("train", [f"buffer={buffer_option}", "buffer.capacity=1000"]).buffer
-            buffer = make_buffer(buf_cfg, obs_space.shape, obs_space.dtype, env.num_envs, 1, cfg.agent.gamma)
+            stacks = cfg.env.kind == "atari"
+            buffer = make_buffer(buf_cfg, obs_space.shape, obs_space.dtype, env.num_envs, 1, cfg.agent.gamma, stacks)
             for _ in range(8):
                 buffer.add(obs, actions, rewards, next_obs, terminated, truncated)
             assert len(buffer) == 8 * env.num_envs
