@@ -131,6 +131,7 @@ class Trainer:
                     f"agent.learning_starts={self.learning_starts} >= total_steps={cfg.total_steps}: this run collects "
                     "experience but makes no update"
                 )
+            self._warn_about_vector_steps(n)
             logger = RunLogger(self.run_dir, cfg.log, cfg.total_steps, self.step)  # opens the progress bar
             try:
                 solved = self._loop(logger, stop)
@@ -225,6 +226,23 @@ class Trainer:
                 self.save_last("running")
             logger.progress(self.step)
         return False
+
+    def _warn_about_vector_steps(self, n: int) -> None:
+        """Updates and target syncs come at most once per vector step (n env steps): say so where
+        `agent.train_freq` or `agent.target_update_interval` asks for them more often."""
+        a = self.cfg.agent
+        if a.gradient_steps * a.train_freq < n:  # (agent.gradient_steps=n/train_freq keeps train_freq's ratio)
+            log.warning(
+                f"env.num_envs={n} take {n} env steps at once, more than agent.train_freq={a.train_freq}: a round "
+                f"of agent.gradient_steps={a.gradient_steps} comes once per vector step, so {a.gradient_steps} "
+                f"per {n} env steps, not per {a.train_freq}. For train_freq's ratio, set "
+                f"agent.gradient_steps={-(-n // a.train_freq) * a.gradient_steps}."
+            )
+        if a.target_update_interval < n:
+            log.warning(
+                f"agent.target_update_interval={a.target_update_interval} is below env.num_envs={n}: the target "
+                f"network syncs once per vector step, every {n} env steps."
+            )
 
     def _learn_due(self, limit: int | None = None) -> None:
         """Run the due updates, or the first `limit` of them (the rest stay due; a round drawn at once is

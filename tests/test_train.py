@@ -116,6 +116,31 @@ def test_same_seed_is_deterministic_and_another_seed_is_not(run0, small_cfg_fact
     assert not all(torch.equal(a, b) for a, b in zip(params(other.trainer), params(run0.trainer), strict=True))
 
 
+@pytest.mark.parametrize("gradient_steps, updates, warned", [(1, 67, True), (2, 134, False)])
+def test_updates_come_at_most_once_per_vector_step_and_a_lower_ratio_is_said(
+    small_cfg_factory, run_dir, caplog, gradient_steps, updates, warned
+):
+    # 4 envs, train_freq 2: one round per vector step (4 env steps), so gradient_steps per 4 env steps
+    cfg = small_cfg_factory("env.num_envs=4", f"agent.gradient_steps={gradient_steps}", "eval.interval=0")
+    with caplog.at_level(logging.WARNING, logger="dqn_cli.trainer"):
+        trainer = Trainer(cfg, run_dir)
+        trainer.run()
+    assert trainer.updates == updates  # the vector steps after learning_starts=32: steps 36, 40, ..., 300
+    said = "env.num_envs=4 take 4 env steps at once, more than agent.train_freq=2" in caplog.text
+    assert said == warned
+    assert ("For train_freq's ratio, set agent.gradient_steps=2." in caplog.text) == warned
+    assert "target_update_interval" not in caplog.text
+
+
+def test_a_target_sync_interval_below_the_vector_step_is_said(small_cfg_factory, run_dir, caplog):
+    cfg = small_cfg_factory("env.num_envs=4", "agent.target_update_interval=3", "total_steps=40", "eval.interval=0")
+    with caplog.at_level(logging.WARNING, logger="dqn_cli.trainer"):
+        Trainer(cfg, run_dir).run()
+    assert "agent.target_update_interval=3 is below env.num_envs=4: the target network syncs once per vector step" in (
+        caplog.text
+    )
+
+
 def test_stop_on_solved_ends_training_at_the_first_solving_eval(small_cfg_factory, run_dir, caplog):
     with caplog.at_level(logging.INFO, logger="dqn_cli.trainer"):
         run = Run(
