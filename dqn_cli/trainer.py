@@ -45,6 +45,13 @@ class DivergedError(UserError):
 class Trainer:
     """Builds every part from the config and runs DQN's loop. `run()` returns the final eval return.
 
+    The builders read their groups: `make_env` env.*, `make_agent` network.* and agent.* (the update's
+    keys), `make_buffer` buffer.*, `RunLogger` log.*. The trainer reads the loop's own keys: the
+    agent's schedule (`agent.learning_starts`, `train_freq`, `gradient_steps`, `target_update_interval`,
+    `batch_size`, `exploration_*`), `total_steps`, `seed`, `device`, `torch_threads`, the speed switches
+    (`compile`, `cuda_graphs`, `overlap`, `batched_targets`, `round_graphs`, `precision`,
+    `buffer.storage`), and the `eval.*` and `checkpoint.*` blocks with `eval_protocol`.
+
     With `resume=RUN_DIR` it rebuilds the run from RUN_DIR's own config (see `dqn_cli.resume`; the
     command-line `overrides` may only extend total_steps) and continues from its last.pt, in place.
     """
@@ -184,22 +191,10 @@ class Trainer:
         obs = self.obs if self.obs is not None else self.env.reset(seed=cfg.seed)[0]
         while self.step < total_steps and not stop.requested:
             epsilon = self.epsilon(self.step)
-            act = self.agent.act_later(obs, epsilon, self.rng)
-            if overlap:
-                if self.queue_ahead:
-                    self._learn_due(limit=max(1, self.due_updates // 4))
-                actions = act()
-                self.env.step_async(actions)
-                self._learn_due()  # (the rest) while the games step
-                next_obs, rewards, terminated, truncated, infos = self.env.step_wait()
-            else:
-                actions = act()
-                next_obs, rewards, terminated, truncated, infos = self.env.step(actions)
+            actions, next_obs, rewards, terminated, truncated, infos = self._act_and_step(obs, epsilon, overlap)
             done = terminated | truncated
-            # store s' as the env left it: on an episode end that is final_obs, not the reset obs; and the
-            # actions played (env.vectorization=ale presses FIRE after a lost life in place of the agent's)
-            played = infos.get("actions", actions)
-            self.buffer.add(obs, played, rewards, real_next_obs(next_obs, infos, done), terminated, truncated)
+            # store s' as the env left it: on an episode end that is final_obs, not the reset obs
+            self.buffer.add(obs, actions, rewards, real_next_obs(next_obs, infos, done), terminated, truncated)
             self.obs = obs = next_obs
             before, self.step = self.step, self.step + n
             if done.any():
@@ -226,6 +221,24 @@ class Trainer:
                 self.save_last("running")
             logger.progress(self.step)
         return False
+
+    def _act_and_step(self, obs: np.ndarray, epsilon: float, overlap: bool) -> tuple:
+        """Epsilon-greedy actions on `obs`, and the envs' step on them: the actions played (ale presses
+        FIRE after a lost life in place of the agent's action: `infos["actions"]`), next obs, rewards,
+        terminated, truncated, infos. With `overlap` the due updates run while the envs step (on a GPU
+        their first quarter is queued before the greedy pass is waited for: `queue_ahead`)."""
+        act = self.agent.act_later(obs, epsilon, self.rng)
+        if overlap:
+            if self.queue_ahead:
+                self._learn_due(limit=max(1, self.due_updates // 4))
+            actions = act()
+            self.env.step_async(actions)
+            self._learn_due()  # (the rest) while the games step
+            next_obs, rewards, terminated, truncated, infos = self.env.step_wait()
+        else:
+            actions = act()
+            next_obs, rewards, terminated, truncated, infos = self.env.step(actions)
+        return infos.get("actions", actions), next_obs, rewards, terminated, truncated, infos
 
     def _warn_about_vector_steps(self, n: int) -> None:
         """Updates and target syncs come at most once per vector step (n env steps): say so where
