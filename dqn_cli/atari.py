@@ -231,7 +231,7 @@ def check_game(env_cfg: DictConfig) -> None:
             f"env.id={env_cfg.id!r} is no ALE game's id, and env={env_cfg.get('name', 'atari')} plays "
             f"env.game={game!r}: its preset sets env.id from the game ({game}NoFrameskip-v4 for nature, "
             f"ALE/{game}-v5 for machado). "
-            "For a classic-control env: env=cartpole|acrobot|mountaincar, or env=cartpole env.id=ID."
+            "For a classic-control env: env=cartpole|acrobot|mountaincar, or env=classic env.id=ID."
         )
     if plays != game.lower():
         raise UserError(

@@ -596,10 +596,10 @@ def _env_hint(value: str, names: list[str]) -> str:
         return f" An Atari game goes in env.game: {preset}env=atari env.game={name}."
     close = difflib.get_close_matches(value.lower(), names, n=1, cutoff=0.6)
     if value in gym.registry:  # CartPole-v1, LunarLander-v3
-        return f" A gymnasium id goes in env.id: {f'env={close[0]}, or ' if close else ''}env.id={value}."
+        return f" A gymnasium id goes in env.id: {f'env={close[0]}, or ' if close else ''}env=classic env.id={value}."
     if close:
         return f" Did you mean env={close[0]}?"
-    return " A gymnasium env goes in env.id=ID (a registered id); an Atari game in env=atari env.game=GAME."
+    return " A gymnasium env goes in env=classic env.id=ID (a registered id); an Atari game in env=atari env.game=GAME."
 
 
 CHECK_LIMIT = 32  # a sweep of up to this many jobs has each one checked; a larger one varies one key at a time

@@ -86,7 +86,7 @@ def _missing_dependency(env_id: str) -> Iterator[None]:
     except gym.error.DependencyNotInstalled as e:
         raise EnvUnavailableError(
             f"env.id={env_id!r} needs a package that is not installed: {e}.",
-            "Or pick another env (env=cartpole|acrobot|mountaincar, or env.id=ID of an installed gymnasium env).",
+            "Or pick another env: env=cartpole|acrobot|mountaincar, or env=classic env.id=ID of an installed one.",
         ) from None
 
 

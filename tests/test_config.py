@@ -40,7 +40,7 @@ ADDONS = [(g, o) for g in ADDON_GROUPS for o in OPTIONS[g]]
 PAIRS = [(e, n) for e in OPTIONS["env"] for n in OPTIONS["network"]]
 
 # Keys an option leaves `???` for the user, with a value to fill in when composing it.
-REQUIRED_EXAMPLES = {"env.game": "Pong"}
+REQUIRED_EXAMPLES = {"env.game": "Pong", "env.id": "CartPole-v1"}
 
 
 def _combo_id(combo: dict[str, str]) -> str:
@@ -477,11 +477,12 @@ def test_an_unknown_key_in_a_group_lists_only_that_groups_keys(small_cfg_factory
         ("env", "PongNoFrameskip-v4", " An Atari game goes in env.game: env=pong, or env=atari env.game=Pong."),
         ("env", "Pong-v4", " An Atari game goes in env.game: env=pong, or env=atari env.game=Pong."),
         ("env", "ALE/SpaceInvaders-v5", " An Atari game goes in env.game: env=atari env.game=SpaceInvaders."),
-        ("env", "MountainCar-v0", " A gymnasium id goes in env.id: env=mountaincar, or env.id=MountainCar-v0."),
-        ("env", "LunarLander-v3", " A gymnasium id goes in env.id: env.id=LunarLander-v3."),
+        ("env", "MountainCar-v0", " A gymnasium id goes in env.id: env=mountaincar, or env=classic "
+                                  "env.id=MountainCar-v0."),
+        ("env", "LunarLander-v3", " A gymnasium id goes in env.id: env=classic env.id=LunarLander-v3."),
         ("env", "carpole", " Did you mean env=cartpole?"),
-        ("env", "MiniGrid-Empty-5x5-v0", " A gymnasium env goes in env.id=ID (a registered id); an Atari game in "
-                                         "env=atari env.game=GAME."),
+        ("env", "MiniGrid-Empty-5x5-v0", " A gymnasium env goes in env=classic env.id=ID (a registered id); an "
+                                         "Atari game in env=atari env.game=GAME."),
         ("buffer", "PER", " For PER: buffer=prioritized."),
         ("network", "dueling", " For dueling: network.dueling=true."),
         ("agent", "n-step", " For n-step: agent.n_step=3 (or another n)."),
