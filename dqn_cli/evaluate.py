@@ -8,6 +8,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dqn_cli.agent import DQNAgent, make_agent
@@ -90,13 +91,7 @@ def evaluate(cfg: DictConfig) -> dict:
     """
     validate_eval(cfg)
     device = setup_torch(cfg.device, cfg.torch_threads)
-    state = load_checkpoint(cfg.checkpoint, map_location=device)
-    train_cfg = OmegaConf.create(state["config"])
-    train_cfg.cuda_graphs = False  # a training switch: evaluation makes no updates, on any device
-    try:
-        validate_train(train_cfg)
-    except UserError as e:
-        raise UserError(f"checkpoint={cfg.checkpoint!r} holds a config this version cannot use: {e}") from None
+    state, train_cfg = _load_trained(cfg.checkpoint, device)
     set_seed(cfg.seed)
     protocol, step = cfg.get("eval_protocol"), int(state["counters"]["step"])
     protocol_name = protocol_label(protocol, float(cfg.epsilon), atari=train_cfg.env.kind == "atari")
@@ -108,24 +103,9 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.get("video"):
         where = (run_dir or Path(cfg.checkpoint).resolve().parent) / "videos"
         video = EpisodeVideo(where / f"eval_{protocol_name}_step{step}.mp4", frames_per_second(env_cfg))
+    env = _checkpoint_env(cfg, env_cfg, render=video is not None)
     try:
-        env = make_env(
-            env_cfg, cfg.seed, num_envs=eval_env_count(cfg.episodes), training=False, render=video is not None
-        )
-    except EnvUnavailableError as e:  # its advice (env=...) is for dqn train: here the env is the checkpoint's
-        raise UserError(
-            f"checkpoint={cfg.checkpoint!r} was trained on an env this machine cannot build: {e.problem} "
-            "dqn eval plays the checkpoint's own env: install what registers it (the package the run used)."
-        ) from None
-    agent = make_agent(train_cfg, env.single_observation_space.shape, int(env.single_action_space.n), device)
-    try:
-        agent.q_net.load_state_dict(state["agent"]["q_net"])
-        agent.refresh_compute()
-    except (KeyError, RuntimeError) as e:
-        raise UserError(
-            f"checkpoint={cfg.checkpoint!r} does not match the network its config describes ({state_dict_mismatch(e)})."
-        ) from None
-    try:
+        agent = _trained_agent(cfg.checkpoint, state, train_cfg, env, device)
         returns, lengths = run_episodes(agent, env, cfg.episodes, cfg.epsilon, cfg.seed, video)
     finally:
         video_path = video.close() if video is not None else None
@@ -146,9 +126,55 @@ def evaluate(cfg: DictConfig) -> dict:
         "lengths": lengths.tolist(),
         "video": str(video_path) if video_path else None,
     }
+    _report(cfg, result, run_dir)
+    return result
+
+
+def _load_trained(checkpoint: str, device: torch.device) -> tuple[dict, DictConfig]:
+    """The checkpoint's state and its training config, checked as `dqn train` checks one."""
+    state = load_checkpoint(checkpoint, map_location=device)
+    train_cfg = OmegaConf.create(state["config"])
+    train_cfg.cuda_graphs = False  # a training switch: evaluation makes no updates, on any device
+    try:
+        validate_train(train_cfg)
+    except UserError as e:
+        raise UserError(f"checkpoint={checkpoint!r} holds a config this version cannot use: {e}") from None
+    return state, train_cfg
+
+
+def _checkpoint_env(cfg: DictConfig, env_cfg: DictConfig, render: bool) -> gym.vector.VectorEnv:
+    """The evaluation envs: the checkpoint's env under the protocol's settings, without training's
+    reward clipping and life-loss terminal."""
+    try:
+        return make_env(env_cfg, cfg.seed, num_envs=eval_env_count(cfg.episodes), training=False, render=render)
+    except EnvUnavailableError as e:  # its advice (env=...) is for dqn train: here the env is the checkpoint's
+        raise UserError(
+            f"checkpoint={cfg.checkpoint!r} was trained on an env this machine cannot build: {e.problem} "
+            "dqn eval plays the checkpoint's own env: install what registers it (the package the run used)."
+        ) from None
+
+
+def _trained_agent(
+    checkpoint: str, state: dict, train_cfg: DictConfig, env: gym.vector.VectorEnv, device: torch.device
+) -> DQNAgent:
+    """The agent the checkpoint's config describes, with the checkpoint's online-network weights."""
+    agent = make_agent(train_cfg, env.single_observation_space.shape, int(env.single_action_space.n), device)
+    try:
+        agent.q_net.load_state_dict(state["agent"]["q_net"])
+        agent.refresh_compute()
+    except (KeyError, RuntimeError) as e:
+        raise UserError(
+            f"checkpoint={checkpoint!r} does not match the network its config describes ({state_dict_mismatch(e)})."
+        ) from None
+    return agent
+
+
+def _report(cfg: DictConfig, result: dict, run_dir: Path | None) -> None:
+    """Print the scores, add them to the run's TensorBoard (`eval_PROTOCOL/*` at the checkpoint's step)
+    and write `output`."""
     _print_table(result)
     if cfg.get("tensorboard") and run_dir is not None:  # beside the run's own curves, at the checkpoint's step
-        _add_to_tensorboard(run_dir, f"eval_{protocol_name}", result, step)
+        _add_to_tensorboard(run_dir, f"eval_{result['protocol']}", result, result["step"])
     elif cfg.get("tensorboard"):
         log.info(f"no TensorBoard scores: {cfg.checkpoint} is not in a run dir's checkpoints/ folder")
     if cfg.output:
@@ -158,7 +184,6 @@ def evaluate(cfg: DictConfig) -> dict:
         except OSError as e:
             raise UserError(f"output={str(out)!r} cannot be written ({e.strerror}); the scores are above.") from None
         log.info(f"wrote {out}")
-    return result
 
 
 def _writable(out: Path, checkpoint: Path) -> None:
