@@ -18,6 +18,19 @@ from dqn_cli.errors import UserError
 
 log = logging.getLogger(__name__)
 
+# A sampled slot the storage cannot use (a frame-once layout's slot whose stack or next frame is gone,
+# an unfilled prioritized leaf hit through rounding) is redrawn; this bounds the redraw rounds.
+MAX_REDRAWS = 1000
+
+
+def no_usable_slots(size_per_env: int) -> UserError:
+    """What sampling says when MAX_REDRAWS rounds left a slot unusable (the config check keeps enough
+    slots per env; this is for a case it missed, instead of looping forever)."""
+    return UserError(
+        f"the replay buffer found no usable transition for some draws in {MAX_REDRAWS:,} rounds: {size_per_env} "
+        "steps per env are too few for this run. Raise buffer.capacity."
+    )
+
 
 class Batch(NamedTuple):
     """A sampled minibatch. `discounts` is gamma**k for the k rewards summed into `rewards`."""
@@ -121,16 +134,13 @@ class ReplayBuffer:
         t = rng.integers(0, filled, size=batch_size)
         env = rng.integers(0, self.num_envs, size=batch_size)
         bad = ~self.sampleable(t, env)
-        for _ in range(10_000):  # storage layouts with unusable slots redraw them (rare)
+        for _ in range(MAX_REDRAWS):  # storage layouts with unusable slots redraw them (rare)
             if not bad.any():
                 break
             t[bad] = rng.integers(0, filled, size=int(bad.sum()))
             bad = ~self.sampleable(t, env)
-        else:  # (the config check keeps enough slots per env; never loop forever on a case it missed)
-            raise UserError(
-                f"the replay buffer found no usable transition for some envs in 10,000 draws: {self.size_per_env} "
-                "steps per env are too few for this run. Raise buffer.capacity."
-            )
+        else:
+            raise no_usable_slots(self.size_per_env)
         return self._gather(t, env)
 
     def sampleable(self, t: np.ndarray, env: np.ndarray) -> np.ndarray:

@@ -14,11 +14,7 @@ from __future__ import annotations
 import numpy as np
 from omegaconf import DictConfig
 
-from dqn_cli.buffers import Batch, ReplayBuffer, check_fits
-
-# A sampled slot the storage cannot use (an unfilled leaf hit through rounding, or a slot a frame-once
-# layout marks unusable) is redrawn; this bounds the redraw rounds.
-MAX_REDRAWS = 1000
+from dqn_cli.buffers import MAX_REDRAWS, Batch, ReplayBuffer, check_fits, no_usable_slots
 
 
 class SumTree:
@@ -126,7 +122,7 @@ class PrioritizedReplay:
             idx[bad] = self.tree.find(rng.random(int(bad.sum())) * total)
             bad = ~self._usable(idx)
         else:
-            raise RuntimeError(f"prioritized replay found no usable slot in {MAX_REDRAWS} redraws")
+            raise no_usable_slots(self.storage.size_per_env)
         probs = self.tree.get(idx) / total
         # importance weights (N P(i))^-beta, scaled so the largest is 1: updates only shrink
         weights = (len(self) * probs) ** -self.beta

@@ -226,3 +226,19 @@ def test_make_buffer_reads_its_group():
     assert buf.size_per_env == 32 and buf.obs.shape == (32, 2, 3)
     with pytest.raises(UserError, match="buffer.kind='reservoir'"):
         make_buffer(OmegaConf.create({"kind": "reservoir", "capacity": 64}), (3,), np.float32, num_envs=1)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "prioritized"])
+def test_sampling_that_finds_no_usable_slot_says_to_raise_the_capacity(kind, monkeypatch):
+    """A layout whose slots are all unusable (a case the config check missed) ends the redraws after
+    MAX_REDRAWS rounds with the same message for both kinds, instead of looping forever."""
+    cfg = OmegaConf.create({"kind": kind, "capacity": 8, "alpha": 0.6, "beta0": 0.4, "eps": 1e-6})
+    buf = make_buffer(cfg, (2,), np.float32, num_envs=2)
+    for _ in range(3):
+        buf.add(np.zeros((2, 2)), np.zeros(2, int), np.ones(2), np.zeros((2, 2)), np.zeros(2, bool), np.zeros(2, bool))
+    storage = getattr(buf, "storage", buf)
+    calls = []
+    monkeypatch.setattr(storage, "sampleable", lambda t, env: calls.append(1) or np.zeros(len(t), bool))
+    with pytest.raises(UserError, match=r"no usable transition .* in 1,000 rounds: 4 steps per env .* buffer.capacity"):
+        buf.sample(2, np.random.default_rng(0))
+    assert len(calls) == buffers.MAX_REDRAWS + 1
