@@ -58,9 +58,14 @@ def run_episodes(
     return np.array(returns), np.array(lengths)
 
 
+# An evaluation plays its episodes on up to this many copies of the env side by side (one batched greedy
+# pass per step); each copy plays (episodes + i) // n of them, so the scores do not depend on speed.
+MAX_EVAL_ENVS = 16
+
+
 def eval_env_count(episodes: int) -> int:
     """Copies of the env an evaluation runs side by side."""
-    return min(episodes, 16)
+    return min(episodes, MAX_EVAL_ENVS)
 
 
 def protocol_label(protocol: DictConfig | None, epsilon: float, atari: bool) -> str:

@@ -35,6 +35,10 @@ from dqn_cli.utils import Every, set_seed, setup_torch
 
 log = logging.getLogger(__name__)
 
+# queue_ahead (overlap=true on a GPU): the share of the due updates queued before the greedy pass is
+# waited for (1/4): enough to keep the GPU busy while the loop waits, the rest go beside the envs' step
+QUEUE_AHEAD_DIVISOR = 4
+
 
 class DivergedError(UserError):
     """A non-finite loss, Q value or weight: training stops without saving the bad weights."""
@@ -230,7 +234,7 @@ class Trainer:
         act = self.agent.act_later(obs, epsilon, self.rng)
         if overlap:
             if self.queue_ahead:
-                self._learn_due(limit=max(1, self.due_updates // 4))
+                self._learn_due(limit=max(1, self.due_updates // QUEUE_AHEAD_DIVISOR))
             actions = act()
             self.env.step_async(actions)
             self._learn_due()  # (the rest) while the games step
