@@ -78,8 +78,16 @@ def _train(cfg):
 
 
 def _eval(cfg):
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
     from dqn_cli.evaluate import evaluate
 
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN and not cfg.output:  # each job's scores in its own job dir
+        with open_dict(cfg):
+            cfg.output = str(Path(hydra_cfg.runtime.output_dir) / "eval.json")
     return evaluate(cfg)["mean_return"]
 
 

@@ -80,6 +80,19 @@ def test_eval_writes_json(trained, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]  # no run dir, no log file for eval
 
 
+def test_eval_sweep_writes_each_jobs_scores_into_its_job_dir(trained, tmp_path):
+    """`dqn eval -m`: Hydra makes a dir per job; each holds its job's JSON (no empty dirs), unless output= is set."""
+    ckpt = trained / "checkpoints" / "last.pt"
+    sweep = tmp_path / "sweep"
+    args = (f"checkpoint={ckpt}", "episodes=1,2", "device=cpu", "tensorboard=false", f"hydra.sweep.dir={sweep}")
+    proc = dqn("eval", "-m", *args, cwd=tmp_path)
+    assert proc.returncode == 0, output(proc)
+    for job, episodes in (("0", 1), ("1", 2)):
+        result = json.loads((sweep / job / "eval.json").read_text())
+        assert result["episodes"] == episodes and len(result["returns"]) == episodes
+    assert sorted(p.name for p in (sweep / "0").iterdir()) == ["eval.json"]
+
+
 def test_eval_video_of_a_classic_env_on_a_headless_machine(trained, tmp_path):
     ckpt = trained / "checkpoints" / "last.pt"
     proc = dqn("eval", f"checkpoint={ckpt}", "episodes=1", "device=cpu", "video=true", cwd=tmp_path, XDG_RUNTIME_DIR="")
