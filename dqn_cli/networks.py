@@ -73,6 +73,9 @@ class MLP(nn.Module):
         one observation this way costs a few microseconds instead of torch's ~25 us dispatch.
         """
         *hidden, head = self.layers
+        pairs = (nn.Linear, ACTIVATIONS[self.activation])
+        if not all(isinstance(m, pairs[i % 2]) for i, m in enumerate(hidden)):  # a layer this copy would skip
+            raise TypeError(f"numpy_policy mirrors Linear + {self.activation} pairs only, not {self.layers}")
         # dueling: V(s) and the mean advantage shift every action alike, so A alone picks the action
         last = head.advantage if isinstance(head, DuelingHead) else head
         linears = [m for m in hidden if isinstance(m, nn.Linear)] + [last]

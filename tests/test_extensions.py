@@ -425,6 +425,14 @@ def test_dueling_mlp_numpy_policy_matches_torch():
     np.testing.assert_array_equal(net.numpy_policy()(obs), expected)
 
 
+def test_numpy_policy_refuses_an_mlp_with_a_layer_it_would_skip():
+    # the numpy copy mirrors Linear + activation pairs; a layer added to the MLP must not vanish from acting
+    net = MLP(4, 5, [32, 32])
+    net.layers.insert(1, torch.nn.LayerNorm(32))
+    with pytest.raises(TypeError, match="numpy_policy mirrors Linear"):
+        net.numpy_policy()
+
+
 # ---- all switches at once ---------------------------------------------------------------------------
 
 
