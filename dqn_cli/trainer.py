@@ -251,9 +251,9 @@ class Trainer:
         if a.gradient_steps * a.train_freq < n:  # (agent.gradient_steps=n/train_freq keeps train_freq's ratio)
             log.warning(
                 f"env.num_envs={n} take {n} env steps at once, more than agent.train_freq={a.train_freq}: a round "
-                f"of agent.gradient_steps={a.gradient_steps} comes once per vector step, so {a.gradient_steps} "
-                f"per {n} env steps, not per {a.train_freq}. For train_freq's ratio, set "
-                f"agent.gradient_steps={-(-n // a.train_freq) * a.gradient_steps}."
+                f"of agent.gradient_steps={a.gradient_steps} comes once per vector step, so "
+                f"{counted(a.gradient_steps, 'update')} per {n} env steps, not per {a.train_freq}. "
+                f"For train_freq's ratio, set agent.gradient_steps={-(-n // a.train_freq) * a.gradient_steps}."
             )
         if a.target_update_interval < n:
             log.warning(
