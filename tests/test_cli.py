@@ -199,7 +199,7 @@ BAD = [
     # an unknown group option: Hydra's "Could not find 'env/Pong'" named no option meant
     (["train", "env=Pong"], ["env=Pong: not an option of the env group; allowed: acrobot, atari", "env=pong, or env"]),
     (["train", "env=1"], ["env=1: the env group takes an option's name; allowed: acrobot, atari, breakout"]),
-    (["train", "env=CartPole-v1"], ["A gymnasium id goes in env.id: env=cartpole, or env.id=CartPole-v1."]),
+    (["train", "env=CartPole-v1"], ["A gymnasium id goes in env.id: env=cartpole, or env=classic env.id=CartPole-v1."]),
     (["train", "agent=ddqn"], ["agent=ddqn: not an option of the agent group; allowed: dqn. For ddqn: agent.double"]),
     (["eval", "checkpoint=x.pt", "eval_protocol=greed"], ["Did you mean eval_protocol=greedy?"]),
     (["eval", "eval_protocol=null"], ["the eval_protocol group takes one option, not null; allowed: greedy, nature"]),

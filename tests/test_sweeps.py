@@ -358,7 +358,7 @@ def test_the_summary_script_exit_codes(tmp_path, capsys):
     assert main([str(tmp_path)]) == 1  # no run dirs
     _fake_run(tmp_path / "0", ["seed=0"], {"job": 0, "status": "COMPLETED", "return": 1.0, "wall_time_s": 1.0})
     assert main([str(tmp_path)]) == 0 and (tmp_path / SUMMARY).is_file()
-    assert f"1 runs -> {tmp_path / SUMMARY}" in capsys.readouterr().out
+    assert f"1 run -> {tmp_path / SUMMARY}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -570,7 +570,11 @@ def test_the_check_passes_good_sweeps():
     for overrides in (
         [*TINY, "seed=0,1,2", "agent.lr=1e-3,5e-4"],
         [*TINY, "hparams_search=cartpole_optuna", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-        ["env=glob(*,exclude=atari)", "device=cpu"],  # every env preset (atari needs env.game)
+        [
+            "env=glob(*,exclude=[atari,classic])",
+            "device=cpu",
+        ],  # every env preset (atari needs env.game, classic env.id)
+        ["env=classic", "env.id=CartPole-v1,Acrobot-v1", "device=cpu"],
         ["env=pong", "env/preset=nature,machado", "device=cpu"],
     ):
         check_command_line(overrides, multirun=True)
