@@ -62,7 +62,7 @@ def _train(cfg):
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     if multirun and str(hydra_cfg.launcher.get("_target_", "")).endswith("JoblibLauncher"):
         signals.hold_stop_signals()  # first: a worker's first job spends seconds importing torch below
-    from dqn_cli.config import refuse_resume
+    from dqn_cli.config import refuse_resume, refuse_used_job_dir
     from dqn_cli.signals import STOP_FILE, NotStartedError, read_stop_file
     from dqn_cli.trainer import train
 
@@ -70,6 +70,7 @@ def _train(cfg):
     if not multirun:
         return train(cfg, hydra_cfg.runtime.output_dir, overrides=overrides, fresh_dir=True)
     refuse_resume(cfg)  # (refused before the start already, unless other flags skipped that)
+    refuse_used_job_dir(Path(hydra_cfg.runtime.output_dir))  # (checked before the start where the dir was known)
     stop_file = Path(hydra_cfg.runtime.cwd, hydra_cfg.sweep.dir, STOP_FILE)  # (hydra.job.chdir=true: cwd moved)
     if (signum := read_stop_file(stop_file) or signals.HELD) is not None:
         raise NotStartedError(f"not started: the sweep was stopped by {signal.Signals(signum).name}", signum)

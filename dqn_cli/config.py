@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from dqn_cli.errors import UserError, counted
+from dqn_cli.errors import UsedRunDirError, UserError, counted
 
 
 def config_dir() -> str:
@@ -627,15 +627,20 @@ def check_command_line(overrides: list[str], multirun: bool = False) -> None:
     with initialize_config_dir(config_dir(), version_base="1.3", job_name="dqn_check"):
         parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
         given = parser.parse_overrides(overrides)
-        fixed = [o.input_line for o in given if not o.is_sweep_override()]
+        unswept = [o for o in given if not o.is_sweep_override()]
+        fixed = [o.input_line for o in unswept]
         if not multirun and len(fixed) < len(given):
             return
         if not multirun:
             refuse_used_run_dir(compose("train", fixed, return_hydra_config=True))
         space = {}
+        job_dirs = None  # a sweep dir given, whose job dirs are named by the overrides: checked job by job
         if multirun:
             hydra_cfg = compose("train", fixed, return_hydra_config=True).hydra
             refuse_used_sweep_dir(hydra_cfg)
+            subdir = str(OmegaConf.to_container(hydra_cfg.sweep, resolve=False).get("subdir"))
+            if "${hydra.job.override_dirname}" in subdir:
+                job_dirs = _sweep_dir(hydra_cfg)
             check_launcher(hydra_cfg.launcher)
             sweeper = hydra_cfg.sweeper
             space = sweeper.get("params") or {}
@@ -651,6 +656,10 @@ def check_command_line(overrides: list[str], multirun: bool = False) -> None:
                 refuse_experiment_clash(parser.parse_overrides([*fixed, *job]))
                 if multirun:
                     refuse_resume(cfg)
+                if job_dirs is not None:  # the overrides as Hydra's sweeper writes them (false -> False) name the dir
+                    launched = [f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in unswept]
+                    with_hydra = compose("train", [*launched, *job], return_hydra_config=True)
+                    refuse_used_job_dir(job_dirs / str(OmegaConf.select(with_hydra, "hydra.sweep.subdir")))
                 validate_train(cfg)
                 env_key = (cfg.env.kind, cfg.env.id, cfg.env.get("game"))
                 if env_key not in checked_envs:
@@ -743,20 +752,27 @@ def refuse_used_run_dir(cfg: DictConfig) -> None:
         )
 
 
+def _sweep_dir(hydra_cfg: DictConfig) -> Path | None:
+    """`hydra.sweep.dir` as given, or None for the default multirun/DATE/TIME (a new dir each time)."""
+    try:
+        return Path(str(OmegaConf.select(hydra_cfg, "sweep.dir", throw_on_resolution_failure=True)))
+    except Exception:  # noqa: BLE001 - ${now:...} and hydra.runtime.cwd resolve only in a running sweep
+        return None
+
+
 def refuse_used_sweep_dir(hydra_cfg: DictConfig) -> None:
     """A sweep into a `hydra.sweep.dir` whose job dirs hold an earlier sweep's checkpoints would overwrite
-    them job by job (Hydra reuses the dir and the job numbers): a UserError naming them."""
-    try:
-        sweep_dir = Path(str(OmegaConf.select(hydra_cfg, "sweep.dir", throw_on_resolution_failure=True)))
-    except Exception:  # noqa: BLE001 - the default multirun/DATE/TIME (under hydra.runtime.cwd): a new dir
+    them job by job (Hydra reuses the dir and the job numbers): a UserError naming them. Job dirs named
+    by the job's number (`hydra.sweep.subdir`: `${hydra.job.num}`, or text around it) are checked here;
+    dirs named by the overrides, job by job (`refuse_used_job_dir`)."""
+    sweep_dir = _sweep_dir(hydra_cfg)
+    subdir = str(OmegaConf.to_container(hydra_cfg.sweep, resolve=False).get("subdir"))
+    parts = subdir.split("${hydra.job.num}")
+    if sweep_dir is None or len(parts) != 2 or "$" in "".join(parts) or not sweep_dir.is_dir():
         return
-    if OmegaConf.to_container(hydra_cfg.sweep, resolve=False).get("subdir") != "${hydra.job.num}":
-        return  # job dirs named otherwise (${hydra.job.override_dirname}, ...): a new sweep may well add its own
-    if not sweep_dir.is_dir():
-        return
+    numbered = re.compile(re.escape(parts[0]) + r"\d+" + re.escape(parts[1]))
     used = sorted(
-        (d for d in sweep_dir.iterdir() if d.name.isdigit() and (d / "checkpoints" / "last.pt").is_file()),
-        key=lambda d: int(d.name),
+        d for d in sweep_dir.iterdir() if numbered.fullmatch(d.name) and (d / "checkpoints" / "last.pt").is_file()
     )
     if used:
         runs = f"{counted(len(used), 'run dir')} with checkpoints/last.pt, e.g. {used[0]}"
@@ -764,6 +780,17 @@ def refuse_used_sweep_dir(hydra_cfg: DictConfig) -> None:
             f"hydra.sweep.dir={sweep_dir} already holds an earlier sweep's runs ({runs}); a new sweep there would "
             "overwrite them job by job. Pick another hydra.sweep.dir (left unset, each sweep gets a new "
             "multirun/DATE/TIME), or continue a stopped job with dqn train resume=RUN_DIR."
+        )
+
+
+def refuse_used_job_dir(job_dir: Path) -> None:
+    """A sweep job whose dir holds an earlier run (checkpoints/last.pt) would train over it: a
+    UsedRunDirError."""
+    if (job_dir / "checkpoints" / "last.pt").exists():
+        raise UsedRunDirError(
+            f"the job dir {job_dir} already holds a run (checkpoints/last.pt), which this job would overwrite "
+            "(an earlier sweep into the same hydra.sweep.dir gave a job the same dir). Pick another "
+            f"hydra.sweep.dir, or continue that run with dqn train resume={job_dir}."
         )
 
 

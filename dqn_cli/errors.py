@@ -7,6 +7,11 @@ class UserError(Exception):
     exit_code = 2  # what `dqn` exits with; subclasses for stops and divergence use their own
 
 
+class UsedRunDirError(UserError):
+    """A sweep job refused because its dir holds an earlier run: that run's files stay as they are (the
+    sweep summary writes no job_result.json over its record)."""
+
+
 class EnvUnavailableError(UserError):
     """An env that this machine cannot build: `problem` says why, the message adds what to pick instead
     (`dqn eval`, which takes the env from its checkpoint, says what to install instead)."""

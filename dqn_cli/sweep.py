@@ -60,10 +60,12 @@ class SweepSummary(Callback):
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
             return
-        from dqn_cli.errors import UserError
+        from dqn_cli.errors import UsedRunDirError, UserError
 
         ok = job_return.status.name == "COMPLETED"
         value = job_return._return_value  # the property would re-raise a failed job's exception
+        if isinstance(value, UsedRunDirError):  # the dir is an earlier run's: its record stays
+            return
         crashed = isinstance(value, Exception) and not isinstance(value, UserError)
         result = {
             "job": int(config.hydra.job.num),

@@ -134,6 +134,39 @@ def test_a_sweep_whose_job_dirs_are_named_by_their_overrides_may_share_a_dir(job
     assert (shared / "0" / "checkpoints" / "last.pt").is_file()  # the earlier sweep's, kept
 
 
+def _files(root: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("subdir", ["${hydra.job.override_dirname}", "job${hydra.job.num}"])
+def test_a_sweep_that_would_reuse_a_job_dir_is_refused_before_it_starts(tmp_path, subdir):
+    """Job dirs named by the overrides (or by the job number with text around it): the same job in the same
+    sweep dir again would train over the earlier run (reported: last.pt replaced, a second events file)."""
+    sweep = tmp_path / "sweep"
+    check_ok(multirun(sweep, "seed=5", f"hydra.sweep.subdir={subdir}"))
+    before = _files(sweep)
+    line = check_refused(multirun(sweep, "seed=5", f"hydra.sweep.subdir={subdir}"), 2)
+    assert "already holds" in line and "checkpoints/last.pt" in line and "resume=" in line, line
+    assert _files(sweep) == before
+    check_ok(multirun(sweep, "seed=6", "hydra.sweep.subdir=${hydra.job.override_dirname}"))  # a dir of its own
+
+
+def test_a_job_whose_dir_holds_a_run_is_refused_when_it_starts(tmp_path):
+    """Where the check before the start is skipped (-cd), the job itself refuses: the earlier run's
+    checkpoint, curves and job_result.json stay as they are."""
+    sweep, subdir = tmp_path / "sweep", "hydra.sweep.subdir=${hydra.job.override_dirname}"
+    check_ok(multirun(sweep, "seed=5", subdir))
+    (job_dir,) = [d for d in sweep.iterdir() if d.is_dir()]
+    kept = [job_dir / "checkpoints" / "last.pt", job_dir / "job_result.json", *job_dir.glob("events.out.*")]
+    before = {p: p.read_bytes() for p in kept}
+    proc = multirun(sweep, "seed=5", subdir, "-cd", str(REPO / "configs"))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in out, out[-3000:]
+    assert f"the job dir {job_dir} already holds a run (checkpoints/last.pt)" in proc.stderr, proc.stderr
+    assert {p: p.read_bytes() for p in kept} == before
+    assert sorted(job_dir.glob("events.out.*")) == sorted(p for p in kept if p.name.startswith("events"))
+
+
 def test_a_joblib_job_runs_async_atari_envs(tmp_path):
     """A loky worker's default start method is loky's, whose processes could not take gymnasium's shared
     observation memory (TypeError: cannot pickle 'mmap.mmap' object): the envs name the platform's."""
