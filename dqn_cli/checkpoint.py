@@ -143,15 +143,20 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a dqn_cli checkpoint safely; every failure is a UserError naming the file."""
-    path = Path(path)
+def check_checkpoint_path(path: Path) -> None:
+    """A UserError for a `checkpoint=` that is no file: a directory (naming the .pt files in it) or nothing."""
     if path.is_dir():
         found = sorted(path.glob("*.pt")) or sorted(path.glob("checkpoints/*.pt"))
         inside = f"the checkpoints in it: {', '.join(str(p) for p in found[:6])}" if found else "it holds no .pt file"
         raise UserError(f"checkpoint={str(path)!r} is a directory, not a checkpoint file; {inside}.")
     if not path.is_file():
         raise UserError(f"checkpoint={str(path)!r} does not exist.")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a dqn_cli checkpoint safely; every failure is a UserError naming the file."""
+    path = Path(path)
+    check_checkpoint_path(path)
     if path.stat().st_size == 0:
         raise UserError(f"checkpoint={str(path)!r} is an empty file, not a dqn_cli checkpoint.")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a raw pickle or noise is not one

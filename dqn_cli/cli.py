@@ -138,8 +138,7 @@ def main() -> None:
         if command == "train":  # first: its path, taken as typed, becomes one Hydra reads back unchanged
             args = _resume_in_place(args)
         _check_groups(args[1:], config_name)
-        if command == "train":
-            _check_first(args[1:])
+        _check_first(args[1:], command)
         sys.argv = [f"dqn {command}", *args[1:]]
         _hydra_app(config_name, task)()
         if _KEPT:
@@ -223,28 +222,34 @@ CONFIG_DIR_FLAGS = ("-cd", "--config-dir", "-cp", "--config-path", "-cn", "--con
 FLAGS_WITH_VALUES = (*CONFIG_DIR_FLAGS, "-c", "--cfg", "-i", "--info", "-p", "--package", "--experimental-rerun")
 
 
-def _check_first(args: list[str]) -> None:
-    """`check_command_line` on `dqn train ARGS`, before Hydra makes a run dir or starts a sweep's first job.
-    Skipped with Hydra flags other than -m (--cfg, --info, -cd DIR, ... print instead of running, or
-    take values) and for a single run with resume= (its config is the run's own; `resume_config` checks
-    it). A failure of the check itself only says so: Hydra and the trainer check each job anyway."""
+def _check_first(args: list[str], command: str = "train") -> None:
+    """`check_command_line` on `dqn train ARGS` (`check_eval_sweep` on `dqn eval -m ARGS`), before Hydra
+    makes a run dir or starts a sweep's first job. Skipped with Hydra flags other than -m (--cfg, --info,
+    -cd DIR, ... print instead of running, or take values) and for a single run with resume= (its config
+    is the run's own; `resume_config` checks it). A failure of the check itself only says so: Hydra and
+    the trainer check each job anyway."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from dqn_cli.config import check_command_line
+    from dqn_cli.config import check_command_line, check_eval_sweep
     from dqn_cli.errors import UserError
 
     flags = [a for a in args if a.startswith("-")]
     overrides = [a for a in args if a not in SWEEP_FLAGS]
     if any(a not in SWEEP_FLAGS for a in flags) or (not flags and _resumed(args)):
         return
+    if command == "eval" and not flags:  # a single evaluation checks its config as it starts
+        return
     try:
-        check_command_line(overrides, multirun=bool(flags))
+        if command == "eval":
+            check_eval_sweep(overrides)
+        else:
+            check_command_line(overrides, multirun=bool(flags))
     except (UserError, HydraException, OmegaConfBaseException):
         raise
     except Exception as e:  # noqa: BLE001 - anything else is the check's own failure
         what = f"{type(e).__name__}: {e}"
-        print(f"dqn train: warning: the config was not checked before the start ({what})", file=sys.stderr)
+        print(f"dqn {command}: warning: the config was not checked before the start ({what})", file=sys.stderr)
 
 
 def _flags_first(args: list[str]) -> list[str]:

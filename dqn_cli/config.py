@@ -794,6 +794,41 @@ def refuse_used_job_dir(job_dir: Path) -> None:
         )
 
 
+def check_eval_sweep(overrides: list[str]) -> None:
+    """`dqn eval -m OVERRIDES`, before the first job: each job's config passes `validate_eval` and names a
+    checkpoint file that is there (up to `CHECK_LIMIT` jobs all, beyond that each value once), and a fixed
+    `output=` that every job would write in turn is refused. Raises UserError naming the job's values."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from dqn_cli.checkpoint import check_checkpoint_path
+
+    with initialize_config_dir(config_dir(), version_base="1.3", job_name="dqn_check"):
+        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+        given = parser.parse_overrides(overrides)
+        swept = [o for o in given if o.is_sweep_override()]
+        fixed = [o.input_line for o in given if not o.is_sweep_override()]
+        output = [o for o in given if o.get_key_element() == "output" and not o.is_sweep_override()]
+        if swept and output and output[-1].value() is not None and "${" not in str(output[-1].value()):
+            raise UserError(
+                f"output={output[-1].value()} in a sweep: every job would write that one file, each over the one "
+                "before. Leave output unset (each job writes eval.json into its job dir), or name a file per job, "
+                "e.g. output='eval_${hydra:job.num}.json'."
+            )
+        values = [[f"{o.get_key_element()}={v}" for v in _sweep_values(o)] for o in swept]
+        for job in _jobs(values):
+            try:
+                cfg = compose("eval", [*fixed, *job])
+                if "${" in str(OmegaConf.to_container(cfg, resolve=False).get("output")):
+                    cfg.output = None  # a file per job (${hydra:job.num}): known only in the running job
+                validate_eval(cfg)
+                check_checkpoint_path(Path(cfg.checkpoint))
+            except UserError as e:
+                where = f"in the sweep's job with {' '.join(job)}: " if job else ""
+                raise UserError(f"{where}{e} No job was started.") from None
+
+
 def refuse_resume(cfg: DictConfig) -> None:
     """A sweep's job may not set `resume=`: that continues one run, in its own dir."""
     if cfg.get("resume"):

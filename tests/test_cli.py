@@ -93,6 +93,34 @@ def test_eval_sweep_writes_each_jobs_scores_into_its_job_dir(trained, tmp_path):
     assert sorted(p.name for p in (sweep / "0").iterdir()) == ["eval.json"]
 
 
+@pytest.mark.parametrize(
+    "overrides, said",
+    [
+        (["checkpoint={ckpt},nowhere.pt", "episodes=1"],
+         "in the sweep's job with checkpoint=nowhere.pt: checkpoint='nowhere.pt' does not exist. No job was started."),
+        (["checkpoint={ckpt}", "episodes=1,0"], "in the sweep's job with episodes=0: invalid config: episodes=0"),
+        (["checkpoint={ckpt}", "episodes=1,2", "output=x.json"],
+         "output=x.json in a sweep: every job would write that one file"),
+    ],
+)  # fmt: skip
+def test_an_eval_sweep_is_checked_before_its_first_job(trained, tmp_path, overrides, said):
+    """Each job's config and checkpoint file, and an output= that every job would write over the one before."""
+    ckpt = trained / "checkpoints" / "last.pt"
+    args = [o.format(ckpt=ckpt) for o in overrides]
+    proc = dqn("eval", "-m", *args, "device=cpu", "tensorboard=false", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in output(proc), output(proc)
+    assert said in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "x.json").exists()
+
+
+def test_an_eval_sweep_may_name_a_file_per_job(trained, tmp_path):
+    ckpt = trained / "checkpoints" / "last.pt"
+    proc = dqn("eval", "-m", f"checkpoint={ckpt}", "episodes=1,2", "output=e_${hydra:job.num}.json", "device=cpu",
+               "tensorboard=false", "hydra.sweep.dir=sweep", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, output(proc)
+    assert [json.loads((tmp_path / f"e_{n}.json").read_text())["episodes"] for n in (0, 1)] == [1, 2]
+
+
 def test_eval_video_of_a_classic_env_on_a_headless_machine(trained, tmp_path):
     ckpt = trained / "checkpoints" / "last.pt"
     proc = dqn("eval", f"checkpoint={ckpt}", "episodes=1", "device=cpu", "video=true", cwd=tmp_path, XDG_RUNTIME_DIR="")
