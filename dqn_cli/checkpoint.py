@@ -16,7 +16,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from dqn_cli.errors import UserError, first_line
+from dqn_cli.errors import UserError, WriteError, first_line
 
 FORMAT = "dqn_cli/checkpoint-v1"
 
@@ -57,7 +57,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
             Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):
             kept = "the one there before is kept" if path.exists() else "there was none before"
-            raise UserError(f"could not write {path} ({e.strerror or e}); {kept}.") from None
+            raise WriteError(f"could not write {path} ({e.strerror or e}); {kept}.") from None
         raise
     _fsync_dir(path.parent)
     return path

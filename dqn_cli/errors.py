@@ -7,6 +7,13 @@ class UserError(Exception):
     exit_code = 2  # what `dqn` exits with; subclasses for stops and divergence use their own
 
 
+class WriteError(UserError):
+    """A file the file system would not take (a full disk, a file-size limit, a read-only folder): exit 1,
+    as the CLI's other file-system errors. The file there before, if any, is kept."""
+
+    exit_code = 1
+
+
 class UsedRunDirError(UserError):
     """A sweep job refused because its dir holds an earlier run: that run's files stay as they are (the
     sweep summary writes no job_result.json over its record)."""

@@ -7,6 +7,7 @@ import math
 import random
 import shlex
 import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from itertools import chain
@@ -24,7 +25,7 @@ from dqn_cli.buffers import Batch, make_buffer
 from dqn_cli.checkpoint import remove_temp_files, save_arrays, save_checkpoint, state_dict_mismatch
 from dqn_cli.config import validate_train
 from dqn_cli.envs import finished_episodes, make_env, real_next_obs
-from dqn_cli.errors import UserError, counted
+from dqn_cli.errors import UserError, WriteError, counted
 from dqn_cli.evaluate import eval_env_count, run_episodes
 from dqn_cli.logger import RunLogger
 from dqn_cli.prioritized import PrioritizedReplay
@@ -68,6 +69,7 @@ class Trainer:
             validate_train(cfg)
             run_dir = Path(cfg.resume).absolute()
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        _check_writable(self.run_dir, resumed=resumed is not None)
         self.device = setup_torch(cfg.device, cfg.torch_threads)
         self.rng = set_seed(cfg.seed)
         self.env = make_env(cfg.env, cfg.seed)
@@ -221,10 +223,25 @@ class Trainer:
             if eval_ and self.evaluate(logger):
                 return True
             if checkpoint:
-                self.save(f"step_{self.step}.pt")
-                self.save_last("running")
+                self._checkpoint()
             logger.progress(self.step)
         return False
+
+    def _checkpoint(self) -> None:
+        """The periodic checkpoints, step_N.pt and last.pt. One the file system refuses (a full disk) is
+        said, and training goes on: the last checkpoint written stays what `resume=` continues from, and
+        the next one may find space again."""
+        try:
+            self.save(f"step_{self.step}.pt")
+            self.save_last("running")
+        except WriteError as e:
+            log.warning(f"{e} Training goes on; {self._last_written()}")
+
+    def _last_written(self) -> str:
+        if self.last_saved is None:
+            return "no last.pt has been written yet"
+        path, step = self.last_saved
+        return f"the last checkpoint written is {path} (step {step}), which resume= continues from"
 
     def _act_and_step(self, obs: np.ndarray, epsilon: float, overlap: bool) -> tuple:
         """Epsilon-greedy actions on `obs`, and the envs' step on them: the actions played (ale presses
@@ -338,7 +355,11 @@ class Trainer:
 
     def _stopped(self, stop: StopSignals) -> TrainingStoppedError:
         """Write last.pt after a stop signal and build the message that tells how to go on."""
-        path = self.save_last("stopped")
+        try:
+            path = self.save_last("stopped")
+        except WriteError as e:
+            stopped = f"stopped by {stop.name} at step {self.step}"
+            raise WriteError(f"{stopped}, but {e} So {self._last_written()}.") from None
         log.warning(f"{stop.name}: checkpoint written at step {self.step}: {path}")
         message = (
             f"stopped by {stop.name} at step {self.step} of {self.cfg.total_steps}.\n"
@@ -395,7 +416,10 @@ class Trainer:
         )  # fmt: skip
         if self.last_eval > self.best_eval:
             self.best_eval = self.last_eval
-            self.save("best.pt")
+            try:
+                self.save("best.pt")
+            except WriteError as e:  # the run goes on; the best policy so far is not on disk
+                log.warning(f"{e} Training goes on.")
         which = "eval.stop_return" if cfg.eval.get("stop_return") is not None else "env.solved_return"
         target = OmegaConf.select(cfg, which)
         solved = bool(cfg.eval.stop_on_solved and target is not None and self.last_eval >= target)
@@ -531,14 +555,34 @@ class Trainer:
         if self.cfg.checkpoint.get("save_buffer", True):
             state["replay"] = f"replay_{self.step}.npz"
             if self._replay_step != self.step or not (directory / state["replay"]).is_file():
-                save_arrays(replay_arrays(self.buffer, self.step), directory / state["replay"])
-                self._replay_step = self.step
+                try:
+                    save_arrays(replay_arrays(self.buffer, self.step), directory / state["replay"])
+                    self._replay_step = self.step
+                except WriteError as e:  # the weights and counters still go into last.pt: a resume refills replay
+                    log.warning(f"{e} last.pt is written without the replay buffer; a resume starts it empty.")
+                    del state["replay"]
         path = save_checkpoint(state, directory / "last.pt")
         for old in directory.glob("replay_*.npz"):
             if old.name != state.get("replay"):
                 old.unlink(missing_ok=True)
         self.last_saved = (path, self.step)
         return path
+
+
+def _check_writable(run_dir: Path, resumed: bool) -> None:
+    """A WriteError, before anything is built, for a run dir that checkpoints and TensorBoard files
+    cannot go into (TensorBoard's writer thread would otherwise fail with a traceback of its own)."""
+    try:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        for folder in (run_dir, run_dir / "checkpoints"):
+            tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        what = f"resume={run_dir}: its run dir" if resumed else f"the run dir {run_dir}"
+        advice = "copy the run dir somewhere writable and resume the copy" if resumed else "set hydra.run.dir"
+        raise WriteError(
+            f"{what} cannot be written ({e.strerror or e}); checkpoints and TensorBoard files go there. "
+            f"Make it writable, or {advice}."
+        ) from None
 
 
 def train(

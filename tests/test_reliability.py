@@ -24,7 +24,7 @@ from conftest import SHRINK, whole_checkpoint
 
 from dqn_cli import env_state
 from dqn_cli.checkpoint import FORMAT, load_checkpoint, save_checkpoint
-from dqn_cli.errors import UserError
+from dqn_cli.errors import UserError, WriteError
 from dqn_cli.signals import Aborted, StopSignals, TrainingStoppedError
 from dqn_cli.trainer import DivergedError, Trainer
 
@@ -178,6 +178,81 @@ def test_resume_without_saved_buffer_refills_before_learning(tmp_path, small_cfg
     assert "no replay buffer" in caplog.text
     trainer.run()
     assert load_checkpoint(run / "checkpoints" / "last.pt")["counters"]["step"] == 300
+
+
+def _refuse_writes(monkeypatch, name: str, times: int = 10**6) -> list[str]:
+    """Make the trainer's writes of files whose name starts with `name` fail as on a full disk, `times`
+    times; returns the paths refused."""
+    import dqn_cli.trainer as trainer_module
+
+    refused: list[str] = []
+
+    def failing(real):
+        def write(obj, path, *args, **kwargs):
+            if Path(path).name.startswith(name) and len(refused) < times:
+                refused.append(str(path))
+                raise WriteError(f"could not write {path} (No space left on device); there was none before.")
+            return real(obj, path, *args, **kwargs)
+
+        return write
+
+    monkeypatch.setattr(trainer_module, "save_arrays", failing(trainer_module.save_arrays))
+    monkeypatch.setattr(trainer_module, "save_checkpoint", failing(trainer_module.save_checkpoint))
+    return refused
+
+
+def test_a_stop_whose_replay_file_cannot_be_written_still_writes_last_pt(tmp_path, small_cfg_factory, monkeypatch,
+                                                                          caplog):  # fmt: skip
+    """SIGTERM on a nearly full disk: the weights, counters and RNGs still reach last.pt (without the replay
+    buffer, which a resume refills), instead of nothing since the last periodic checkpoint."""
+    run = tmp_path / "run"
+    refused = _refuse_writes(monkeypatch, "replay_")
+    caplog.set_level(logging.WARNING)
+    error = run_stopped(small_cfg_factory("checkpoint.interval=0"), run, signum=signal.SIGTERM)
+    assert refused and error.signum == signal.SIGTERM and "resume with: dqn train resume=" in str(error)
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["status"] == "stopped" and state["counters"]["step"] == HALF and "replay" not in state
+    assert "last.pt is written without the replay buffer; a resume starts it empty" in caplog.text
+    monkeypatch.undo()
+    trainer = Trainer(small_cfg_factory(f"resume={run}"), "unused")
+    assert trainer.step == HALF and len(trainer.buffer) == 0 and trainer.learning_starts == HALF + 32
+    trainer.run()
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["counters"]["step"] == 300
+
+
+def test_a_periodic_checkpoint_the_disk_refuses_is_said_and_training_goes_on(tmp_path, small_cfg_factory,
+                                                                                monkeypatch, caplog):  # fmt: skip
+    run = tmp_path / "run"
+    refused = _refuse_writes(monkeypatch, "last.pt", times=1)  # the first periodic last.pt, at step 100
+    caplog.set_level(logging.WARNING)
+    trainer = Trainer(small_cfg_factory("checkpoint.interval=100"), run)
+    trainer.run()
+    assert len(refused) == 1 and trainer.step == 300
+    assert "Training goes on; no last.pt has been written yet" in caplog.text
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["status"] == "done" and state["counters"]["step"] == 300 and state["replay"] == "replay_300.npz"
+
+
+def test_a_stop_whose_last_pt_cannot_be_written_names_the_last_checkpoint_written(tmp_path, small_cfg_factory,
+                                                                                    monkeypatch):  # fmt: skip
+    run = tmp_path / "run"
+    cfg = small_cfg_factory("checkpoint.interval=100")
+    trainer = Trainer(cfg, run)
+    stop_at(trainer, 150, signal.SIGTERM)
+    _refuse_writes(monkeypatch, "last.pt")
+    monkeypatch.setattr(trainer, "last_saved", None)
+    with pytest.raises(WriteError) as info:
+        trainer.run()
+    assert str(info.value).startswith(f"stopped by SIGTERM at step 150, but could not write {run / 'checkpoints'}")
+    assert info.value.exit_code == 1 and str(info.value).endswith(" So no last.pt has been written yet.")
+
+
+def test_a_run_dir_that_cannot_be_written_is_refused_before_anything_is_built(tmp_path, small_cfg_factory):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoints").write_text("a file where the folder goes")
+    with pytest.raises(WriteError, match=r"the run dir .* cannot be written \(File exists\); checkpoints and "):
+        Trainer(small_cfg_factory(), run)
 
 
 def test_resume_where_env_state_cannot_be_saved_starts_fresh_episodes(tmp_path, small_cfg_factory, monkeypatch, caplog):
