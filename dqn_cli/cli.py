@@ -193,6 +193,8 @@ def _fail(e: Exception, command: str) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from dqn_cli.errors import first_line
+
     if isinstance(e, (HydraException, OmegaConfBaseException)):
         print(f"dqn {command}: error: {_unknown_override(e, command) or _one_paragraph(e)}", file=sys.stderr)
         sys.exit(2)
@@ -202,9 +204,21 @@ def _fail(e: Exception, command: str) -> None:
     if isinstance(e, BrokenPipeError):  # `dqn train --help | head`: the reader has gone; nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(128 + signal.SIGPIPE)
+    if isinstance(e, ConnectionError):  # a sweep's Ray cluster that would not take the driver
+        print(
+            f"dqn {command}: error: {first_line(str(e))} A sweep joins a Ray cluster at RAY_ADDRESS (or "
+            "hydra.launcher.ray.init.address) with hydra/launcher=ray_cluster; where the cluster uses Ray's token "
+            "authentication (its default) set RAY_AUTH_MODE=token, with the cluster's token in ~/.ray/auth_token "
+            "or RAY_AUTH_TOKEN.",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     if isinstance(e, OSError):  # the file system said no: a run dir that cannot be made, a full disk
         where = f": {e.filename}" if e.filename else ""
-        hint = " The run dir is hydra.run.dir (outputs/DATE/TIME under the working directory unless set)."
+        if any(a in SWEEP_FLAGS for a in sys.argv[1:]):
+            hint = " The sweep dir is hydra.sweep.dir (multirun/DATE/TIME under the working directory unless set)."
+        else:
+            hint = " The run dir is hydra.run.dir (outputs/DATE/TIME under the working directory unless set)."
         print(f"dqn {command}: error: {e.strerror or e}{where}.{hint if command == 'train' else ''}", file=sys.stderr)
         sys.exit(1)
     raise e

@@ -641,12 +641,20 @@ def check_command_line(overrides: list[str], multirun: bool = False) -> None:
             subdir = str(OmegaConf.to_container(hydra_cfg.sweep, resolve=False).get("subdir"))
             if "${hydra.job.override_dirname}" in subdir:
                 job_dirs = _sweep_dir(hydra_cfg)
-            check_launcher(hydra_cfg.launcher)
+            check_launcher(hydra_cfg.launcher, OmegaConf.select(hydra_cfg, "runtime.choices.hydra/launcher"))
             sweeper = hydra_cfg.sweeper
             space = sweeper.get("params") or {}
-            for key in ("n_trials", "n_jobs"):  # Optuna's: how many trials, and how many run at once
-                if key in sweeper and not Int(1).ok(sweeper[key]):
-                    raise UserError(f"hydra.sweeper.{key}={sweeper[key]!r} is invalid: it must be {Int(1).describe()}.")
+            # Optuna's n_trials and n_jobs (how many trials, how many at once); the basic sweeper's batch size
+            for key in ("n_trials", "n_jobs", "max_batch_size"):
+                if (
+                    key in sweeper
+                    and not Int(1).ok(sweeper[key])
+                    and not (key == "max_batch_size" and sweeper[key] is None)
+                ):
+                    also = " or null (every job in one batch)" if key == "max_batch_size" else ""
+                    raise UserError(
+                        f"hydra.sweeper.{key}={sweeper[key]!r} is invalid: it must be {Int(1).describe()}{also}."
+                    )
         swept = swept_overrides(parser, given, space)
         values = [[f"{o.get_key_element()}={v}" for v in _sweep_values(o)] for o in swept]
         checked_envs: set[tuple] = set()
@@ -672,14 +680,29 @@ def check_command_line(overrides: list[str], multirun: bool = False) -> None:
                 raise UserError(f"{where}{e} No job was started.") from None
 
 
-def check_launcher(launcher: DictConfig) -> None:
+def check_launcher(launcher: DictConfig, choice: str | None = None) -> None:
     """Refuse a launcher setting that would crash the sweep inside its plugin, or leave it waiting
-    forever: joblib's n_jobs=0, a Ray job asking a new local instance for more CPUs or GPUs than it
-    has, Slurm's launcher where Slurm is not installed."""
+    forever: joblib's n_jobs=0, `hydra/launcher=ray` (`choice`) told to join a running cluster, a Ray job
+    asking a new local instance for more CPUs or GPUs than it has, submitit's timeout_min below 1,
+    Slurm's launcher where Slurm is not installed."""
     import os
     import shutil
 
     target = str(launcher.get("_target_", ""))
+    if target.endswith("RayLauncher") and choice == "ray" and os.environ.get("RAY_ADDRESS"):
+        raise UserError(
+            f"hydra/launcher=ray starts a new local Ray instance, but RAY_ADDRESS={os.environ['RAY_ADDRESS']} names "
+            "a running cluster, which the plugin's ray option cannot join (it passes object_store_memory, which "
+            "Ray refuses then). Use hydra/launcher=ray_cluster to join it (with RAY_AUTH_MODE=token where the "
+            "cluster uses Ray's token authentication), or unset RAY_ADDRESS for a local instance."
+        )
+    if target.endswith("SubmititLauncher") or target.endswith("LocalLauncher") or target.endswith("SlurmLauncher"):
+        timeout = launcher.get("timeout_min")
+        if timeout is not None and not Int(1).ok(timeout):
+            raise UserError(
+                f"hydra.launcher.timeout_min={spell(timeout)} is invalid: submitit kills each job after that many "
+                f"minutes, so it must be {Int(1).describe()}."
+            )
     if target.endswith("JoblibLauncher"):
         n_jobs = launcher.get("n_jobs")
         if n_jobs is not None and (not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs == 0):
@@ -701,7 +724,7 @@ def check_launcher(launcher: DictConfig) -> None:
                         f"hydra.launcher.ray.remote.{resource}={spell(want)} asks Ray for more per job than the "
                         f"local Ray instance this sweep starts has ({have}, from hydra.launcher.ray.init.{resource} or "
                         f"this machine): no job would ever start. Ask for at most {have}, or join a larger cluster "
-                        "(hydra/launcher=ray_cluster)."
+                        "(hydra/launcher=ray_cluster with RAY_ADDRESS or hydra.launcher.ray.init.address)."
                     )
     elif target.endswith("SlurmLauncher") and shutil.which("srun") is None:
         raise UserError(

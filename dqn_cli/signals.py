@@ -182,7 +182,9 @@ class SweepStop:
         return self.sweep_dir / STOP_FILE
 
     def start(self) -> SweepStop:
-        self.stop_file.unlink(missing_ok=True)  # an earlier sweep's, in a reused hydra.sweep.dir
+        # an earlier sweep's stop file, in a reused hydra.sweep.dir (a sweep dir under a file: the launcher says so)
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            self.stop_file.unlink()
         self._previous = set_handlers(self._handle)
         return self
 

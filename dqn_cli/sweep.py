@@ -130,7 +130,10 @@ class SweepStopper(Callback):
             # which must come before ours, not replace it
             from hydra_plugins.hydra_ray_launcher._launcher_util import start_ray
 
-            start_ray(config.hydra.launcher.ray.init)
+            try:
+                start_ray(config.hydra.launcher.ray.init)
+            except Exception:  # noqa: BLE001 - the launcher tries again and raises it; Hydra would only warn here
+                pass
         signals.ACTIVE_SWEEP = signals.SweepStop(Path(config.hydra.sweep.dir)).start()
         signals.ACTIVE_SWEEP.planned = planned_jobs(config)
 

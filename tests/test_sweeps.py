@@ -134,6 +134,34 @@ def test_a_sweep_whose_job_dirs_are_named_by_their_overrides_may_share_a_dir(job
     assert (shared / "0" / "checkpoints" / "last.pt").is_file()  # the earlier sweep's, kept
 
 
+@pytest.mark.parametrize(
+    "overrides, env, said",
+    [
+        (["hydra.sweeper.max_batch_size=0"], {}, "hydra.sweeper.max_batch_size=0 is invalid: it must be an integer"),
+        (["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=0"], {},
+         "hydra.launcher.timeout_min=0 is invalid: submitit kills each job after that many minutes"),
+        (["hydra/launcher=ray"], {"RAY_ADDRESS": "127.0.0.1:1"},
+         "hydra/launcher=ray starts a new local Ray instance, but RAY_ADDRESS=127.0.0.1:1 names a running cluster"),
+    ],
+)  # fmt: skip
+def test_launcher_settings_that_would_crash_the_sweep_are_refused_first(tmp_path, overrides, env, said):
+    """Before: an AssertionError traceback (Hydra's basic sweeper), jobs killed at once and submitit's
+    UncompletedJobError, Ray's 'object_store_memory must not be provided' after 20 s of retries."""
+    line = check_refused(multirun(tmp_path / "sweep", "seed=0,1", *overrides, env=env), 2)
+    assert said in line, line
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_sweep_dir_that_cannot_be_made_names_hydra_sweep_dir(tmp_path):
+    (tmp_path / "afile").write_text("")
+    cmd = [*DQN, "train", "-m", *TINY, f"hydra.sweep.dir={tmp_path / 'afile' / 'sweep'}", "seed=0,1"]
+    line = check_refused(subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, check=False), 1)
+    assert line == (
+        f"dqn train: error: Not a directory: {tmp_path / 'afile' / 'sweep'}. The sweep dir is hydra.sweep.dir "
+        "(multirun/DATE/TIME under the working directory unless set)."
+    )
+
+
 def _files(root: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
 
