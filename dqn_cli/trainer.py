@@ -266,11 +266,18 @@ class Trainer:
         `agent.train_freq` or `agent.target_update_interval` asks for them more often."""
         a = self.cfg.agent
         if a.gradient_steps * a.train_freq < n:  # (agent.gradient_steps=n/train_freq keeps train_freq's ratio)
+            ratio = n * a.gradient_steps / a.train_freq
+            fix = (
+                f"set agent.gradient_steps={ratio:g}"
+                if ratio == int(ratio)
+                else f"set agent.gradient_steps to {math.floor(ratio)} or {math.ceil(ratio)} ({ratio:g} is not whole), "
+                "or env.num_envs to a multiple of agent.train_freq"
+            )
             log.warning(
-                f"env.num_envs={n} take {n} env steps at once, more than agent.train_freq={a.train_freq}: a round "
-                f"of agent.gradient_steps={a.gradient_steps} comes once per vector step, so "
+                f"env.num_envs={n}: each vector step is {n} env steps, more than agent.train_freq={a.train_freq}, "
+                f"and a round of agent.gradient_steps={a.gradient_steps} comes once per vector step: "
                 f"{counted(a.gradient_steps, 'update')} per {n} env steps, not per {a.train_freq}. "
-                f"For train_freq's ratio, set agent.gradient_steps={-(-n // a.train_freq) * a.gradient_steps}."
+                f"For train_freq's ratio, {fix}."
             )
         if a.target_update_interval < n:
             log.warning(

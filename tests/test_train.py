@@ -126,10 +126,19 @@ def test_updates_come_at_most_once_per_vector_step_and_a_lower_ratio_is_said(
         trainer = Trainer(cfg, run_dir)
         trainer.run()
     assert trainer.updates == updates  # the vector steps after learning_starts=32: steps 36, 40, ..., 300
-    said = "env.num_envs=4 take 4 env steps at once, more than agent.train_freq=2" in caplog.text
+    said = "env.num_envs=4: each vector step is 4 env steps, more than agent.train_freq=2" in caplog.text
     assert said == warned
-    assert ("For train_freq's ratio, set agent.gradient_steps=2." in caplog.text) == warned
+    fix = "1 update per 4 env steps, not per 2. For train_freq's ratio, set agent.gradient_steps=2."
+    assert (fix in caplog.text) == warned
     assert "target_update_interval" not in caplog.text
+
+
+def test_a_replay_ratio_that_is_not_whole_per_vector_step_is_said_with_both_neighbours(small_cfg_factory, run_dir,
+                                                                                       caplog):  # fmt: skip
+    cfg = small_cfg_factory("env.num_envs=6", "agent.train_freq=4", "total_steps=60", "eval.interval=0")
+    with caplog.at_level(logging.WARNING, logger="dqn_cli.trainer"):
+        Trainer(cfg, run_dir).run()
+    assert "set agent.gradient_steps to 1 or 2 (1.5 is not whole), or env.num_envs to a multiple of" in caplog.text
 
 
 def test_a_target_sync_interval_below_the_vector_step_is_said(small_cfg_factory, run_dir, caplog):
