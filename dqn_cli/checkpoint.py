@@ -160,6 +160,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if path.stat().st_size == 0:
         raise UserError(f"checkpoint={str(path)!r} is an empty file, not a dqn_cli checkpoint.")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a raw pickle or noise is not one
+        with open(path, "rb") as f:
+            if f.read(4) == b"PK\x03\x04":  # a zip's start without its end (the directory is written last)
+                raise UserError(
+                    f"checkpoint={str(path)!r} is a torch checkpoint cut off before its end ({path.stat().st_size:,} "
+                    "bytes): a copy or write that did not finish. Copy it again, or use another checkpoint of the "
+                    "run (best.pt, step_N.pt)."
+                )
         raise UserError(
             f"checkpoint={str(path)!r} is not a torch checkpoint file (torch.save writes a zip archive); "
             "give a .pt written by dqn train (outputs/DATE/TIME/checkpoints/)."

@@ -164,6 +164,10 @@ def main() -> None:
         signum = getattr(e, "signum", signal.SIGINT)
         name = signal.Signals(signum).name
         kept = "; checkpoints already written are kept" if command == "train" else ""
+        if command == "train" and signals.ACTIVE_SWEEP is None and signals.LAST_SAVED is not None:
+            path, step = signals.LAST_SAVED  # (the run dir's last.pt)
+            run_dir = shlex.quote(str(Path(path).parent.parent))
+            kept = f"; {path} (step {step}) is kept: resume with dqn train resume={run_dir}"
         _say(f"dqn {command}: aborted by {name}{kept}")
         if (sweep := signals.ACTIVE_SWEEP) is not None:
             print(

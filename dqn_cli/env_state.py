@@ -188,7 +188,7 @@ def _names(env: gym.Env) -> list[str]:
 def unsupported(env: gym.vector.VectorEnv) -> str | None:
     """Why `env`'s state cannot be saved, or None when it can."""
     if not isinstance(env, gym.vector.SyncVectorEnv):
-        return f"{type(env).__name__} keeps its envs out of reach (only SyncVectorEnv can be saved)"
+        return f"{type(env).__name__} keeps its envs out of reach: only SyncVectorEnv can be saved"
     for layer in _layers(env.envs[0]):
         if _handler(layer) is None:
             return f"{type(layer).__module__}.{type(layer).__name__} has no saved-state handler"

@@ -234,3 +234,5 @@ class _WithoutJobErrorLines:
 
 
 ACTIVE_SWEEP: SweepStop | None = None  # this process launches a sweep (set by dqn_cli.sweep.SweepStopper)
+# the run dir and step of the last last.pt this process wrote or resumed from: a second Ctrl-C names it
+LAST_SAVED: tuple[Path, int] | None = None

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dqn_cli import env_state
+from dqn_cli import env_state, signals
 from dqn_cli.accel import accelerate
 from dqn_cli.agent import make_agent
 from dqn_cli.atari import apply_eval_protocol
@@ -504,7 +504,7 @@ class Trainer:
                 f"from empty and updates restart after {a.learning_starts} more steps"
             )
         self._restore_rngs(state["rng"])
-        self.last_saved = (path, self.step)
+        self.last_saved = signals.LAST_SAVED = (path, self.step)
         done = f"{counted(self.episodes, 'episode')}, {counted(self.updates, 'update')}"
         log.info(f"resumed {path} at step {self.step} ({done})")
 
@@ -572,7 +572,7 @@ class Trainer:
         for old in directory.glob("replay_*.npz"):
             if old.name != state.get("replay"):
                 old.unlink(missing_ok=True)
-        self.last_saved = (path, self.step)
+        self.last_saved = signals.LAST_SAVED = (path, self.step)
         return path
 
 

@@ -603,6 +603,23 @@ def test_cli_second_ctrl_c_aborts_at_once(tmp_path):
     assert not (run / "checkpoints" / "last.pt").exists()  # and nothing half-written took its place
 
 
+def test_cli_abort_names_the_last_checkpoint_and_how_to_resume(tmp_path):
+    """Two Ctrl-Cs while the second last.pt hangs half-written: the message names the first one, which is
+    whole, and the resume command."""
+    run = tmp_path / "run"
+    args = cli_overrides(run, "total_steps=10000000", "eval.interval=0", "checkpoint.interval=1000")
+    proc = start([sys.executable, "-c", SLOW_WRITER, "train", *args], {"SLOW_PREFIX": "last.pt", "SLOW_NTH": "2"})
+    seen = wait_for(proc, r"FAULT: writing last\.pt")
+    os.kill(proc.pid, signal.SIGINT)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGINT)
+    out = finish(proc, seen, timeout=30)
+    assert proc.returncode == 130 and "Traceback" not in out, out
+    last = run / "checkpoints" / "last.pt"
+    assert f"aborted by SIGINT; {last} (step 1000) is kept: resume with dqn train resume={run}" in out, out
+    assert load_checkpoint(last)["counters"]["step"] == 1000
+
+
 # ---- SIGKILL during a checkpoint write ---------------------------------------------------------------
 
 
