@@ -817,6 +817,26 @@ def refuse_used_job_dir(job_dir: Path) -> None:
         )
 
 
+def preset_mismatch(env_cfg: DictConfig) -> str | None:
+    """What to say when `env.id` (classic) or `env.game` (Atari) is not the one the chosen env preset was
+    made for (`env=cartpole env.id=Acrobot-v1`): its tuned settings and solved_return are the preset's."""
+    path = Path(config_dir()) / "env" / f"{env_cfg.get('name')}.yaml"
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.is_file() else {}
+    preset = raw.get("env", {})  # as written: "???" for a required key, ${...} for one that follows another
+    for key, generic in (("id", "classic"), ("game", "atari")):
+        made_for = preset.get(key)
+        if made_for in (None, "???") or "${" in str(made_for) or env_cfg.get(key) == made_for:
+            continue
+        tuned = ", its tuned agent" if generic == "classic" else ""
+        given = f"env.{key}={env_cfg.get(key)}"
+        return (
+            f"{given} runs under env={env_cfg.name}, a preset made for {made_for} (its solved_return="
+            f"{env_cfg.get('solved_return')}{tuned} included); env={generic} {given} runs it with the {generic} "
+            "defaults instead"
+        )
+    return None
+
+
 def check_eval_sweep(overrides: list[str]) -> None:
     """`dqn eval -m OVERRIDES`, before the first job: each job's config passes `validate_eval` and names a
     checkpoint file that is there (up to `CHECK_LIMIT` jobs all, beyond that each value once), and a fixed

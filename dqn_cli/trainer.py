@@ -23,7 +23,7 @@ from dqn_cli.agent import make_agent
 from dqn_cli.atari import apply_eval_protocol
 from dqn_cli.buffers import Batch, make_buffer
 from dqn_cli.checkpoint import remove_temp_files, save_arrays, save_checkpoint, state_dict_mismatch
-from dqn_cli.config import validate_train
+from dqn_cli.config import preset_mismatch, validate_train
 from dqn_cli.envs import finished_episodes, make_env, real_next_obs
 from dqn_cli.errors import UserError, WriteError, counted
 from dqn_cli.evaluate import eval_env_count, run_episodes
@@ -145,6 +145,8 @@ class Trainer:
                     "experience but makes no update"
                 )
             self._warn_about_vector_steps(n)
+            if (mismatch := preset_mismatch(cfg.env)) is not None:
+                log.warning(mismatch)
             logger = RunLogger(self.run_dir, cfg.log, cfg.total_steps, self.step)  # opens the progress bar
             try:
                 solved = self._loop(logger, stop)

@@ -141,6 +141,33 @@ def test_a_replay_ratio_that_is_not_whole_per_vector_step_is_said_with_both_neig
     assert "set agent.gradient_steps to 1 or 2 (1.5 is not whole), or env.num_envs to a multiple of" in caplog.text
 
 
+def test_another_env_id_under_a_tuned_preset_is_said(small_cfg_factory, run_dir, caplog):
+    cfg = small_cfg_factory("env=cartpole", "env.id=Acrobot-v1", "total_steps=40", "eval.interval=0")
+    with caplog.at_level(logging.WARNING, logger="dqn_cli.trainer"):
+        Trainer(cfg, run_dir).run()
+    assert (
+        "env.id=Acrobot-v1 runs under env=cartpole, a preset made for CartPole-v1 (its solved_return=475, its tuned "
+        "agent included); env=classic env.id=Acrobot-v1 runs it with the classic defaults instead"
+    ) in caplog.text
+
+
+@pytest.mark.parametrize(
+    "env, said",
+    [
+        ({"name": "pong", "game": "Breakout"}, "env.game=Breakout runs under env=pong, a preset made for Pong"),
+        ({"name": "pong", "game": "Pong"}, None),
+        ({"name": "classic", "id": "Acrobot-v1"}, None),
+        ({"name": "atari", "game": "Breakout"}, None),
+        ({"name": "mountaincar", "id": "MountainCar-v0"}, None),
+    ],
+)
+def test_preset_mismatch_only_where_the_preset_names_another_env(env, said):
+    from dqn_cli.config import preset_mismatch
+
+    found = preset_mismatch(OmegaConf.create({"solved_return": None, **env}))
+    assert found == said if said is None else found.startswith(said)
+
+
 def test_a_target_sync_interval_below_the_vector_step_is_said(small_cfg_factory, run_dir, caplog):
     cfg = small_cfg_factory("env.num_envs=4", "agent.target_update_interval=3", "total_steps=40", "eval.interval=0")
     with caplog.at_level(logging.WARNING, logger="dqn_cli.trainer"):
