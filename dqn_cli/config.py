@@ -6,7 +6,7 @@ import difflib
 import itertools
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -677,7 +677,20 @@ def check_command_line(overrides: list[str], multirun: bool = False) -> None:
                 if not multirun:
                     raise
                 where = f"in the sweep's job with {' '.join(job)}: " if job else ""
+                if job and _problem(lambda: validate_train(compose("train", fixed))) == str(e):
+                    where = "in every job of the sweep: "  # the fixed settings alone have it (swept keys at defaults)
                 raise UserError(f"{where}{e} No job was started.") from None
+
+
+def _problem(check: Callable[[], object]) -> str | None:
+    """The text of the UserError `check()` raises, or None (any other error: None too)."""
+    try:
+        check()
+    except UserError as e:
+        return str(e)
+    except Exception:  # noqa: BLE001 - a config the swept values were needed for
+        return None
+    return None
 
 
 def check_launcher(launcher: DictConfig, choice: str | None = None) -> None:
