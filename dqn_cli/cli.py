@@ -200,7 +200,8 @@ def _fail(e: Exception, command: str) -> None:
     from dqn_cli.errors import first_line
 
     if isinstance(e, (HydraException, OmegaConfBaseException)):
-        print(f"dqn {command}: error: {_unknown_override(e, command) or _one_paragraph(e)}", file=sys.stderr)
+        said = _unknown_override(e, command) or _one_paragraph(e)
+        print(f"dqn {command}: error: {said}{_option_meant(said)}", file=sys.stderr)
         sys.exit(2)
     if isinstance(e, ValueError) and _raised_in_hydra(e):  # Hydra's checks of its flags ("Only one of --run, ...")
         print(f"dqn {command}: error: {_one_paragraph(e)}", file=sys.stderr)
@@ -443,6 +444,20 @@ def _raised_in_hydra(e: BaseException) -> bool:
 
     frames = traceback.extract_tb(e.__traceback__)
     return bool(frames) and f"{os.sep}hydra{os.sep}" in frames[-1].filename
+
+
+def _option_meant(said: str) -> str:
+    """ " Did you mean GROUP=OPTION?" after Hydra's "Could not find 'GROUP/OPTION' Available options in
+    'GROUP': ..." for a group dqn's own check leaves to Hydra (hydra/launcher=joblb), or ''."""
+    import difflib
+    import re
+
+    wanted = re.search(r"Could not find '([\w/]+)/([\w.-]+)'", said)
+    options = re.search(r"Available options in '[\w/]+': ([\w, -]+)\.", said)
+    if wanted is None or options is None:
+        return ""
+    close = difflib.get_close_matches(wanted.group(2), [o.strip() for o in options.group(1).split(",")], n=1)
+    return f" Did you mean {wanted.group(1)}={close[0]}?" if close else ""
 
 
 def _one_paragraph(e: BaseException) -> str:

@@ -244,6 +244,8 @@ BAD = [
     *([(["train", "-m", "seed=0,1", "hydra/launcher=submitit_slurm"], ["Slurm's srun is not on this machine's PATH"])]
       if shutil.which("srun") is None else []),
     # a hydra key that is not there: Hydra's advice (+KEY) only fits an open mapping
+    (["train", "-m", "seed=0,1", "hydra/launcher=joblb"], ["Available options in 'hydra/launcher': basic, joblib",
+                                                          "Did you mean hydra/launcher=joblib?"]),
     (["train", "-m", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.njobs=2"],
      ["hydra.launcher.njobs is not a key of hydra.launcher (JobLibLauncherConf); did you mean hydra.launcher.n_jobs?"]),
     (["train", "hydra.job.chdr=true"], ["hydra.job.chdr is not a key of hydra.job (JobConf)", "mean hydra.job.chdir?"]),
