@@ -94,6 +94,10 @@ def plot(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    missing = [str(d) for d in sweep_dirs if not Path(d).exists()]
+    if missing:
+        where = ", ".join(missing)
+        raise SystemExit(f"error: {where} does not exist (give a sweep dir, multirun/DATE/TIME, or run dirs)")
     runs = find_runs(sweep_dirs)
     if not runs:
         raise SystemExit(f"error: no run dirs (with .hydra/overrides.yaml) under {', '.join(map(str, sweep_dirs))}")
