@@ -546,6 +546,12 @@ def test_plot_script_draws_a_png_of_the_requested_size(joblib_sweep, tmp_path):
     assert pixels.shape[:2] == (200, 300) and pixels.std() > 0.01  # something was drawn
 
 
+def test_plot_script_names_a_path_that_does_not_exist(tmp_path):
+    line = check_refused(plot_script(str(tmp_path / "nowhere"), "-o", str(tmp_path / "c.png")), 1)
+    assert line == f"error: {tmp_path / 'nowhere'} does not exist (give a sweep dir, multirun/DATE/TIME, or run dirs)"
+    assert not (tmp_path / "c.png").exists()
+
+
 @pytest.mark.parametrize(
     "args, words",
     [
@@ -561,12 +567,6 @@ def test_plot_script_draws_a_png_of_the_requested_size(joblib_sweep, tmp_path):
         (["-o", "curves"], ["argument -o/--output: 'curves' must end in an image format's suffix: ", ".pdf, "]),
     ],
 )  # fmt: skip
-def test_plot_script_names_a_path_that_does_not_exist(tmp_path):
-    line = check_refused(plot_script(str(tmp_path / "nowhere"), "-o", str(tmp_path / "c.png")), 1)
-    assert line == f"error: {tmp_path / 'nowhere'} does not exist (give a sweep dir, multirun/DATE/TIME, or run dirs)"
-    assert not (tmp_path / "c.png").exists()
-
-
 def test_plot_script_refuses_bad_options_with_the_allowed_values(joblib_sweep, tmp_path, monkeypatch, args, words):
     monkeypatch.chdir(tmp_path)  # a relative -o (the last -o counts) lands here, as would any image
     line = check_refused(plot_script(str(joblib_sweep), "-o", str(tmp_path / "c.png"), *args), 2)
