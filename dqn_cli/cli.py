@@ -70,12 +70,27 @@ def _train(cfg):
     if not multirun:
         return train(cfg, hydra_cfg.runtime.output_dir, overrides=overrides, fresh_dir=True)
     refuse_resume(cfg)  # (refused before the start already, unless other flags skipped that)
-    refuse_used_job_dir(Path(hydra_cfg.runtime.output_dir))  # (checked before the start where the dir was known)
+    job_dir = Path(hydra_cfg.runtime.output_dir)
     stop_file = Path(hydra_cfg.runtime.cwd, hydra_cfg.sweep.dir, STOP_FILE)  # (hydra.job.chdir=true: cwd moved)
     if (signum := read_stop_file(stop_file) or signals.HELD) is not None:
         raise NotStartedError(f"not started: the sweep was stopped by {signal.Signals(signum).name}", signum)
+    if _requeued() and (job_dir / "checkpoints" / "last.pt").is_file():
+        # Slurm requeued this job (preemption, a time limit) after its stop wrote last.pt: it goes on from there
+        from omegaconf import open_dict
+
+        with open_dict(cfg):
+            cfg.resume = str(job_dir)
+        return train(cfg, job_dir, overrides=overrides, stop_file=stop_file)
+    refuse_used_job_dir(job_dir)  # (checked before the start where the dir was known)
     # (a sweep's job dir holds the sweep's record of it: not removed on a mistake)
     return train(cfg, hydra_cfg.runtime.output_dir, overrides=overrides, stop_file=stop_file)
+
+
+def _requeued() -> bool:
+    """Whether Slurm runs this job again (SLURM_RESTART_COUNT > 0: submitit requeues a preempted or
+    timed-out job in the same job dir)."""
+    count = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return count.isdigit() and int(count) > 0
 
 
 def _eval(cfg):

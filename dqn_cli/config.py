@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from dqn_cli.errors import UsedRunDirError, UserError, counted
 
@@ -667,7 +667,12 @@ def check_command_line(overrides: list[str], multirun: bool = False) -> None:
                 if job_dirs is not None:  # the overrides as Hydra's sweeper writes them (false -> False) name the dir
                     launched = [f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in unswept]
                     with_hydra = compose("train", [*launched, *job], return_hydra_config=True)
-                    refuse_used_job_dir(job_dirs / str(OmegaConf.select(with_hydra, "hydra.sweep.subdir")))
+                    try:
+                        subdir = OmegaConf.select(with_hydra, "hydra.sweep.subdir", throw_on_resolution_failure=True)
+                    except OmegaConfBaseException:  # ${hydra.job.num}/id as well: known only as the job starts
+                        subdir = None  # (the job checks its dir itself then)
+                    if subdir is not None:
+                        refuse_used_job_dir(job_dirs / str(subdir))
                 validate_train(cfg)
                 env_key = (cfg.env.kind, cfg.env.id, cfg.env.get("game"))
                 if env_key not in checked_envs:

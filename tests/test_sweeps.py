@@ -195,6 +195,19 @@ def test_a_job_whose_dir_holds_a_run_is_refused_when_it_starts(tmp_path):
     assert sorted(job_dir.glob("events.out.*")) == sorted(p for p in kept if p.name.startswith("events"))
 
 
+def test_a_job_slurm_requeued_goes_on_from_its_last_pt(tmp_path):
+    """submitit requeues a preempted job in the same job dir (SLURM_RESTART_COUNT > 0): it resumes from the
+    last.pt its stop wrote instead of being refused (or, before, training over it from step 0)."""
+    sweep = tmp_path / "sweep"
+    check_ok(multirun(sweep, "seed=5"))
+    assert load_checkpoint(sweep / "0" / "checkpoints" / "last.pt")["counters"]["step"] == 300
+    # (-cd: the requeued job runs without dqn's check before the start, as a Slurm requeue does)
+    proc = multirun(sweep, "seed=5", "total_steps=600", "-cd", str(REPO / "configs"), env={"SLURM_RESTART_COUNT": "1"})
+    out = check_ok(proc)
+    assert f"resumed {sweep / '0' / 'checkpoints' / 'last.pt'} at step 300" in out, out[-3000:]
+    assert load_checkpoint(sweep / "0" / "checkpoints" / "last.pt")["counters"]["step"] == 600
+
+
 def test_a_joblib_job_runs_async_atari_envs(tmp_path):
     """A loky worker's default start method is loky's, whose processes could not take gymnasium's shared
     observation memory (TypeError: cannot pickle 'mmap.mmap' object): the envs name the platform's."""
@@ -645,6 +658,13 @@ def test_the_check_passes_good_sweeps():
             "device=cpu",
         ],  # every env preset (atari needs env.game, classic env.id)
         ["env=classic", "env.id=CartPole-v1,Acrobot-v1", "device=cpu"],
+        # job dirs named by the job number and the overrides: the number is known only as the job starts
+        [
+            *TINY,
+            "seed=0,1",
+            "hydra.sweep.dir=/tmp/dqn-check",
+            "hydra.sweep.subdir=${hydra.job.num}_${hydra.job.override_dirname}",
+        ],  # fmt: skip
         ["env=pong", "env/preset=nature,machado", "device=cpu"],
     ):
         check_command_line(overrides, multirun=True)
