@@ -582,9 +582,10 @@ def _check_writable(run_dir: Path, resumed: bool) -> None:
     """A WriteError, before anything is built, for a run dir that checkpoints and TensorBoard files
     cannot go into (TensorBoard's writer thread would otherwise fail with a traceback of its own)."""
     try:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        for folder in (run_dir, run_dir / "checkpoints"):
-            tempfile.TemporaryFile(dir=folder).close()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (run_dir, run_dir / "checkpoints"):  # (checkpoints/ as it is: made by the first save)
+            if folder.exists() or folder == run_dir:
+                tempfile.TemporaryFile(dir=folder).close()
     except OSError as e:
         what = f"resume={run_dir}: its run dir" if resumed else f"the run dir {run_dir}"
         advice = "copy the run dir somewhere writable and resume the copy" if resumed else "set hydra.run.dir"

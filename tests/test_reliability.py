@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -180,16 +181,19 @@ def test_resume_without_saved_buffer_refills_before_learning(tmp_path, small_cfg
     assert load_checkpoint(run / "checkpoints" / "last.pt")["counters"]["step"] == 300
 
 
-def _refuse_writes(monkeypatch, name: str, times: int = 10**6) -> list[str]:
+def _refuse_writes(monkeypatch, name: str, times: int = 10**6, after: int = 0) -> list[str]:
     """Make the trainer's writes of files whose name starts with `name` fail as on a full disk, `times`
-    times; returns the paths refused."""
+    times once `after` of them went through; returns the paths refused."""
     import dqn_cli.trainer as trainer_module
 
     refused: list[str] = []
+    written = [0]
 
     def failing(real):
         def write(obj, path, *args, **kwargs):
-            if Path(path).name.startswith(name) and len(refused) < times:
+            if Path(path).name.startswith(name) and written[0] < after:
+                written[0] += 1
+            elif Path(path).name.startswith(name) and len(refused) < times:
                 refused.append(str(path))
                 raise WriteError(f"could not write {path} (No space left on device); there was none before.")
             return real(obj, path, *args, **kwargs)
@@ -236,23 +240,60 @@ def test_a_periodic_checkpoint_the_disk_refuses_is_said_and_training_goes_on(tmp
 def test_a_stop_whose_last_pt_cannot_be_written_names_the_last_checkpoint_written(tmp_path, small_cfg_factory,
                                                                                     monkeypatch):  # fmt: skip
     run = tmp_path / "run"
-    cfg = small_cfg_factory("checkpoint.interval=100")
-    trainer = Trainer(cfg, run)
+    trainer = Trainer(small_cfg_factory("checkpoint.interval=100"), run)
     stop_at(trainer, 150, signal.SIGTERM)
-    _refuse_writes(monkeypatch, "last.pt")
-    monkeypatch.setattr(trainer, "last_saved", None)
+    _refuse_writes(monkeypatch, "last.pt", after=1)  # step 100's goes through, the stop's does not
     with pytest.raises(WriteError) as info:
         trainer.run()
     assert str(info.value).startswith(f"stopped by SIGTERM at step 150, but could not write {run / 'checkpoints'}")
-    assert info.value.exit_code == 1 and str(info.value).endswith(" So no last.pt has been written yet.")
+    last = run / "checkpoints" / "last.pt"
+    assert info.value.exit_code == 1 and str(info.value).endswith(
+        f" So the last checkpoint written is {last} (step 100), which resume= continues from."
+    )
+    assert load_checkpoint(last)["counters"]["step"] == 100
 
 
-def test_a_run_dir_that_cannot_be_written_is_refused_before_anything_is_built(tmp_path, small_cfg_factory):
+def test_a_stop_before_any_last_pt_says_none_was_written(tmp_path, small_cfg_factory, monkeypatch):
+    trainer = Trainer(small_cfg_factory("checkpoint.interval=0"), tmp_path / "run")
+    stop_at(trainer, 150, signal.SIGTERM)
+    _refuse_writes(monkeypatch, "last.pt")
+    with pytest.raises(WriteError, match=r"So no last\.pt has been written yet\.$"):
+        trainer.run()
+
+
+@pytest.mark.parametrize("where", ["run dir", "checkpoints"])
+def test_a_run_dir_that_cannot_be_written_is_refused_before_anything_is_built(tmp_path, small_cfg_factory, where,
+                                                                               monkeypatch):  # fmt: skip
+    import dqn_cli.trainer as trainer_module
+
     run = tmp_path / "run"
-    run.mkdir()
-    (run / "checkpoints").write_text("a file where the folder goes")
-    with pytest.raises(WriteError, match=r"the run dir .* cannot be written \(File exists\); checkpoints and "):
+    (run / "checkpoints").mkdir(parents=True)
+    real = tempfile.TemporaryFile
+
+    def refused(dir):  # noqa: A002 - (a read-only folder; root ignores the mode bits, so it is simulated)
+        if Path(dir) == (run if where == "run dir" else run / "checkpoints"):
+            raise PermissionError(13, "Permission denied")
+        return real(dir=dir)
+
+    monkeypatch.setattr(trainer_module.tempfile, "TemporaryFile", refused)
+    built = []
+    monkeypatch.setattr(trainer_module, "make_env", lambda *a, **k: built.append(1))
+    with pytest.raises(WriteError, match=r"the run dir .* cannot be written \(Permission denied\); checkpoints and "):
         Trainer(small_cfg_factory(), run)
+    assert not built
+
+
+def test_a_fresh_run_dir_gets_no_checkpoints_folder_before_the_first_save(tmp_path, small_cfg_factory, monkeypatch):
+    """(So a run that fails while its parts are built leaves only what Hydra wrote, and is removed.)"""
+    import dqn_cli.trainer as trainer_module
+
+    def fails(*args, **kwargs):
+        raise UserError("a builder's refusal")
+
+    monkeypatch.setattr(trainer_module, "make_env", fails)
+    with pytest.raises(UserError):
+        Trainer(small_cfg_factory(), tmp_path / "run")
+    assert list((tmp_path / "run").iterdir()) == []
 
 
 def test_resume_where_env_state_cannot_be_saved_starts_fresh_episodes(tmp_path, small_cfg_factory, monkeypatch, caplog):
