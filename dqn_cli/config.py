@@ -658,32 +658,38 @@ def check_command_line(overrides: list[str], multirun: bool = False) -> None:
         swept = swept_overrides(parser, given, space)
         values = [[f"{o.get_key_element()}={v}" for v in _sweep_values(o)] for o in swept]
         checked_envs: set[tuple] = set()
-        for job in _jobs(values):
+
+        def check_job(job: list[str]) -> None:
             cfg = compose("train", [*fixed, *job])
+            refuse_experiment_clash(parser.parse_overrides([*fixed, *job]))
+            if multirun:
+                refuse_resume(cfg)
+            if job_dirs is not None:  # the overrides as Hydra's sweeper writes them (false -> False) name the dir
+                launched = [f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in unswept]
+                with_hydra = compose("train", [*launched, *job], return_hydra_config=True)
+                try:
+                    subdir = OmegaConf.select(with_hydra, "hydra.sweep.subdir", throw_on_resolution_failure=True)
+                except OmegaConfBaseException:  # ${hydra.job.num}/id as well: known only as the job starts
+                    subdir = None  # (the job checks its dir itself then)
+                if subdir is not None:
+                    refuse_used_job_dir(job_dirs / str(subdir))
+            validate_train(cfg)
+            env_key = (cfg.env.kind, cfg.env.id, cfg.env.get("game"))
+            if env_key not in checked_envs:
+                check_env(cfg.env)
+                checked_envs.add(env_key)
+
+        jobs = list(_jobs(values))
+        for i, job in enumerate(jobs):
             try:
-                refuse_experiment_clash(parser.parse_overrides([*fixed, *job]))
-                if multirun:
-                    refuse_resume(cfg)
-                if job_dirs is not None:  # the overrides as Hydra's sweeper writes them (false -> False) name the dir
-                    launched = [f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in unswept]
-                    with_hydra = compose("train", [*launched, *job], return_hydra_config=True)
-                    try:
-                        subdir = OmegaConf.select(with_hydra, "hydra.sweep.subdir", throw_on_resolution_failure=True)
-                    except OmegaConfBaseException:  # ${hydra.job.num}/id as well: known only as the job starts
-                        subdir = None  # (the job checks its dir itself then)
-                    if subdir is not None:
-                        refuse_used_job_dir(job_dirs / str(subdir))
-                validate_train(cfg)
-                env_key = (cfg.env.kind, cfg.env.id, cfg.env.get("game"))
-                if env_key not in checked_envs:
-                    check_env(cfg.env)
-                    checked_envs.add(env_key)
+                check_job(job)
             except UserError as e:
                 if not multirun:
                     raise
                 where = f"in the sweep's job with {' '.join(job)}: " if job else ""
-                if job and _problem(lambda: validate_train(compose("train", fixed))) == str(e):
-                    where = "in every job of the sweep: "  # the fixed settings alone have it (swept keys at defaults)
+                # the first job's problem, and every other job's the same: the fixed settings have it
+                if i == 0 and len(jobs) > 1 and all(_problem(lambda j=j: check_job(j)) == str(e) for j in jobs[1:]):
+                    where = "in every job of the sweep: "
                 raise UserError(f"{where}{e} No job was started.") from None
 
 

@@ -621,10 +621,14 @@ def test_a_bad_value_in_a_later_job_stops_the_sweep_before_the_first_job(tmp_pat
         (["agent.batch_size=16,600", "buffer.capacity=500,1000"], ["agent.batch_size=600 buffer.capacity=500:"]),
         (["env=atari", "env.game=Pong,Pongg"], ["job with env.game=Pongg:", "not an ALE game", "Close matches: Pong"]),
         (["env=cartpole", "env.id=CartPole-v1,CartPole-v9"], ["env.id=CartPole-v9:", "not a registered"]),
-        (["seed=0,1", "resume=/some/run"], ["job with seed=0:", "cannot be part of a sweep"]),
+        (["seed=0,1", "resume=/some/run"], ["in every job of the sweep:", "cannot be part of a sweep"]),
         # a problem of the fixed settings is every job's, not the first one's; one of a swept value is that job's
         (["env=classic", "seed=0,1"], ["in every job of the sweep: invalid config: env.id is required"]),
         (["env=classic,cartpole"], ["in the sweep's job with env=classic: invalid config: env.id is required"]),
+        (["env=classic", "env.id=Foo-v0", "seed=0,1"], ["in every job of the sweep: env.id='Foo-v0' is not a"]),
+        # the swept key at its default fails as one of its values does: still that job's, another passes
+        (["agent.exploration_initial_eps=0.01", "agent.exploration_final_eps=0.04,0.005"],
+         ["in the sweep's job with agent.exploration_final_eps=0.04: "]),
         # Optuna's search space (the config's, or a command-line sweep): both ends of an interval, every choice
         (["hparams_search=cartpole_optuna", "agent.exploration_fraction=interval(0.5, 1.5)"],
          ["agent.exploration_fraction=1.5:", "must be a number in [0, 1]"]),
