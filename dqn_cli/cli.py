@@ -224,7 +224,8 @@ def _fail(e: Exception, command: str) -> None:
     if isinstance(e, BrokenPipeError):  # `dqn train --help | head`: the reader has gone; nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(128 + signal.SIGPIPE)
-    if isinstance(e, ConnectionError):  # a sweep's Ray cluster that would not take the driver
+    ray = any(a.startswith("hydra/launcher=ray") for a in sys.argv[1:])
+    if isinstance(e, ConnectionError) and ray:  # a sweep's Ray cluster that would not take the driver
         print(
             f"dqn {command}: error: {first_line(str(e))} A sweep joins a Ray cluster at RAY_ADDRESS (or "
             "hydra.launcher.ray.init.address) with hydra/launcher=ray_cluster; where the cluster uses Ray's token "

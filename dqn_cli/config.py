@@ -713,7 +713,7 @@ def check_launcher(launcher: DictConfig, choice: str | None = None) -> None:
     import shutil
 
     target = str(launcher.get("_target_", ""))
-    if target.endswith("RayLauncher") and choice == "ray" and os.environ.get("RAY_ADDRESS"):
+    if target.endswith("RayLauncher") and choice == "ray" and os.environ.get("RAY_ADDRESS", "local") != "local":
         raise UserError(
             f"hydra/launcher=ray starts a new local Ray instance, but RAY_ADDRESS={os.environ['RAY_ADDRESS']} names "
             "a running cluster, which the plugin's ray option cannot join (it passes object_store_memory, which "
@@ -836,7 +836,8 @@ def refuse_used_job_dir(job_dir: Path) -> None:
     if (job_dir / "checkpoints" / "last.pt").exists():
         raise UsedRunDirError(
             f"the job dir {job_dir} already holds a run (checkpoints/last.pt), which this job would overwrite "
-            "(an earlier sweep into the same hydra.sweep.dir gave a job the same dir). Pick another "
+            "(an earlier sweep into the same hydra.sweep.dir gave a job the same dir, or two jobs of this sweep "
+            "share it: hydra.job.config.override_dirname.exclude_keys). Pick another "
             f"hydra.sweep.dir, or continue that run with dqn train resume={job_dir}."
         )
 

@@ -264,8 +264,10 @@ class Trainer:
         return infos.get("actions", actions), next_obs, rewards, terminated, truncated, infos
 
     def _warn_about_vector_steps(self, n: int) -> None:
-        """Updates and target syncs come at most once per vector step (n env steps): say so where
-        `agent.train_freq` or `agent.target_update_interval` asks for them more often."""
+        """Updates and target syncs come at most once per vector step (n env steps): a warning where that
+        gives fewer than one update per `agent.train_freq` env steps (gradient_steps not scaled for the
+        envs) or `agent.target_update_interval` asks for more syncs; the ratio, as info, where
+        gradient_steps was scaled."""
         a = self.cfg.agent
         if a.gradient_steps * a.train_freq < n:  # (agent.gradient_steps=n/train_freq keeps train_freq's ratio)
             ratio = n * a.gradient_steps / a.train_freq
@@ -280,6 +282,11 @@ class Trainer:
                 f"and a round of agent.gradient_steps={a.gradient_steps} comes once per vector step: "
                 f"{counted(a.gradient_steps, 'update')} per {n} env steps, not per {a.train_freq}. "
                 f"For train_freq's ratio, {fix}."
+            )
+        elif a.train_freq < n:  # gradient_steps scaled for the envs (the GPU recipes): the ratio, said once
+            log.info(
+                f"env.num_envs={n} > agent.train_freq={a.train_freq}: one round of agent.gradient_steps="
+                f"{a.gradient_steps} per vector step, {counted(a.gradient_steps, 'update')} per {n} env steps"
             )
         if a.target_update_interval < n:
             log.warning(
