@@ -122,9 +122,11 @@ def test_updates_come_at_most_once_per_vector_step_and_a_lower_ratio_is_said(
 ):
     # 4 envs, train_freq 2: one round per vector step (4 env steps), so gradient_steps per 4 env steps
     cfg = small_cfg_factory("env.num_envs=4", f"agent.gradient_steps={gradient_steps}", "eval.interval=0")
-    with caplog.at_level(logging.WARNING, logger="dqn_cli.trainer"):
+    with caplog.at_level(logging.INFO, logger="dqn_cli.trainer"):
         trainer = Trainer(cfg, run_dir)
         trainer.run()
+    ratio = "env.num_envs=4 > agent.train_freq=2: one round of agent.gradient_steps=2 per vector step, 2 updates per 4"
+    assert (ratio in caplog.text) == (not warned)  # scaled for the envs: said as it is, not warned of
     assert trainer.updates == updates  # the vector steps after learning_starts=32: steps 36, 40, ..., 300
     said = "env.num_envs=4: each vector step is 4 env steps, more than agent.train_freq=2" in caplog.text
     assert said == warned
