@@ -679,18 +679,24 @@ def check_command_line(overrides: list[str], multirun: bool = False) -> None:
                 check_env(cfg.env)
                 checked_envs.add(env_key)
 
-        jobs = list(_jobs(values))
-        for i, job in enumerate(jobs):
-            try:
-                check_job(job)
-            except UserError as e:
-                if not multirun:
-                    raise
-                where = f"in the sweep's job with {' '.join(job)}: " if job else ""
-                # the first job's problem, and every other job's the same: the fixed settings have it
-                if i == 0 and len(jobs) > 1 and all(_problem(lambda j=j: check_job(j)) == str(e) for j in jobs[1:]):
-                    where = "in every job of the sweep: "
-                raise UserError(f"{where}{e} No job was started.") from None
+        if multirun:
+            _check_jobs(list(_jobs(values)), check_job)
+        else:
+            check_job([])
+
+
+def _check_jobs(jobs: list[list[str]], check_job: Callable[[list[str]], None]) -> None:
+    """`check_job` on each of a sweep's jobs (their swept values); the first UserError names the job, or
+    every job when each one checked fails the same way (the fixed settings have it), and says that no
+    job was started."""
+    for i, job in enumerate(jobs):
+        try:
+            check_job(job)
+        except UserError as e:
+            where = f"in the sweep's job with {' '.join(job)}: " if job else ""
+            if i == 0 and len(jobs) > 1 and all(_problem(lambda j=j: check_job(j)) == str(e) for j in jobs[1:]):
+                where = "in every job of the sweep: "
+            raise UserError(f"{where}{e} No job was started.") from None
 
 
 def _problem(check: Callable[[], object]) -> str | None:
@@ -885,16 +891,15 @@ def check_eval_sweep(overrides: list[str]) -> None:
                 "e.g. output='eval_${hydra:job.num}.json'."
             )
         values = [[f"{o.get_key_element()}={v}" for v in _sweep_values(o)] for o in swept]
-        for job in _jobs(values):
-            try:
-                cfg = compose("eval", [*fixed, *job])
-                if "${" in str(OmegaConf.to_container(cfg, resolve=False).get("output")):
-                    cfg.output = None  # a file per job (${hydra:job.num}): known only in the running job
-                validate_eval(cfg)
-                check_checkpoint_path(Path(cfg.checkpoint))
-            except UserError as e:
-                where = f"in the sweep's job with {' '.join(job)}: " if job else ""
-                raise UserError(f"{where}{e} No job was started.") from None
+
+        def check_job(job: list[str]) -> None:
+            cfg = compose("eval", [*fixed, *job])
+            if "${" in str(OmegaConf.to_container(cfg, resolve=False).get("output")):
+                cfg.output = None  # a file per job (${hydra:job.num}): known only in the running job
+            validate_eval(cfg)
+            check_checkpoint_path(Path(cfg.checkpoint))
+
+        _check_jobs(list(_jobs(values)), check_job)
 
 
 def refuse_resume(cfg: DictConfig) -> None:
