@@ -26,6 +26,13 @@ def config_dir() -> str:
     raise RuntimeError(f"dqn_cli's configs/ is missing next to {here}; reinstall the package.")
 
 
+def shipped_option(group: str, name: object) -> dict | None:
+    """A group option's YAML as shipped, uninterpolated ("???" and ${...} as written), or None for an
+    option that is not one of dqn_cli's (a user's own, through -cd or hydra.searchpath)."""
+    path = Path(config_dir()) / group / f"{name}.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.is_file() else None
+
+
 # ---- value rules ---------------------------------------------------------------------------------
 
 
@@ -658,14 +665,15 @@ def check_command_line(overrides: list[str], multirun: bool = False) -> None:
         swept = swept_overrides(parser, given, space)
         values = [[f"{o.get_key_element()}={v}" for v in _sweep_values(o)] for o in swept]
         checked_envs: set[tuple] = set()
+        # the fixed overrides as Hydra's sweeper writes them (false -> False): with the job's values they name its dir
+        launched = [f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in unswept]
 
         def check_job(job: list[str]) -> None:
             cfg = compose("train", [*fixed, *job])
             refuse_experiment_clash(parser.parse_overrides([*fixed, *job]))
             if multirun:
                 refuse_resume(cfg)
-            if job_dirs is not None:  # the overrides as Hydra's sweeper writes them (false -> False) name the dir
-                launched = [f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in unswept]
+            if job_dirs is not None:
                 with_hydra = compose("train", [*launched, *job], return_hydra_config=True)
                 try:
                     subdir = OmegaConf.select(with_hydra, "hydra.sweep.subdir", throw_on_resolution_failure=True)
@@ -776,11 +784,11 @@ def refuse_experiment_clash(overrides: list) -> None:
     env (the command line wins in Hydra): a UserError. `overrides`: Hydra's parsed overrides."""
     chosen = {o.key_or_group: o.value() for o in overrides if isinstance(o.value(), str)}
     experiment = chosen.get("experiment")
-    path = Path(config_dir()) / "experiment" / f"{experiment}.yaml"
-    if experiment is None or not path.is_file():  # (Hydra names an unknown option itself)
+    bundle = shipped_option("experiment", experiment) if experiment is not None else None
+    if bundle is None:  # (Hydra names an unknown option itself)
         return
-    for entry in OmegaConf.load(path).get("defaults", []):
-        for key, option in entry.items() if isinstance(entry, DictConfig) else ():
+    for entry in bundle.get("defaults", []):
+        for key, option in entry.items() if isinstance(entry, dict) else ():
             group = key.removeprefix("override /")
             if key.startswith("override /") and chosen.get(group, option) != option:
                 raise UserError(
@@ -851,9 +859,7 @@ def refuse_used_job_dir(job_dir: Path) -> None:
 def preset_mismatch(env_cfg: DictConfig) -> str | None:
     """What to say when `env.id` (classic) or `env.game` (Atari) is not the one the chosen env preset was
     made for (`env=cartpole env.id=Acrobot-v1`): its tuned settings and solved_return are the preset's."""
-    path = Path(config_dir()) / "env" / f"{env_cfg.get('name')}.yaml"
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.is_file() else {}
-    preset = raw.get("env", {})  # as written: "???" for a required key, ${...} for one that follows another
+    preset = (shipped_option("env", env_cfg.get("name")) or {}).get("env", {})  # "???", ${...} as written
     for key, generic in (("id", "classic"), ("game", "atari")):
         made_for = preset.get(key)
         if made_for in (None, "???") or "${" in str(made_for) or env_cfg.get(key) == made_for:

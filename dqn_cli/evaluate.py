@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from dqn_cli.agent import DQNAgent, make_agent
 from dqn_cli.atari import apply_eval_protocol, frames_per_second
 from dqn_cli.checkpoint import load_checkpoint, state_dict_mismatch
-from dqn_cli.config import config_dir, validate_eval, validate_train
+from dqn_cli.config import shipped_option, validate_eval, validate_train
 from dqn_cli.envs import finished_episodes, make_env
 from dqn_cli.errors import EnvUnavailableError, UserError, counted
 from dqn_cli.utils import set_seed, setup_torch
@@ -77,10 +77,9 @@ def protocol_label(protocol: DictConfig | None, epsilon: float, atari: bool) -> 
     """
     if protocol is None:
         return "custom"
-    shipped_file = Path(config_dir()) / "eval_protocol" / f"{protocol.name}.yaml"
-    shipped = OmegaConf.load(shipped_file) if shipped_file.is_file() else protocol  # a user's own protocol
+    shipped = shipped_option("eval_protocol", protocol.name) or protocol  # (a user's own protocol: itself)
     label = protocol.name
-    if epsilon != float(shipped.epsilon):
+    if epsilon != float(shipped["epsilon"]):
         label += f"_eps{epsilon:g}"
     for key, short in (("noop_max", "noop"), ("max_episode_frames", "frames")) if atari else ():
         if protocol.get(key) != shipped.get(key):
