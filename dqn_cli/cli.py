@@ -9,6 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
+from dqn_cli.layout import LAST
+
 USAGE = """usage: dqn {train,eval} [KEY=VALUE ...] [GROUP=OPTION ...] [-m] [--help]
 
   dqn train env=cartpole                    train, log to TensorBoard, write checkpoints
@@ -74,7 +76,7 @@ def _train(cfg):
     stop_file = Path(hydra_cfg.runtime.cwd, hydra_cfg.sweep.dir, STOP_FILE)  # (hydra.job.chdir=true: cwd moved)
     if (signum := read_stop_file(stop_file) or signals.HELD) is not None:
         raise NotStartedError(f"not started: the sweep was stopped by {signal.Signals(signum).name}", signum)
-    if _requeued() and (job_dir / "checkpoints" / "last.pt").is_file():
+    if _requeued() and (job_dir / LAST).is_file():
         # Slurm requeued this job (preemption, a time limit) after its stop wrote last.pt: it goes on from there
         from omegaconf import open_dict
 

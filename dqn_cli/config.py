@@ -15,6 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from dqn_cli.errors import UsedRunDirError, UserError, counted
+from dqn_cli.layout import LAST
 
 
 def config_dir() -> str:
@@ -805,7 +806,7 @@ def refuse_used_run_dir(cfg: DictConfig) -> None:
         run_dir = Path(str(OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=True)))
     except Exception:  # noqa: BLE001 - a dir named by what only a running job knows: nothing to check here
         return
-    if (run_dir / "checkpoints" / "last.pt").exists():
+    if (run_dir / LAST).exists():
         raise UserError(
             f"hydra.run.dir={run_dir} already holds a run (checkpoints/last.pt); a new run there would "
             f"overwrite its checkpoints. Continue that run with dqn train resume={run_dir}, or pick another "
@@ -832,9 +833,7 @@ def refuse_used_sweep_dir(hydra_cfg: DictConfig) -> None:
     if sweep_dir is None or len(parts) != 2 or "$" in "".join(parts) or not sweep_dir.is_dir():
         return
     numbered = re.compile(re.escape(parts[0]) + r"\d+" + re.escape(parts[1]))
-    used = sorted(
-        d for d in sweep_dir.iterdir() if numbered.fullmatch(d.name) and (d / "checkpoints" / "last.pt").is_file()
-    )
+    used = sorted(d for d in sweep_dir.iterdir() if numbered.fullmatch(d.name) and (d / LAST).is_file())
     if used:
         runs = f"{counted(len(used), 'run dir')} with checkpoints/last.pt, e.g. {used[0]}"
         raise UserError(
@@ -847,7 +846,7 @@ def refuse_used_sweep_dir(hydra_cfg: DictConfig) -> None:
 def refuse_used_job_dir(job_dir: Path) -> None:
     """A sweep job whose dir holds an earlier run (checkpoints/last.pt) would train over it: a
     UsedRunDirError."""
-    if (job_dir / "checkpoints" / "last.pt").exists():
+    if (job_dir / LAST).exists():
         raise UsedRunDirError(
             f"the job dir {job_dir} already holds a run (checkpoints/last.pt), which this job would overwrite "
             "(an earlier sweep into the same hydra.sweep.dir gave a job the same dir, or two jobs of this sweep "

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dqn_cli.checkpoint import ArrayFile, load_checkpoint
 from dqn_cli.errors import UserError
+from dqn_cli.layout import CHECKPOINTS, LAST
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def last_checkpoint(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     if run_dir.is_file():
         named = run_dir.absolute()
-        meant = named.parent.parent if named.parent.name == "checkpoints" else None
+        meant = named.parent.parent if named.parent.name == CHECKPOINTS else None
         hint = f"; for this file's run: resume={meant}" if meant else ""
         raise UserError(
             f"resume={str(run_dir)!r} is a file; resume= takes the run dir of an earlier `dqn train` "
@@ -37,7 +38,12 @@ def last_checkpoint(run_dir: str | Path) -> Path:
             f"resume={str(run_dir)!r} does not exist; give the run dir of an earlier `dqn train` "
             "(outputs/DATE/TIME, the folder holding checkpoints/)."
         )
-    path = run_dir / "checkpoints" / "last.pt"
+    path = run_dir / LAST
+    if path.is_dir():
+        raise UserError(
+            f"resume={str(run_dir)!r}: its {LAST} is a directory, not the checkpoint file dqn train writes there, "
+            "so there is nothing to resume from."
+        )
     if not path.is_file():
         raise UserError(
             f"resume={str(run_dir)!r} holds no checkpoints/last.pt, so there is nothing to resume "

@@ -27,6 +27,7 @@ from dqn_cli.config import preset_mismatch, validate_train
 from dqn_cli.envs import finished_episodes, make_env, real_next_obs
 from dqn_cli.errors import UserError, WriteError, counted
 from dqn_cli.evaluate import eval_env_count, run_episodes
+from dqn_cli.layout import CHECKPOINTS, LAST
 from dqn_cli.logger import RunLogger
 from dqn_cli.prioritized import PrioritizedReplay
 from dqn_cli.resume import load_replay, replay_arrays, resume_config
@@ -176,7 +177,7 @@ class Trainer:
             f"final {eval_kind(cfg.eval.epsilon)} {self.last_eval:.2f} over {counted(cfg.eval.episodes, 'episode')} "
             f"(best {self.best_eval:.2f})"
         )
-        log.info(f"checkpoint: {self.run_dir / 'checkpoints' / 'last.pt'}")
+        log.info(f"checkpoint: {self.run_dir / LAST}")
         return float(self.last_eval)
 
     def _loop(self, logger: RunLogger, stop: StopSignals) -> bool:
@@ -387,7 +388,7 @@ class Trainer:
         """NaN guard: stop, keeping the last good checkpoint (nothing from this point is saved)."""
         if self.last_saved is not None:
             kept = f"the last good checkpoint is {self.last_saved[0]} (step {self.last_saved[1]})"
-        elif (best := self.run_dir / "checkpoints" / "best.pt").is_file():
+        elif (best := self.run_dir / CHECKPOINTS / "best.pt").is_file():
             kept = f"no last.pt was written before it; {best} holds the weights of the best evaluation so far"
         else:
             kept = "no checkpoint was written before it"
@@ -483,7 +484,7 @@ class Trainer:
         """Continue from a last.pt: weights, optimizer, counters, epsilon schedule, the env mid-episode,
         the replay buffer (when saved) and every RNG, so the run goes on as if never stopped."""
         cfg, a = self.cfg, self.cfg.agent
-        path = self.run_dir / "checkpoints" / "last.pt"
+        path = self.run_dir / LAST
         for stale in remove_temp_files(path.parent):
             log.info(f"removed {stale.name}, left by a write that was cut off")
         try:
@@ -550,7 +551,7 @@ class Trainer:
 
     def save(self, name: str) -> Path:
         self._check_finite()
-        directory = self.run_dir / "checkpoints"
+        directory = self.run_dir / CHECKPOINTS
         path = save_checkpoint(self.state_dict(), directory / name)
         if name.startswith("step_"):
             keep = self.cfg.checkpoint.keep_last
@@ -566,7 +567,7 @@ class Trainer:
         older replay files go only once the new last.pt is in place.
         """
         self._check_finite()
-        directory = self.run_dir / "checkpoints"
+        directory = self.run_dir / CHECKPOINTS
         state = self.state_dict(status)
         if self.cfg.checkpoint.get("save_buffer", True):
             state["replay"] = f"replay_{self.step}.npz"
@@ -590,7 +591,7 @@ def _check_writable(run_dir: Path, resumed: bool) -> None:
     cannot go into (TensorBoard's writer thread would otherwise fail with a traceback of its own)."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        for folder in (run_dir, run_dir / "checkpoints"):  # (checkpoints/ as it is: made by the first save)
+        for folder in (run_dir, run_dir / CHECKPOINTS):  # (checkpoints/ as it is: made by the first save)
             if folder.exists() or folder == run_dir:
                 tempfile.TemporaryFile(dir=folder).close()
     except OSError as e:

@@ -8,6 +8,7 @@ from pathlib import Path
 import gymnasium as gym
 
 from dqn_cli.errors import UserError
+from dqn_cli.layout import CHECKPOINTS
 
 log = logging.getLogger(__name__)
 
@@ -49,4 +50,4 @@ class EpisodeVideo:
 def run_dir_of(checkpoint: str | Path) -> Path | None:
     """The run dir a checkpoint belongs to (RUN/checkpoints/NAME.pt -> RUN), or None."""
     path = Path(checkpoint).resolve()
-    return path.parent.parent if path.parent.name == "checkpoints" else None
+    return path.parent.parent if path.parent.name == CHECKPOINTS else None

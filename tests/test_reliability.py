@@ -860,6 +860,9 @@ def test_resume_needs_a_run_dir_with_last_pt(tmp_path, small_cfg_factory):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=r"resume='.*empty' holds no checkpoints/last\.pt"):
         resume(small_cfg_factory, tmp_path / "empty")
+    (tmp_path / "odd" / "checkpoints" / "last.pt").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"resume='.*odd': its checkpoints/last\.pt is a directory, not the checkpoint"):
+        resume(small_cfg_factory, tmp_path / "odd")
 
 
 @pytest.mark.parametrize(
