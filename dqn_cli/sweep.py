@@ -30,6 +30,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dqn_cli.errors import counted, first_line
+from dqn_cli.layout import LAST
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +68,23 @@ class SweepSummary(Callback):
         if isinstance(value, UsedRunDirError):  # the dir is an earlier run's: its record stays
             return
         crashed = isinstance(value, Exception) and not isinstance(value, UserError)
+        run_dir = Path(config.hydra.runtime.output_dir)
+        status = job_status(job_return.status.name, value)
+        state = None if status == "NOT_STARTED" else _last_checkpoint(run_dir)
+        ran = status != "NOT_STARTED" and self._start is not None
+        wall_time = round(time.perf_counter() - self._start, 3) if ran else None
         result = {
             "job": int(config.hydra.job.num),
-            "status": job_status(job_return.status.name, value),
+            "status": status,
             "overrides": list(job_return.overrides or []),
             "return": float(value) if ok and isinstance(value, (int, float)) else None,
             "error": None if ok else f"{type(value).__name__}: {value}",
-            "traceback": _log_traceback(value, config.hydra.runtime.output_dir) if crashed else None,
-            "wall_time_s": round(time.perf_counter() - self._start, 3) if self._start is not None else None,
+            "traceback": _log_traceback(value, run_dir) if crashed else None,
+            # the step last.pt holds as the job ends: a later `dqn train resume=` moves last.pt past it
+            "steps": state["counters"]["step"] if state is not None else None,
+            "wall_time_s": wall_time,
         }
-        path = Path(config.hydra.runtime.output_dir) / JOB_RESULT
-        path.write_text(json.dumps(result, indent=2) + "\n")
+        (run_dir / JOB_RESULT).write_text(json.dumps(result, indent=2) + "\n")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -90,14 +97,14 @@ class SweepSummary(Callback):
             )
 
 
-def _log_traceback(error: Exception, run_dir: str) -> str | None:
+def _log_traceback(error: Exception, run_dir: Path) -> str | None:
     """Write a crashed job's traceback into its log file in `run_dir` (train.log) only: Hydra re-raises the
     error in the launcher only while the sweep goes on, and a joblib or Ray job's traceback does not travel
     back with it (nor, once the sweep is stopped, is it raised at all). Returns the file's path, or None."""
     files = [
         h
         for h in logging.getLogger().handlers
-        if isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve().parent == Path(run_dir).resolve()
+        if isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve().parent == run_dir.resolve()
     ]
     if not files:
         return None
@@ -280,7 +287,7 @@ def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
             counters, evals = state.get("counters", {}), state.get("eval", {})
             row.update(steps=counters.get("step", ""), episodes=counters.get("episodes", ""))
             row.update(updates=counters.get("updates", ""))
-            if result is not None and _newer(run_dir / "checkpoints" / "last.pt", run_dir / JOB_RESULT):
+            if result is not None and result.get("steps", row["steps"]) != row["steps"]:
                 # `dqn train resume=RUN_DIR` went on after the job: last.pt tells how the run stands now
                 row.update(status="", final_return="", wall_time_s="")
             if row["final_return"] == "" and evals.get("last") is not None:
@@ -294,13 +301,6 @@ def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
 
 UNREADABLE = (OSError, ValueError, KeyError, TypeError, yaml.YAMLError, OmegaConfBaseException)
-
-
-def _newer(path: Path, than: Path) -> bool:
-    try:
-        return path.stat().st_mtime_ns > than.stat().st_mtime_ns
-    except OSError:
-        return False
 
 
 def read_overrides(path: Path) -> list[str] | None:
@@ -394,7 +394,7 @@ def _override_values(overrides: list[str]) -> dict[str, str]:
 
 
 def _last_checkpoint(run_dir: Path) -> dict | None:
-    path = run_dir / "checkpoints" / "last.pt"
+    path = run_dir / LAST
     if not path.is_file():
         return None
     from dqn_cli.checkpoint import load_checkpoint

@@ -308,11 +308,14 @@ def test_a_job_resumed_after_the_sweep_is_summarised_from_its_newer_checkpoint(t
     from dqn_cli.checkpoint import save_checkpoint
 
     run = tmp_path / "0"
-    _fake_run(run, ["seed=0"], {"job": 0, "status": "STOPPED", "return": None, "wall_time_s": 12.5})
+    # the job stopped at step 1,200 (job_result.json says so); resumed, last.pt stands at 3,000
+    at_job_end = 1200 if resumed else 3000
+    _fake_run(
+        run, ["seed=0"], {"job": 0, "status": "STOPPED", "return": None, "wall_time_s": 12.5, "steps": at_job_end}
+    )
     state = whole_checkpoint(status="done", counters={"step": 3000}, eval={"last": 180.5, "best": 200.0})
-    last = save_checkpoint(state, run / "checkpoints" / "last.pt")
-    older, newer = (run / "job_result.json", last) if resumed else (last, run / "job_result.json")
-    os.utime(older, ns=(newer.stat().st_mtime_ns - 10**9,) * 2)
+    save_checkpoint(state, run / "checkpoints" / "last.pt")
+    os.utime(run / "job_result.json", ns=(10**9, 10**9))  # file times do not matter (a copy without them)
     (row,) = collect_runs(tmp_path)
     seen = {k: row[k] for k in ("status", "final_return", "best_return", "steps", "wall_time_s")}
     if resumed:  # the run as it stands now; its wall time (two processes) is not known
@@ -323,7 +326,7 @@ def test_a_job_resumed_after_the_sweep_is_summarised_from_its_newer_checkpoint(t
             "steps": 3000,
             "wall_time_s": "",
         }
-    else:  # (a hand-made pair: the job's own record wins over an older checkpoint)
+    else:  # the job's own record, beside the checkpoint it ended with
         assert seen == {
             "status": "STOPPED",
             "final_return": 180.5,
@@ -374,7 +377,10 @@ def test_the_sweep_end_logs_the_best_final_return(tmp_path, caplog):
 def test_a_sweep_job_writes_its_result_and_a_single_run_writes_none(tmp_path, mode):
     from hydra.core.utils import JobReturn, JobStatus
 
+    from dqn_cli.checkpoint import save_checkpoint
+
     config = OmegaConf.create({"hydra": {"mode": mode, "job": {"num": 3}, "runtime": {"output_dir": str(tmp_path)}}})
+    save_checkpoint(whole_checkpoint(status="done", counters={"step": 300}), tmp_path / "checkpoints" / "last.pt")
     callback = SweepSummary()
     callback.on_job_start(config)
     callback.on_job_end(config, JobReturn(overrides=["seed=1"], status=JobStatus.COMPLETED, _return_value=7))
@@ -384,8 +390,27 @@ def test_a_sweep_job_writes_its_result_and_a_single_run_writes_none(tmp_path, mo
     result = json.loads((tmp_path / "job_result.json").read_text())
     assert result.pop("wall_time_s") >= 0
     assert result == {
-        "job": 3, "status": "COMPLETED", "overrides": ["seed=1"], "return": 7.0, "error": None, "traceback": None
+        "job": 3, "status": "COMPLETED", "overrides": ["seed=1"], "return": 7.0, "error": None, "traceback": None,
+        "steps": 300,
     }  # fmt: skip
+
+
+def test_a_job_that_never_started_records_no_wall_time_and_no_steps(tmp_path):
+    """A job due after the sweep was stopped returns at once: it has no wall time to report (it was 0.0 for
+    some such jobs and 0.001 for others), and no checkpoint."""
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from dqn_cli.signals import NotStartedError
+
+    config = OmegaConf.create(
+        {"hydra": {"mode": RunMode.MULTIRUN, "job": {"num": 5}, "runtime": {"output_dir": str(tmp_path)}}}
+    )
+    callback = SweepSummary()
+    callback.on_job_start(config)
+    error = NotStartedError("not started: the sweep was stopped by SIGINT", signal.SIGINT)
+    callback.on_job_end(config, JobReturn(overrides=["seed=5"], status=JobStatus.FAILED, _return_value=error))
+    result = json.loads((tmp_path / "job_result.json").read_text())
+    assert (result["status"], result["steps"], result["wall_time_s"]) == ("NOT_STARTED", None, None)
 
 
 @pytest.mark.parametrize("crash", [True, False])
