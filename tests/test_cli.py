@@ -80,6 +80,22 @@ def test_eval_writes_json(trained, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]  # no run dir, no log file for eval
 
 
+def test_eval_piped_into_head_ends_quietly_and_still_writes_its_json(trained, tmp_path):
+    """`dqn eval ... | head -1`: the reader goes after one line. The table's later lines printed a
+    "--- Logging error ---" traceback each (BrokenPipeError); now the rest of the output is dropped."""
+    ckpt = trained / "checkpoints" / "last.pt"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    args = [*DQN, "eval", f"checkpoint={ckpt}", "episodes=2", "device=cpu", "output=x.json"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()  # the table's first line, then the pipe closes: the "| head -1"
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, stderr
+    assert "checkpoint step 300" in first
+    assert "Logging error" not in stderr and "Traceback" not in stderr, stderr
+    assert json.loads((tmp_path / "x.json").read_text())["episodes"] == 2
+
+
 def test_eval_sweep_writes_each_jobs_scores_into_its_job_dir(trained, tmp_path):
     """`dqn eval -m`: Hydra makes a dir per job; each holds its job's JSON (no empty dirs), unless output= is set."""
     ckpt = trained / "checkpoints" / "last.pt"
