@@ -296,6 +296,32 @@ def _flags_first(args: list[str]) -> list[str]:
     return [a for a in args if a not in overrides] + overrides
 
 
+def _foreign_flag(args: list[str], config_name: str) -> str | None:
+    """What to say of a `--flag` Hydra does not have (`--total-timesteps 1000`, CleanRL's and argparse
+    scripts' way): settings are KEY=VALUE overrides here, and the key meant if known. Hydra would say
+    "unrecognized arguments", or take the flag's value for an override without a value."""
+    from hydra._internal.utils import get_args_parser
+
+    from dqn_cli.config import EVAL_RULES, OTHER_NAMES, TRAIN_RULES
+
+    hydra_flags = {s for action in get_args_parser()._actions for s in action.option_strings}
+    for i, arg in enumerate(args):
+        flag, sep, value = arg.partition("=")
+        if not flag.startswith("--") or flag in hydra_flags or (i and args[i - 1] in FLAGS_WITH_VALUES):
+            continue
+        if not sep and i + 1 < len(args) and not args[i + 1].startswith("-") and "=" not in args[i + 1]:
+            value = args[i + 1]
+        name = flag[2:].replace("-", "_")
+        rules = TRAIN_RULES if config_name == "train" else EVAL_RULES
+        keys = [k for k in (name, OTHER_NAMES.get(name)) if k in rules] or [k for k in rules if k.endswith(f".{name}")]
+        meant = f" {flag} is {keys[0]} here: write {keys[0]}={value or 'VALUE'}." if len(keys) == 1 else ""
+        return (
+            f"{flag} is not a dqn {config_name} flag: settings are Hydra overrides, KEY=VALUE "
+            f"(dqn {config_name} --help lists the keys).{meant}"
+        )
+    return None
+
+
 def _check_groups(args: list[str], config_name: str) -> None:
     """`check_group_choices` on the command line's overrides (whatever the flags): Hydra would raise a
     ValueError for a group set to null, and merge a list of options."""
@@ -307,6 +333,8 @@ def _check_groups(args: list[str], config_name: str) -> None:
     from dqn_cli.config import check_group_choices
     from dqn_cli.errors import UserError
 
+    if (said := _foreign_flag(args, config_name)) is not None:
+        raise UserError(said)
     for before, arg in zip(["", *args], args, strict=False):  # (a flag's value: -cd DIR, --cfg job)
         if "=" in arg or arg.startswith("-") or before in FLAGS_WITH_VALUES:
             continue
@@ -397,7 +425,7 @@ def _unknown_override(e: BaseException, command: str) -> str | None:
 
     from dqn_cli.config import EVAL_RULES, TRAIN_GROUPS, TRAIN_RULES, eval_refuses, options_with, unknown_key
 
-    found = re.match(r"Could not override '([\w./]+)'", str(e))
+    found = re.match(r"Could not override '([\w./-]+)'", str(e))
     if found is not None and found.group(1).startswith("hydra."):
         return _unknown_hydra_key(found.group(1), e.__cause__)
     if found is not None and command == "eval" and found.group(1).split("/")[0] in TRAIN_GROUPS:

@@ -307,7 +307,7 @@ def unknown_key(key: str, rules: dict[str, Rule], present: set[str] | None = Non
     spelling) and the keys its group has. `present`: the keys of the config the run composes, where known
     (env=cartpole has no env.game): only those are offered; else every option's keys."""
     group = key.split(".")[0] + "." if "." in key else ""
-    leaf = key.rsplit(".", 1)[-1]
+    leaf = key.rsplit(".", 1)[-1].replace("-", "_")  # (total-timesteps: a command-line flag's spelling)
     tops = sorted({k.split(".")[0] for k in rules})  # the top-level keys and groups
     meant = OTHER_NAMES.get(leaf) in rules  # (another tool's name: said even where this run lacks the key)
     for_eval = rules is EVAL_RULES

@@ -213,6 +213,17 @@ BAD = [
     (["train", "buffer.size=100"], ["buffer.size is not a known key. (known in buffer: buffer.capacity, buffer.kind, "
                                     "buffer.storage.)"]),
     (["train", "--cfg", "job", "agent.lr"], ["'agent.lr' has no value"]),  # (job: the flag's value)
+    # CleanRL's and argparse scripts' flags: the key meant, with the flag's value
+    (["train", "--total-timesteps", "1000"], ["--total-timesteps is not a dqn train flag: settings are Hydra overrides",
+                                              "--total-timesteps is total_steps here: write total_steps=1000."]),
+    (["train", "--learning-rate=3e-4"], ["--learning-rate is agent.lr here: write agent.lr=3e-4."]),
+    (["train", "--batch-size", "64"], ["--batch-size is agent.batch_size here: write agent.batch_size=64."]),
+    (["eval", "--episodes", "3"], ["not a dqn eval flag", "--episodes is episodes here: write episodes=3."]),
+    (["train", "--capture-video"], ["--capture-video is not a dqn train flag: settings are Hydra overrides"]),
+    # a key spelled with hyphens (Hydra would advise +total-timesteps=1000)
+    (["train", "total-timesteps=1000"], ["total-timesteps is not a known key. Did you mean total_steps"]),
+    (["train", "agent.learning-starts=5"],
+     ["agent.learning-starts is not a known key. Did you mean agent.learning_starts?"]),
     (["eval", "runs/a/checkpoints/last.pt"], ["has no key: the checkpoint to evaluate is given as checkpoint=runs/a/"]),
     (["train", "runs/a"], ["'runs/a' has no key: the run dir to continue is given as resume=runs/a."]),
     (["train", "agent={lr:1}"], ["the agent group takes one option, not a mapping", "with agent.lr=VALUE"]),
