@@ -64,7 +64,7 @@ def curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--stops", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0, help="seeds the stop times")
     parser.add_argument("--max-delay", type=float, default=4.0, help="seconds of training before a stop")
@@ -79,7 +79,7 @@ def main() -> int:
     subprocess.run(dqn(*overrides, f"hydra.run.dir={ref}"), check=True, capture_output=True)
     print(f"reference run: {time.perf_counter() - t:.1f} s")
 
-    command = dqn(*overrides, f"hydra.run.dir={cut}")
+    command, finished = dqn(*overrides, f"hydra.run.dir={cut}"), False
     for i in range(args.stops):
         kind = KINDS[i % len(KINDS)]
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -94,6 +94,7 @@ def main() -> int:
         print(f"stop {i + 1}: {kind.name:<7} exit {proc.returncode:>4}  last.pt at step {step}")
         if proc.returncode == 0:
             print("  the run finished before the signal; stopping the drill here")
+            finished = True
             break
         expected = -signal.SIGKILL if kind == signal.SIGKILL else 128 + kind
         if proc.returncode != expected or "Traceback" in out:
@@ -101,7 +102,8 @@ def main() -> int:
             return 1
         if last.exists():
             command = dqn(f"resume={cut}")
-    subprocess.run(command, check=True, capture_output=True)
+    if not finished:  # the last session: resumed to the end
+        subprocess.run(command, check=True, capture_output=True)
     diff = same(load_checkpoint(ref / "checkpoints" / "last.pt"), load_checkpoint(cut / "checkpoints" / "last.pt"))
     print(f"final last.pt: {'bitwise equal to the reference' if not diff else 'DIFFERENT: ' + ', '.join(diff[:8])}")
     a, b = curves(ref), curves(cut)
