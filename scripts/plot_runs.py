@@ -6,8 +6,9 @@
 Reads the TensorBoard event files of every run dir under SWEEP_DIR (a dir holding
 `.hydra/overrides.yaml`, at any depth). Runs whose overrides differ only in `seed` (see --ignore)
 form one setting; the legend names only the overrides that vary across the sweep. Each run's curve
-is smoothed (moving average over --smooth points), put on a common step grid, and averaged where
-runs have data; a run that stopped early (e.g. eval.stop_on_solved) drops out of the mean there.
+is smoothed (moving average over --smooth points), put on a common step grid (its last value held
+up to the run's last logged step), and averaged where runs have data; a run that stopped early
+(e.g. eval.stop_on_solved) drops out of the mean after its end.
 """
 
 from __future__ import annotations
@@ -42,16 +43,28 @@ def find_runs(sweep_dirs: list[Path]) -> list[tuple[Path, dict[str, str]]]:
     return runs
 
 
-def read_scalars(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
-    """All (step, value) points of `tag` in the run dir's event files (not its subdirs)."""
+def read_scalars(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """All (step, value) points of `tag` in the run dir's event files (not its subdirs), and the run's
+    last step (its last point of any scalar: the end of training, where the last episode's return
+    still stands)."""
     from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
     acc = EventAccumulator(str(run_dir), size_guidance={SCALARS: 0})  # 0 = keep every point
     acc.Reload()
-    if tag not in acc.Tags()["scalars"]:
-        return np.empty(0), np.empty(0)
+    tags = acc.Tags()["scalars"]
+    if tag not in tags:
+        return np.empty(0), np.empty(0), 0.0
     events = acc.Scalars(tag)
-    return np.array([e.step for e in events], dtype=float), np.array([e.value for e in events], dtype=float)
+    end = max(acc.Scalars(t)[-1].step for t in tags)
+    return np.array([e.step for e in events], dtype=float), np.array([e.value for e in events], dtype=float), end
+
+
+def on_grid(grid: np.ndarray, steps: np.ndarray, values: np.ndarray, end: float) -> np.ndarray:
+    """A run's curve at the grid's steps: interpolated between its points and its last value held up to
+    `end` (a return stands until the next episode ends; without the hold the runs whose last episode
+    ended earlier dropped out of the mean before the last step), NaN before its first point and after
+    `end`, so runs only count where they have data."""
+    return np.where((grid >= steps[0]) & (grid <= max(end, steps[-1])), np.interp(grid, steps, values), np.nan)
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
@@ -101,24 +114,23 @@ def plot(
     runs = find_runs(sweep_dirs)
     if not runs:
         raise SystemExit(f"error: no run dirs (with .hydra/overrides.yaml) under {', '.join(map(str, sweep_dirs))}")
-    curves: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    curves: dict[str, list[tuple[np.ndarray, np.ndarray, float]]] = {}
     for label, run_dirs in group_runs(runs, list(ignore)).items():
         for run_dir in run_dirs:
-            steps, values = read_scalars(run_dir, tag)
+            steps, values, end = read_scalars(run_dir, tag)
             if len(steps):
-                curves.setdefault(label, []).append((steps, moving_average(values, smooth)))
+                curves.setdefault(label, []).append((steps, moving_average(values, smooth), end))
             else:
                 print(f"warning: no {tag!r} scalars in {run_dir}; skipped", file=sys.stderr)
     if not curves:
         raise SystemExit(f"error: no run under {', '.join(map(str, sweep_dirs))} has {tag!r} scalars")
 
     fig, ax = plt.subplots(figsize=size, dpi=dpi, layout="constrained")
-    last_step = max(steps[-1] for runs_ in curves.values() for steps, _ in runs_)
+    last_step = max(max(steps[-1], end) for runs_ in curves.values() for steps, _, end in runs_)
     grid = np.linspace(0, last_step, points)
     counts = {}
     for label, runs_ in sorted(curves.items()):
-        # NaN outside a run's own steps, so runs only count where they have data
-        ys = np.array([np.where((grid >= s[0]) & (grid <= s[-1]), np.interp(grid, s, v), np.nan) for s, v in runs_])
+        ys = np.array([on_grid(grid, *run) for run in runs_])
         have = ~np.isnan(ys).all(axis=0)
         mean = np.full(points, np.nan)
         std = np.full(points, np.nan)

@@ -584,6 +584,26 @@ def test_plot_script_draws_a_png_of_the_requested_size(joblib_sweep, tmp_path):
     assert pixels.shape[:2] == (200, 300) and pixels.std() > 0.01  # something was drawn
 
 
+def test_plot_curves_hold_each_runs_last_return_to_its_last_step():
+    """Seeds whose last episodes end at different steps: each run's last return stands until the run's
+    last step, so the mean does not fall at the end as runs drop out (the README's picture did); a run
+    that ended early (stop_on_solved) still drops out after its own end."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("plot_runs", REPO / "scripts" / "plot_runs.py")
+    plot_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot_runs)
+    grid = np.array([0.0, 50.0, 100.0, 150.0, 200.0])
+    # episodes ended at steps 50 and 100, the run trained to step 200
+    held = plot_runs.on_grid(grid, np.array([50.0, 100.0]), np.array([10.0, 30.0]), 200.0)
+    np.testing.assert_array_equal(held, [np.nan, 10.0, 30.0, 30.0, 30.0])
+    # a run that stopped at step 120
+    ended = plot_runs.on_grid(grid, np.array([50.0, 100.0]), np.array([10.0, 30.0]), 120.0)
+    np.testing.assert_array_equal(ended, [np.nan, 10.0, 30.0, np.nan, np.nan])
+
+
 def test_plot_script_names_a_path_that_does_not_exist(tmp_path):
     line = check_refused(plot_script(str(tmp_path / "nowhere"), "-o", str(tmp_path / "c.png")), 1)
     assert line == f"error: {tmp_path / 'nowhere'} does not exist (give a sweep dir, multirun/DATE/TIME, or run dirs)"
