@@ -89,7 +89,7 @@ def resume_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> tuple[DictC
     if solved and stored.eval.stop_on_solved:
         log.warning(
             "resume: the run stopped when solved, and eval.stop_on_solved is still true: it will stop again at "
-            "its next evaluation that solves (eval.stop_on_solved=false trains on to total_steps)"
+            "its next evaluation that solves (set eval.stop_on_solved=false to train on to total_steps)"
         )
     for key in changed:
         log.info(f"resume: {key} changed to {OmegaConf.select(stored, key)!r}")

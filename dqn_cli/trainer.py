@@ -223,20 +223,22 @@ class Trainer:
                 self.agent.sync_target()
             if log_:
                 self._log_scalars(logger, epsilon)
-            if eval_ and self.evaluate(logger):
+            solved = bool(eval_) and self.evaluate(logger)
+            if checkpoint:  # (a solved run's last.pt comes from run(), as done)
+                self._checkpoint(last=not solved)
+            if solved:
                 return True
-            if checkpoint:
-                self._checkpoint()
             logger.progress(self.step)
         return False
 
-    def _checkpoint(self) -> None:
-        """The periodic checkpoints, step_N.pt and last.pt. One the file system refuses (a full disk) is
-        said, and training goes on: the last checkpoint written stays what `resume=` continues from, and
-        the next one may find space again."""
+    def _checkpoint(self, last: bool = True) -> None:
+        """The periodic checkpoints, step_N.pt and (with `last`) last.pt. One the file system refuses (a
+        full disk) is said, and training goes on: the last checkpoint written stays what `resume=`
+        continues from, and the next one may find space again."""
         try:
             self.save(f"step_{self.step}.pt")
-            self.save_last("running")
+            if last:
+                self.save_last("running")
         except WriteError as e:
             log.warning(f"{e} Training goes on; {self._last_written()}")
 
@@ -443,7 +445,7 @@ class Trainer:
         if solved and self.step < cfg.total_steps:  # (at the last step the run ends anyway: nothing to say)
             log.info(
                 f"solved at step {self.step}: {eval_kind(cfg.eval.epsilon)} {self.last_eval:.2f} >= {which}={target}, "
-                f"so the run ends here (eval.stop_on_solved=false trains on to total_steps={cfg.total_steps})"
+                f"so the run ends here (set eval.stop_on_solved=false to train on to total_steps={cfg.total_steps})"
             )
         return solved
 

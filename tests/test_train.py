@@ -188,10 +188,23 @@ def test_stop_on_solved_ends_training_at_the_first_solving_eval(small_cfg_factor
     ret = run.scalars["eval/mean_return"][0][1]
     assert (  # the log says why the run ended before total_steps
         f"solved at step 100: greedy eval {ret:.2f} >= env.solved_return=1, so the run ends here "
-        "(eval.stop_on_solved=false trains on to total_steps=300)" in caplog.text
+        "(set eval.stop_on_solved=false to train on to total_steps=300)" in caplog.text
     )
     assert [step for step, _ in run.scalars["eval/mean_return"]] == [100]
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["counters"]["step"] == 100
+
+
+def test_a_run_solved_at_a_checkpoint_step_still_writes_that_steps_checkpoint(small_cfg_factory, run_dir):
+    """checkpoint.interval=100 and the first eval (step 100) solves: step_100.pt is written beside the
+    done last.pt, as at every other multiple of the interval."""
+    cfg = small_cfg_factory(
+        "eval.stop_on_solved=true", "env.solved_return=1", "eval.stop_return=null", "checkpoint.interval=100"
+    )
+    Trainer(cfg, run_dir).run()
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) == ["best.pt", "last.pt", "step_100.pt"]
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert (last["status"], last["counters"]["step"]) == ("done", 100)
+    assert load_checkpoint(run_dir / "checkpoints" / "step_100.pt")["counters"]["step"] == 100
 
 
 def test_a_run_solved_only_at_its_last_step_is_not_said_to_end_early(small_cfg_factory, run_dir, caplog):
