@@ -751,6 +751,13 @@ def check_launcher(launcher: DictConfig, choice: str | None = None) -> None:
             )
     elif target.endswith("RayLauncher"):
         init, remote = launcher.ray.get("init") or {}, launcher.ray.get("remote") or {}
+        address = init.get("address") or os.environ.get("RAY_ADDRESS")
+        if address and (why := _unreachable(str(address))) is not None:
+            where = "hydra.launcher.ray.init.address" if init.get("address") else "RAY_ADDRESS"
+            raise UserError(
+                f"the Ray cluster at {where}={address} cannot be reached ({why}); Ray would try it again and again, "
+                "and no job would start. Start the cluster's head there (ray start --head), or give its address."
+            )
         if init.get("address") is None and not os.environ.get("RAY_ADDRESS"):  # a new local instance: its size is known
             # (what the machine has, asked only for a resource a job asks for: counting GPUs imports torch)
             for resource, machine in (("num_cpus", lambda: os.cpu_count() or 1), ("num_gpus", _cuda_devices)):
@@ -771,6 +778,21 @@ def check_launcher(launcher: DictConfig, choice: str | None = None) -> None:
             "PATH. Start the sweep on the cluster's login node, or pick a launcher that runs here: joblib, "
             "submitit_local, ray."
         )
+
+
+def _unreachable(address: str) -> str | None:
+    """Why nothing answers at a Ray address HOST:PORT (or ray://HOST:PORT), or None: it answers, or the
+    address is one Ray looks up itself (auto, local)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=3).close()
+    except OSError as e:
+        return e.strerror or str(e) or type(e).__name__
+    return None
 
 
 def _cuda_devices() -> int:

@@ -142,6 +142,11 @@ def test_a_sweep_whose_job_dirs_are_named_by_their_overrides_may_share_a_dir(job
          "hydra.launcher.timeout_min=0 is invalid: submitit kills each job after that many minutes"),
         (["hydra/launcher=ray"], {"RAY_ADDRESS": "127.0.0.1:1"},
          "hydra/launcher=ray starts a new local Ray instance, but RAY_ADDRESS=127.0.0.1:1 names a running cluster"),
+        # nothing listens there: Ray would retry the address for ever
+        (["hydra/launcher=ray_cluster"], {"RAY_ADDRESS": "127.0.0.1:1"},
+         "the Ray cluster at RAY_ADDRESS=127.0.0.1:1 cannot be reached (Connection refused)"),
+        (["hydra/launcher=ray_cluster", "hydra.launcher.ray.init.address=ray://127.0.0.1:1"], {},
+         "the Ray cluster at hydra.launcher.ray.init.address=ray://127.0.0.1:1 cannot be reached"),
     ],
 )  # fmt: skip
 def test_launcher_settings_that_would_crash_the_sweep_are_refused_first(tmp_path, overrides, env, said):
