@@ -305,6 +305,7 @@ def _foreign_flag(args: list[str], config_name: str) -> str | None:
     from dqn_cli.config import EVAL_RULES, OTHER_NAMES, TRAIN_RULES
 
     hydra_flags = {s for action in get_args_parser()._actions for s in action.option_strings}
+    rules = TRAIN_RULES if config_name == "train" else EVAL_RULES
     for i, arg in enumerate(args):
         flag, sep, value = arg.partition("=")
         if not flag.startswith("--") or flag in hydra_flags or (i and args[i - 1] in FLAGS_WITH_VALUES):
@@ -312,7 +313,6 @@ def _foreign_flag(args: list[str], config_name: str) -> str | None:
         if not sep and i + 1 < len(args) and not args[i + 1].startswith("-") and "=" not in args[i + 1]:
             value = args[i + 1]
         name = flag[2:].replace("-", "_")
-        rules = TRAIN_RULES if config_name == "train" else EVAL_RULES
         keys = [k for k in (name, OTHER_NAMES.get(name)) if k in rules] or [k for k in rules if k.endswith(f".{name}")]
         meant = f" {flag} is {keys[0]} here: write {keys[0]}={value or 'VALUE'}." if len(keys) == 1 else ""
         return (

@@ -1,4 +1,4 @@
-"""Where a run dir keeps its checkpoints (no imports: the CLI's config checks read it before torch loads)."""
+"""Where a run dir keeps its checkpoints (a module without torch: the CLI's checks read it before torch loads)."""
 
 from pathlib import Path
 
