@@ -55,6 +55,16 @@ def test_sample_only_draws_filled_slots():
     assert batch.weights is None and batch.obs.dtype == np.float32 and batch.actions.dtype == np.int64
 
 
+def test_a_wrapped_ring_samples_every_slot_it_holds():
+    """After the ring wraps, the slots from the write position on hold the older transitions: draws
+    cover all 10 slots (a draw only below `pos` would leave 7 of 10 transitions unused)."""
+    buf = ReplayBuffer(10, (1,), np.float32)
+    fill(buf, 13, rewards=[[float(t)] for t in range(13)])  # steps 10-12 overwrote slots 0-2
+    assert buf.full and buf.pos == 3
+    batch = buf.sample(2000, np.random.default_rng(0))
+    assert set(batch.rewards.tolist()) == {float(t) for t in range(3, 13)}
+
+
 def test_vector_envs_keep_separate_streams():
     buf = ReplayBuffer(12, (1,), np.float32, num_envs=3)
     assert buf.size_per_env == 4

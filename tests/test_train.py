@@ -96,6 +96,23 @@ def test_tensorboard_scalars(run0):
     assert s["eval/mean_return"][-1][1] == pytest.approx(run0.result)
 
 
+def test_eval_reports_each_statistic_of_its_episodes(run0, compose_cfg, monkeypatch, tmp_path):
+    """`dqn eval`'s JSON from the episodes played: returns 1 and 5, lengths 10 and 30."""
+    import json
+
+    import dqn_cli.evaluate as evaluate_module
+
+    monkeypatch.setattr(evaluate_module, "run_episodes", lambda *args: (np.array([1.0, 5.0]), np.array([10, 30])))
+    checkpoint, out = run0.run_dir / "checkpoints" / "last.pt", tmp_path / "eval.json"
+    overrides = [f"checkpoint={checkpoint}", "episodes=2", "device=cpu", "tensorboard=false", f"output={out}"]
+    evaluate_module.evaluate(compose_cfg("eval", overrides))
+    result = json.loads(out.read_text())
+    assert {k: result[k] for k in ("mean_return", "std_return", "min_return", "max_return", "mean_length")} == {
+        "mean_return": 3.0, "std_return": 2.0, "min_return": 1.0, "max_return": 5.0, "mean_length": 20.0
+    }  # fmt: skip
+    assert (result["returns"], result["lengths"], result["step"]) == ([1.0, 5.0], [10, 30], 300)
+
+
 def test_best_checkpoint_follows_the_best_eval(run0):
     evals = run0.scalars["eval/mean_return"]
     best_step, best_value = max(evals, key=lambda e: (e[1], -e[0]))  # the first of equal bests is kept
@@ -286,10 +303,17 @@ def test_each_moment_follows_its_own_interval(small_cfg_factory, run_dir):
         "checkpoint.keep_last=5",
     )  # fmt: skip
     trainer = Trainer(cfg, run_dir)
-    syncs, draws = [], []
-    sync, sample = trainer.agent.sync_target, trainer.buffer.sample
+    syncs, draws, losses = [], [], []
+    sync, sample, learn = trainer.agent.sync_target, trainer.buffer.sample, trainer.agent.learn
     trainer.agent.sync_target = lambda: (syncs.append((trainer.step, trainer.updates)), sync())[1]
     trainer.buffer.sample = lambda size, rng: (draws.append(size), sample(size, rng))[1]
+
+    def learn_and_record(batch, target_q=None):
+        metrics = learn(batch, target_q)
+        losses.append((trainer.step, metrics["td_loss"].item()))
+        return metrics
+
+    trainer.agent.learn = learn_and_record
     trainer.run()
     s = scalars(run_dir)
 
@@ -299,6 +323,11 @@ def test_each_moment_follows_its_own_interval(small_cfg_factory, run_dir):
     assert trainer.updates == updates_by(300) == 172 and draws == [8] * 172
     assert syncs == [(step, updates_by(step)) for step in range(40, 300, 40)]  # 40, 80, ..., 280
     assert [step for step, _ in s["losses/td_loss"]] == [60, 120, 180, 240, 300]
+    # each log's loss is the mean over the updates since the log before it, not all of them or the last one
+    logs = (0, 60, 120, 180, 240, 300)
+    windows = [[v for t, v in losses if lo < t <= hi] for lo, hi in zip(logs, logs[1:], strict=False)]
+    assert [len(w) for w in windows] == [12, 40, 40, 40, 40]  # updates at 45, 48, ..., 2 each
+    assert [v for _, v in s["losses/td_loss"]] == pytest.approx([np.mean(w) for w in windows], rel=1e-5)
     # epsilon decays from 1.0 to 0.04 over 0.5 * 300 steps; the log at step t shows the epsilon of step t - 1
     expected = [max(1.0 - 0.96 * (t - 1) / 150, 0.04) for t in (60, 120, 180, 240, 300)]
     assert [v for _, v in s["charts/epsilon"]] == pytest.approx(expected, abs=1e-6)
@@ -387,7 +416,7 @@ def scripted_evals(monkeypatch, returns: list[float]) -> list[dict]:
     def run_episodes(agent, env, episodes, epsilon, seed):
         calls.append({"episodes": episodes, "epsilon": epsilon, "seed": seed, "num_envs": env.num_envs})
         value = returns[len(calls) - 1]
-        return np.array([value, value]), np.array([10, 10])
+        return np.array([value - 2, value + 2]), np.array([10, 30])  # mean `value`, std 2, mean length 20
 
     monkeypatch.setattr(trainer_module, "run_episodes", run_episodes)
     return calls
@@ -397,7 +426,17 @@ def test_an_eval_equal_to_stop_return_stops_training(small_cfg_factory, run_dir,
     scripted_evals(monkeypatch, [5.0, 7.0, 9.0])
     run = Run(small_cfg_factory("eval.stop_on_solved=true", "eval.stop_return=7"), run_dir)
     assert run.trainer.step == 200 and run.result == 7.0
-    assert [step for step, _ in run.scalars["eval/mean_return"]] == [100, 200]
+    assert run.scalars["eval/mean_return"] == [(100, 5.0), (200, 7.0)]
+    assert run.scalars["eval/std_return"] == [(100, 2.0), (200, 2.0)]
+    assert run.scalars["eval/mean_length"] == [(100, 20.0), (200, 20.0)]
+
+
+def test_the_hparams_metrics_are_the_final_and_the_best_evaluation(small_cfg_factory, run_dir, monkeypatch):
+    """TensorBoard's HParams tab compares runs by these two: a last eval below the best keeps them apart."""
+    scripted_evals(monkeypatch, [5.0, 9.0, 7.0])
+    run = Run(small_cfg_factory(), run_dir)
+    assert run.scalars["hparams/final_return"] == [(300, 7.0)]
+    assert run.scalars["hparams/best_return"] == [(300, 9.0)]
 
 
 def test_training_evaluations_use_the_eval_settings(small_cfg_factory, run_dir, monkeypatch):
