@@ -866,6 +866,25 @@ def test_sticky_actions_come_from_the_preset(vectorization, atari_cfg):
 
 
 @pytest.mark.parametrize("vectorization", ["sync", "ale"])
+def test_no_op_starts_come_from_the_preset(vectorization, atari_cfg):
+    """Each reset plays a random number of no-op frames, up to noop_max, before the first observation (FIRE
+    on reset off: no other frame before it). A bug that passed noop_max=0 to the env passed every test that
+    sets noop_max=0 to compare pipelines."""
+
+    def frames_at_reset(noop_max: int) -> list[int]:
+        cfg = atari_cfg(f"env.vectorization={vectorization}", f"env.preset.noop_max={noop_max}",
+                        "env.preset.fire_on_reset=false")  # fmt: skip
+        env = make_env(cfg.env, seed=0)
+        frames = [int(env.reset(seed=seed)[1]["episode_frame_number"][0]) for seed in range(10)]
+        env.close()
+        return frames
+
+    assert frames_at_reset(0) == [0] * 10
+    frames = frames_at_reset(30)
+    assert all(0 <= f <= 30 for f in frames) and len(set(frames)) >= 5, frames  # a different start per seed
+
+
+@pytest.mark.parametrize("vectorization", ["sync", "ale"])
 @pytest.mark.parametrize("training", [True, False], ids=["training", "eval"])
 @pytest.mark.parametrize("fire", [True, False])
 def test_fire_on_reset_launches_the_ball_after_each_reset_and_lost_life(fire, training, vectorization, compose_cfg):

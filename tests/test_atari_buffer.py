@@ -237,6 +237,26 @@ def test_state_dict_round_trip_keeps_the_newest_transition_and_the_episode_ends(
     assert_same_batches(b, naive)
 
 
+def test_state_dict_round_trip_keeps_the_side_ring_position():
+    """A loaded buffer puts its next truncation's side frame where the saved one would. A bug that restarted
+    the side ring at 0 overwrote the first truncation's side frame, still in use, and its slot was lost."""
+    a = FrameStackReplay(100, (K, H, W), np.uint8, 1, 1, 0.9)
+    add_truncated_episodes(a, 2, 3)
+    b = FrameStackReplay(100, (K, H, W), np.uint8, 1, 1, 0.9)
+    b.load_state_dict({k: np.array(v) for k, v in a.state_dict().items()})
+    assert (a.side_pos, b.side_pos) == (2, 2)
+    for buf in (a, b):
+        add_truncated_episodes(buf, 1, 3)
+    assert a.side_owner[:4].tolist() == [2, 5, 8, -1]  # the flat slots of the three truncated steps
+    np.testing.assert_array_equal(b.side_owner, a.side_owner)
+    np.testing.assert_array_equal(b.side_frames, a.side_frames)
+    assert b.sampleable(np.arange(9), np.zeros(9, int)).all()
+    batch_a, batch_b = (buf.sample(32, np.random.default_rng(0)) for buf in (a, b))
+    np.testing.assert_array_equal(batch_b.indices, batch_a.indices)
+    np.testing.assert_array_equal(batch_b.obs, batch_a.obs)
+    np.testing.assert_array_equal(batch_b.next_obs, batch_a.next_obs)
+
+
 # ---- buffer.storage=device: frame-store rows instead of frame stacks ------------------------------------
 
 

@@ -435,6 +435,29 @@ def test_cross_key_rules_at_their_bounds(small_cfg_factory, overrides, expected)
             validate_train(cfg)
 
 
+@pytest.mark.parametrize(
+    "n_step, capacity, expected",
+    [
+        # a sampled slot needs its 4 stacked frames and its n-step window's next frame among one env's steps
+        (1, 5, None),
+        (1, 4, "buffer.capacity=4 keeps 4 steps per env (env.num_envs=1); a transition of 4 stacked frames and "
+               "agent.n_step=1 needs at least 5"),
+        (3, 7, None),
+        (3, 6, "a transition of 4 stacked frames and agent.n_step=3 needs at least 7"),
+    ],
+)  # fmt: skip
+def test_atari_capacity_per_env_must_cover_the_frame_stack_plus_n_step(compose_cfg, n_step, capacity, expected):
+    """A bug that left n_step out of the steps a Pong transition needs, or refused the exact fit, passed the
+    cross-key bounds above: they run CartPole."""
+    overrides = ["env=pong", "env.num_envs=1", "agent.batch_size=4", "agent.learning_starts=4"]
+    cfg = compose_cfg("train", [*overrides, f"agent.n_step={n_step}", f"buffer.capacity={capacity}"])
+    if expected is None:
+        validate_train(cfg)
+    else:
+        with pytest.raises(UserError, match=re.escape(expected)):
+            validate_train(cfg)
+
+
 def test_a_missing_game_is_the_only_complaint_not_the_ids_built_from_it(compose_cfg):
     # env.id and env.preset.id interpolate env.game; that they cannot resolve says nothing new
     with pytest.raises(UserError) as info:
