@@ -299,27 +299,39 @@ def _flags_first(args: list[str]) -> list[str]:
 def _foreign_flag(args: list[str], config_name: str) -> str | None:
     """What to say of a `--flag` Hydra does not have (`--total-timesteps 1000`, CleanRL's and argparse
     scripts' way): settings are KEY=VALUE overrides here, and the key meant if known. Hydra would say
-    "unrecognized arguments", or take the flag's value for an override without a value."""
+    "unrecognized arguments", or take the flag's value for an override without a value. Hydra's own
+    parser tells its flags (abbreviated ones too: --multi) and their values apart."""
     from hydra._internal.utils import get_args_parser
 
     from dqn_cli.config import EVAL_RULES, OTHER_NAMES, TRAIN_RULES
 
-    hydra_flags = {s for action in get_args_parser()._actions for s in action.option_strings}
+    parser = get_args_parser()
+
+    def refuse(message: str):  # (argparse would print its usage and exit: Hydra says that itself later)
+        raise ValueError(message)
+
+    parser.error = refuse
+    try:
+        unknown = parser.parse_known_args(args)[1]
+    except (ValueError, SystemExit):
+        return None
+    flag = next((a for a in unknown if a.startswith("--")), None)
+    if flag is None:
+        return None
+    flag, sep, value = flag.partition("=")
+    following = args[args.index(flag) + 1 :] if not sep and flag in args else []
+    if following and not following[0].startswith("--") and "=" not in following[0]:
+        value = following[0]  # (a negative number too: --lr -0.001)
+    name = flag[2:].replace("-", "_")
     rules = TRAIN_RULES if config_name == "train" else EVAL_RULES
-    for i, arg in enumerate(args):
-        flag, sep, value = arg.partition("=")
-        if not flag.startswith("--") or flag in hydra_flags or (i and args[i - 1] in FLAGS_WITH_VALUES):
-            continue
-        if not sep and i + 1 < len(args) and not args[i + 1].startswith("-") and "=" not in args[i + 1]:
-            value = args[i + 1]
-        name = flag[2:].replace("-", "_")
-        keys = [k for k in (name, OTHER_NAMES.get(name)) if k in rules] or [k for k in rules if k.endswith(f".{name}")]
-        meant = f" {flag} is {keys[0]} here: write {keys[0]}={value or 'VALUE'}." if len(keys) == 1 else ""
-        return (
-            f"{flag} is not a dqn {config_name} flag: settings are Hydra overrides, KEY=VALUE "
-            f"(dqn {config_name} --help lists the keys).{meant}"
-        )
-    return None
+    keys = [k for k in (name, OTHER_NAMES.get(name)) if k in rules] or [k for k in rules if k.endswith(f".{name}")]
+    if name == "cuda":  # CleanRL's --cuda takes a bool; here the device is named
+        value = "cuda (or device=cpu)"
+    meant = f" {flag} is {keys[0]} here: write {keys[0]}={value or 'VALUE'}." if len(keys) == 1 else ""
+    return (
+        f"{flag} is not a dqn {config_name} flag: settings are Hydra overrides, KEY=VALUE "
+        f"(dqn {config_name} --help lists the keys).{meant}"
+    )
 
 
 def _check_groups(args: list[str], config_name: str) -> None:

@@ -80,9 +80,39 @@ def test_eval_writes_json(trained, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]  # no run dir, no log file for eval
 
 
+def test_hydras_own_flags_and_the_end_of_flags_pass_the_flag_check(tmp_path):
+    """Only flags Hydra lacks are refused: `--` (the end of the flags) and Hydra's own flags stay Hydra's."""
+    proc = dqn("train", "--cfg", "job", "--", "seed=7", cwd=tmp_path)
+    assert proc.returncode == 0 and "seed: 7" in proc.stdout, output(proc)
+
+
+def test_the_console_handler_drops_what_a_closed_pipe_cannot_take_and_still_reports_other_errors():
+    """Lines logged after the reader has gone (the pipe's read end closed first) end without a word; a
+    record that cannot be formatted is still reported as logging reports it."""
+    script = """
+import logging, sys, time
+from dqn_cli.console import ConsoleHandler
+time.sleep(0.5)
+log = logging.getLogger("t")
+log.addHandler(ConsoleHandler(sys.stdout))
+log.setLevel(logging.INFO)
+for i in range(3):
+    log.info("line %d", i)
+log.info("bad %d", "x")
+print("done", file=sys.stderr)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader goes before the first line
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0, stderr
+    assert stderr.count("--- Logging error ---") == 1 and "TypeError" in stderr, stderr  # the bad record only
+    assert "BrokenPipeError" not in stderr and stderr.rstrip().endswith("done"), stderr
+
+
 def test_eval_piped_into_head_ends_quietly_and_still_writes_its_json(trained, tmp_path):
-    """`dqn eval ... | head -1`: the reader goes after one line. The table's later lines printed a
-    "--- Logging error ---" traceback each (BrokenPipeError); now the rest of the output is dropped."""
+    """`dqn eval ... | head -1`: the reader goes after one line. The lines logged after that (at least
+    "wrote x.json", after the TensorBoard write) printed a "--- Logging error ---" traceback each
+    (BrokenPipeError); now the rest of the output is dropped."""
     ckpt = trained / "checkpoints" / "last.pt"
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     args = [*DQN, "eval", f"checkpoint={ckpt}", "episodes=2", "device=cpu", "output=x.json"]
@@ -220,6 +250,9 @@ BAD = [
     (["train", "--batch-size", "64"], ["--batch-size is agent.batch_size here: write agent.batch_size=64."]),
     (["eval", "--episodes", "3"], ["not a dqn eval flag", "--episodes is episodes here: write episodes=3."]),
     (["train", "--capture-video"], ["--capture-video is not a dqn train flag: settings are Hydra overrides"]),
+    (["train", "--lr", "-0.001"], ["--lr is agent.lr here: write agent.lr=-0.001."]),  # a negative value
+    (["train", "--cuda", "False"], ["--cuda is device here: write device=cuda (or device=cpu)."]),
+    (["train", "--info", "--total-timesteps", "1000"], ["--total-timesteps is total_steps here"]),  # (--info's value?)
     # a key spelled with hyphens (Hydra would advise +total-timesteps=1000)
     (["train", "total-timesteps=1000"], ["total-timesteps is not a known key. Did you mean total_steps"]),
     (["train", "agent.learning-starts=5"],
