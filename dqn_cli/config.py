@@ -781,17 +781,19 @@ def check_launcher(launcher: DictConfig, choice: str | None = None) -> None:
 
 
 def _unreachable(address: str) -> str | None:
-    """Why nothing answers at a Ray address HOST:PORT (or ray://HOST:PORT), or None: it answers, or the
-    address is one Ray looks up itself (auto, local)."""
+    """Why nothing answers at a Ray address HOST:PORT (or ray://HOST:PORT, http://HOST:PORT), or None: it
+    answers, or the address is one Ray looks up itself (auto, local)."""
     import socket
 
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host, _, port = address.split("://")[-1].rstrip("/").rpartition(":")
     if not host or not port.isdigit():
         return None
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=3).close()
-    except OSError as e:
+    except OSError as e:  # refused, no such host, timed out (3 s)
         return e.strerror or str(e) or type(e).__name__
+    except (UnicodeError, ValueError, OverflowError) as e:  # not a host name (a label over 63 characters), port
+        return f"not an address: {e}"
     return None
 
 

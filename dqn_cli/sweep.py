@@ -70,9 +70,9 @@ class SweepSummary(Callback):
         crashed = isinstance(value, Exception) and not isinstance(value, UserError)
         run_dir = Path(config.hydra.runtime.output_dir)
         status = job_status(job_return.status.name, value)
-        state = None if status == "NOT_STARTED" else _last_checkpoint(run_dir)
         ran = status != "NOT_STARTED" and self._start is not None
         wall_time = round(time.perf_counter() - self._start, 3) if ran else None
+        state = None if status == "NOT_STARTED" else _last_checkpoint(run_dir)
         result = {
             "job": int(config.hydra.job.num),
             "status": status,
@@ -402,7 +402,7 @@ def _last_checkpoint(run_dir: Path) -> dict | None:
 
     try:
         return load_checkpoint(path)
-    except UserError as e:
+    except (UserError, OSError) as e:  # (OSError: a file that cannot be opened, e.g. its permissions)
         log.warning(f"sweep summary: skipping {path}: {e}")
         return None
 

@@ -240,7 +240,8 @@ class Trainer:
             if last:
                 self.save_last("running")
         except WriteError as e:
-            log.warning(f"{e} Training goes on; {self._last_written()}")
+            goes_on = "Training goes on" if last else "The run ends solved (last.pt comes next)"
+            log.warning(f"{e} {goes_on}; {self._last_written()}")
 
     def _last_written(self) -> str:
         if self.last_saved is None:
@@ -580,7 +581,7 @@ class Trainer:
                 except WriteError as e:  # the weights and counters still go into last.pt: a resume refills replay
                     log.warning(f"{e} last.pt is written without the replay buffer; a resume starts it empty.")
                     del state["replay"]
-        path = save_checkpoint(state, directory / "last.pt")
+        path = save_checkpoint(state, self.run_dir / LAST)
         for old in directory.glob("replay_*.npz"):
             if old.name != state.get("replay"):
                 old.unlink(missing_ok=True)

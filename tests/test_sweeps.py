@@ -61,6 +61,16 @@ def plot_script(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
 
 
+def plot_module():
+    """scripts/plot_runs.py as a module (scripts/ is not a package), for its functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("plot_runs", REPO / "scripts" / "plot_runs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def check_refused(proc: subprocess.CompletedProcess, code: int) -> str:
     """The process ended with `code`, no traceback, and one line of error on stderr (after argparse's
     usage, if any); returns that line."""
@@ -593,13 +603,9 @@ def test_plot_curves_hold_each_runs_last_return_to_its_last_step():
     """Seeds whose last episodes end at different steps: each run's last return stands until the run's
     last step, so the mean does not fall at the end as runs drop out (the README's picture did); a run
     that ended early (stop_on_solved) still drops out after its own end."""
-    import importlib.util
-
     import numpy as np
 
-    spec = importlib.util.spec_from_file_location("plot_runs", REPO / "scripts" / "plot_runs.py")
-    plot_runs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plot_runs)
+    plot_runs = plot_module()
     grid = np.array([0.0, 50.0, 100.0, 150.0, 200.0])
     # episodes ended at steps 50 and 100, the run trained to step 200
     held = plot_runs.on_grid(grid, np.array([50.0, 100.0]), np.array([10.0, 30.0]), 200.0)
@@ -607,6 +613,19 @@ def test_plot_curves_hold_each_runs_last_return_to_its_last_step():
     # a run that stopped at step 120
     ended = plot_runs.on_grid(grid, np.array([50.0, 100.0]), np.array([10.0, 30.0]), 120.0)
     np.testing.assert_array_equal(ended, [np.nan, 10.0, 30.0, np.nan, np.nan])
+
+
+def test_plot_reads_a_runs_end_from_its_last_point_of_any_tag(tmp_path):
+    """The last episode ended at step 50; the run logged on to step 200: its curve holds to 200."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    plot_runs = plot_module()
+    with SummaryWriter(str(tmp_path)) as writer:
+        writer.add_scalar("charts/episodic_return", 10.0, 20)
+        writer.add_scalar("charts/episodic_return", 30.0, 50)
+        writer.add_scalar("charts/SPS", 100.0, 200)
+    steps, values, end = plot_runs.read_scalars(tmp_path, "charts/episodic_return")
+    assert (steps.tolist(), values.tolist(), end) == ([20.0, 50.0], [10.0, 30.0], 200)
 
 
 def test_plot_script_names_a_path_that_does_not_exist(tmp_path):
