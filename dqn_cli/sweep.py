@@ -70,9 +70,9 @@ class SweepSummary(Callback):
         crashed = isinstance(value, Exception) and not isinstance(value, UserError)
         run_dir = Path(config.hydra.runtime.output_dir)
         status = job_status(job_return.status.name, value)
-        ran = status != "NOT_STARTED" and self._start is not None
-        wall_time = round(time.perf_counter() - self._start, 3) if ran else None
-        state = None if status == "NOT_STARTED" else _last_checkpoint(run_dir)
+        started = status != "NOT_STARTED"
+        wall_time = round(time.perf_counter() - self._start, 3) if started and self._start is not None else None
+        state = _last_checkpoint(run_dir) if started else None
         result = {
             "job": int(config.hydra.job.num),
             "status": status,

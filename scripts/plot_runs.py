@@ -64,7 +64,7 @@ def on_grid(grid: np.ndarray, steps: np.ndarray, values: np.ndarray, end: float)
     `end` (a return stands until the next episode ends; without the hold the runs whose last episode
     ended earlier dropped out of the mean before the last step), NaN before its first point and after
     `end`, so runs only count where they have data."""
-    return np.where((grid >= steps[0]) & (grid <= max(end, steps[-1])), np.interp(grid, steps, values), np.nan)
+    return np.where((grid >= steps[0]) & (grid <= end), np.interp(grid, steps, values), np.nan)
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
@@ -126,7 +126,7 @@ def plot(
         raise SystemExit(f"error: no run under {', '.join(map(str, sweep_dirs))} has {tag!r} scalars")
 
     fig, ax = plt.subplots(figsize=size, dpi=dpi, layout="constrained")
-    last_step = max(max(steps[-1], end) for runs_ in curves.values() for steps, _, end in runs_)
+    last_step = max(end for runs_ in curves.values() for _, _, end in runs_)  # (end >= a run's last point)
     grid = np.linspace(0, last_step, points)
     counts = {}
     for label, runs_ in sorted(curves.items()):
