@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import gymnasium as gym
@@ -30,12 +31,15 @@ def run_episodes(
     epsilon: float,
     seed: int,
     video: EpisodeVideo | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    stop: Callable[[], bool] | None = None,
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Play `episodes` full episodes spread over the env's copies; return their returns and lengths.
 
     Env i plays (episodes + i) // n of them, so short episodes do not crowd out long ones.
     The env is reset with `seed`, which makes each evaluation see the same start states.
-    `video` records env 0's episodes, one frame per step.
+    `video` records env 0's episodes, one frame per step. `stop` is asked after each step; once it says
+    True the games are left unfinished and None comes back (a training run's Ctrl-C / SIGTERM: greedy
+    Atari games can last minutes, longer than a scheduler waits between SIGTERM and SIGKILL).
     """
     n = env.num_envs
     quota = np.array([(episodes + i) // n for i in range(n)])
@@ -48,6 +52,8 @@ def run_episodes(
         video.capture(env)
     while (done_count < quota).any():
         obs, _, _, _, infos = env.step(agent.act(obs, epsilon, rng))
+        if stop is not None and stop():
+            return None
         for i, ret, length in finished_episodes(infos):
             if done_count[i] < quota[i]:
                 returns.append(ret)

@@ -223,7 +223,7 @@ class Trainer:
                 self.agent.sync_target()
             if log_:
                 self._log_scalars(logger, epsilon)
-            solved = bool(eval_) and self.evaluate(logger)
+            solved = bool(eval_) and self.evaluate(logger, stop)
             if checkpoint:  # (a solved run's last.pt comes from run(), as done)
                 self._checkpoint(last=not solved)
             if solved:
@@ -414,8 +414,10 @@ class Trainer:
                 self._diverged(f"a weight of {name}")
 
     # ---- moments -----------------------------------------------------------------------------
-    def evaluate(self, logger: RunLogger) -> bool:
-        """Greedy evaluation; logs eval/*, keeps best.pt, and says whether the env is solved."""
+    def evaluate(self, logger: RunLogger, stop: StopSignals | None = None) -> bool:
+        """Greedy evaluation; logs eval/*, keeps best.pt, and says whether the env is solved. A `stop`
+        requested during its games leaves them unfinished, with no scores (the loop then writes last.pt).
+        The final evaluation gets none: its score is the run's result (a second Ctrl-C aborts it)."""
         cfg = self.cfg
         if self.eval_env is None:
             self.eval_env = make_env(
@@ -425,9 +427,14 @@ class Trainer:
                 training=False,
             )
         self.agent.finish_update()  # evaluate the weights of every update so far
-        returns, lengths = run_episodes(
-            self.agent, self.eval_env, cfg.eval.episodes, cfg.eval.epsilon, cfg.seed + cfg.eval.seed_offset
-        )
+        played = run_episodes(
+            self.agent, self.eval_env, cfg.eval.episodes, cfg.eval.epsilon, cfg.seed + cfg.eval.seed_offset,
+            stop=None if stop is None else lambda: stop.requested,
+        )  # fmt: skip
+        if played is None:
+            log.warning(f"{stop.name} came during the evaluation at step {self.step}: its games are left unfinished")
+            return False
+        returns, lengths = played
         self.last_eval, self.last_eval_step = float(returns.mean()), self.step
         logger.scalars(
             self.step,

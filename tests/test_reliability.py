@@ -1043,6 +1043,29 @@ def test_a_sweep_job_stopped_during_its_final_evaluation_is_complete_not_stopped
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["status"] == "done"
 
 
+def test_a_signal_during_an_evaluation_leaves_its_games_and_writes_last_pt(tmp_path, small_cfg_factory, caplog):
+    """Greedy Atari games can outlast a scheduler's wait between SIGTERM and SIGKILL (an H200 Pong run was
+    killed 30 s after its SIGINT, mid-evaluation): the games are left, with no scores, and last.pt is written."""
+    run = tmp_path / "run"
+    trainer = Trainer(small_cfg_factory("eval.episodes=4"), run)
+    act, acted = trainer.agent.act, []
+
+    def act_then_signal(*args):
+        acted.append(trainer.step)
+        if len(acted) == 5:
+            signal.raise_signal(signal.SIGTERM)
+        return act(*args)
+
+    trainer.agent.act = act_then_signal  # the evaluation's acting (training acts through act_later)
+    with pytest.raises(TrainingStoppedError) as info:
+        trainer.run()
+    assert info.value.exit_code == 143 and acted == [100] * 5  # the first evaluation, left after its 5th step
+    assert "SIGTERM came during the evaluation at step 100: its games are left unfinished" in caplog.text
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["status"] == "stopped" and state["counters"]["step"] == 100
+    assert not (run / "checkpoints" / "best.pt").exists()  # no scores, so no best policy
+
+
 def test_a_signal_in_the_last_step_completes_the_run_and_still_exits_as_stopped(tmp_path, small_cfg_factory):
     run = tmp_path / "run"
     stop = run_stopped(small_cfg_factory(), run, step=300)

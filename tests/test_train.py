@@ -413,7 +413,7 @@ def scripted_evals(monkeypatch, returns: list[float]) -> list[dict]:
 
     calls = []
 
-    def run_episodes(agent, env, episodes, epsilon, seed):
+    def run_episodes(agent, env, episodes, epsilon, seed, stop=None):
         calls.append({"episodes": episodes, "epsilon": epsilon, "seed": seed, "num_envs": env.num_envs})
         value = returns[len(calls) - 1]
         return np.array([value - 2, value + 2]), np.array([10, 30])  # mean `value`, std 2, mean length 20
@@ -495,6 +495,17 @@ def test_evaluation_spreads_the_episodes_over_the_envs_and_counts_only_its_quota
     seeds = []
     returns, lengths = run_episodes(RandomPolicy(), countdown_envs([2, 5], seeds), 3, 0.05, seed=7)
     assert returns.tolist() == [2.0, 5.0, 5.0] and lengths.tolist() == [2, 5, 5]
+
+
+def test_evaluation_asked_to_stop_leaves_its_games_after_that_step():
+    from dqn_cli.evaluate import run_episodes
+
+    asked, policy = [], RandomPolicy()
+    played = run_episodes(
+        policy, countdown_envs([50, 50], []), 2, 0.05, seed=7, stop=lambda: asked.append(1) or len(asked) == 3
+    )
+    assert played is None and len(policy.actions) == 3  # games of 50 steps, left after the third
+    assert run_episodes(RandomPolicy(), countdown_envs([4, 4], []), 2, 0.05, seed=7, stop=lambda: False) is not None
 
 
 def test_evaluation_is_seeded_and_acts_with_its_epsilon():
