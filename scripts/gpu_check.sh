@@ -62,7 +62,7 @@ cp "$RUN"/events.out.tfevents.* "$OUT/" 2>/dev/null
 for ckpt in best; do
   for protocol in greedy nature; do
     [ -f "$RUN/checkpoints/$ckpt.pt" ] || continue
-    timeout 45 python3 -m dqn_cli eval "checkpoint=$RUN/checkpoints/$ckpt.pt" eval_protocol=$protocol episodes=10 \
+    timeout 120 python3 -m dqn_cli eval "checkpoint=$RUN/checkpoints/$ckpt.pt" eval_protocol=$protocol episodes=10 \
       device=cuda tensorboard=false "output=/tmp/eval_${ckpt}_$protocol.json" >/dev/null 2>&1
     say "== eval $ckpt.pt $protocol: $(python3 -c "import json; r = json.load(open('/tmp/eval_${ckpt}_$protocol.json')); print('step', r['step'], 'mean', r['mean_return'], 'std', round(r['std_return'], 2), r['returns'])" 2>&1 | tail -n 1)"
   done
