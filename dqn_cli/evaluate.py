@@ -37,8 +37,8 @@ def run_episodes(
 
     Env i plays (episodes + i) // n of them, so short episodes do not crowd out long ones.
     The env is reset with `seed`, which makes each evaluation see the same start states.
-    `video` records env 0's episodes, one frame per step. `stop` is asked after each step; once it says
-    True the games are left unfinished and None comes back (a training run's Ctrl-C / SIGTERM: greedy
+    `video` records env 0's episodes, one frame per step. `stop` is asked after each step that leaves games
+    to play; once it says True they are left unfinished and None comes back (a training run's Ctrl-C / SIGTERM: greedy
     Atari games can last minutes, longer than a scheduler waits between SIGTERM and SIGKILL).
     """
     n = env.num_envs
@@ -52,13 +52,13 @@ def run_episodes(
         video.capture(env)
     while (done_count < quota).any():
         obs, _, _, _, infos = env.step(agent.act(obs, epsilon, rng))
-        if stop is not None and stop():
-            return None
         for i, ret, length in finished_episodes(infos):
             if done_count[i] < quota[i]:
                 returns.append(ret)
                 lengths.append(length)
                 done_count[i] += 1
+        if stop is not None and (done_count < quota).any() and stop():
+            return None
         if video is not None and done_count[0] < quota[0]:
             video.capture(env)
     return np.array(returns), np.array(lengths)

@@ -111,6 +111,7 @@ class Trainer:
         self.best_eval = -math.inf
         self.last_eval: float | None = None
         self.last_eval_step: int | None = None
+        self.eval_due = False  # an evaluation a stop left unfinished: the resumed run plays it first
         self.obs: np.ndarray | None = None  # what the next step acts on (saved: episodes continue)
         self.metrics: dict[str, list[float]] = {}  # update metrics since the last log line
         self.pending: list[dict[str, torch.Tensor]] = []  # on a GPU: metrics not yet brought to the host
@@ -198,6 +199,10 @@ class Trainer:
         log_now, eval_now = Every(cfg.log.interval), Every(cfg.eval.interval)
         checkpoint_now = Every(cfg.checkpoint.interval)
         obs = self.obs if self.obs is not None else self.env.reset(seed=cfg.seed)[0]
+        if self.eval_due and not stop.requested:
+            log.info(f"the evaluation at step {self.step}, left unfinished by the stop, comes first")
+            if self.evaluate(logger, stop):
+                return True
         while self.step < total_steps and not stop.requested:
             epsilon = self.epsilon(self.step)
             actions, next_obs, rewards, terminated, truncated, infos = self._act_and_step(obs, epsilon, overlap)
@@ -223,7 +228,8 @@ class Trainer:
                 self.agent.sync_target()
             if log_:
                 self._log_scalars(logger, epsilon)
-            solved = bool(eval_) and self.evaluate(logger, stop)
+            # the last step's evaluation is the run's final one, which plays on after a stop (see evaluate)
+            solved = bool(eval_) and self.evaluate(logger, stop if self.step < total_steps else None)
             if checkpoint:  # (a solved run's last.pt comes from run(), as done)
                 self._checkpoint(last=not solved)
             if solved:
@@ -416,8 +422,9 @@ class Trainer:
     # ---- moments -----------------------------------------------------------------------------
     def evaluate(self, logger: RunLogger, stop: StopSignals | None = None) -> bool:
         """Greedy evaluation; logs eval/*, keeps best.pt, and says whether the env is solved. A `stop`
-        requested during its games leaves them unfinished, with no scores (the loop then writes last.pt).
-        The final evaluation gets none: its score is the run's result (a second Ctrl-C aborts it)."""
+        requested during its games leaves them unfinished, with no scores: the loop then writes last.pt,
+        and the resumed run plays this evaluation first (`eval_due`). The final evaluation gets no `stop`:
+        its score is the run's result (a second Ctrl-C aborts it)."""
         cfg = self.cfg
         if self.eval_env is None:
             self.eval_env = make_env(
@@ -431,8 +438,12 @@ class Trainer:
             self.agent, self.eval_env, cfg.eval.episodes, cfg.eval.epsilon, cfg.seed + cfg.eval.seed_offset,
             stop=None if stop is None else lambda: stop.requested,
         )  # fmt: skip
+        self.eval_due = played is None
         if played is None:
-            log.warning(f"{stop.name} came during the evaluation at step {self.step}: its games are left unfinished")
+            log.warning(
+                f"{stop.name} came during the evaluation at step {self.step}: its games are left unfinished "
+                "(a resumed run plays it first)"
+            )
             return False
         returns, lengths = played
         self.last_eval, self.last_eval_step = float(returns.mean()), self.step
@@ -483,7 +494,7 @@ class Trainer:
             },
             "status": status,
             "schedule": {"total_steps": self.schedule_steps},
-            "eval": {"best": self.best_eval, "last": self.last_eval},
+            "eval": {"best": self.best_eval, "last": self.last_eval, "due": self.eval_due},
             "metrics": {k: [float(x) for x in v] for k, v in self.metrics.items()},
             "rng": rng,
             "env": env_state.get_state(self.env),  # None where the env cannot be saved
@@ -507,6 +518,7 @@ class Trainer:
         self.step, self.episodes, self.updates = int(c["step"]), int(c["episodes"]), int(c["updates"])
         self.due_updates = int(c.get("due_updates", 0))  # overlap=true: the updates the next step runs
         self.best_eval, self.last_eval = float(state["eval"]["best"]), state["eval"]["last"]
+        self.eval_due = bool(state["eval"].get("due", False))  # (older checkpoints lack it)
         self.metrics = {k: list(v) for k, v in state.get("metrics", {}).items()}
         # epsilon keeps the decay of the run as started, even when total_steps is extended
         self.schedule_steps = int(state.get("schedule", {}).get("total_steps", cfg.total_steps))

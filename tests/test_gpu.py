@@ -115,12 +115,13 @@ def test_cuda_graph_update_follows_the_eager_update(precision, weights):
 
 
 def _assert_one_step_apart_at_most(eager, graphed, rel: float, steps: int = 1) -> None:
-    """Nearly every weight agrees: in each tensor at most 1% of the weights, or `steps` of them in a small one,
-    are apart, and by what a flipped near-zero gradient moves a weight the other way (~lr, 1e-3, per update).
-    A bf16 round graph on an H200 left 1 of a 64-weight bias apart after 4 updates (session 18)."""
+    """Nearly every weight agrees: in each tensor at most 1% of the weights, or one in a small tensor, are
+    apart, and by what a flipped near-zero gradient moves a weight the other way (~lr, 1e-3, per update).
+    A bf16 round graph on an H200 left 1 of a 64-weight bias apart after 4 updates (session 18). A small
+    tensor left out of the graph's updates (all its weights apart) still fails."""
     for p, q in zip(eager.q_net.parameters(), graphed.q_net.parameters(), strict=True):
         apart = ~torch.isclose(q, p, rtol=rel, atol=rel * p.abs().max().item())
-        assert apart.sum().item() <= max(steps, 0.01 * p.numel()) and (q - p).abs().max() < 3e-3 * steps
+        assert apart.sum().item() <= max(1, 0.01 * p.numel()) and (q - p).abs().max() < 3e-3 * steps
 
 
 def test_compiled_update_in_a_cuda_graph_follows_the_eager_update():

@@ -1034,36 +1034,73 @@ def test_a_sweep_job_stopped_during_its_final_evaluation_is_complete_not_stopped
     trainer = Trainer(small_cfg_factory("eval.interval=0"), tmp_path / "run")
     evaluate = trainer.evaluate
 
-    def stop_the_sweep_meanwhile(logger):
+    def stop_the_sweep_meanwhile(logger, stop=None):
         stop_file.write_text("SIGTERM\n")
-        return evaluate(logger)
+        return evaluate(logger, stop)
 
     trainer.evaluate = stop_the_sweep_meanwhile
     assert isinstance(trainer.run(stop_file), float)
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["status"] == "done"
 
 
-def test_a_signal_during_an_evaluation_leaves_its_games_and_writes_last_pt(tmp_path, small_cfg_factory, caplog):
-    """Greedy Atari games can outlast a scheduler's wait between SIGTERM and SIGKILL (an H200 Pong run was
-    killed 30 s after its SIGINT, mid-evaluation): the games are left, with no scores, and last.pt is written."""
-    run = tmp_path / "run"
-    trainer = Trainer(small_cfg_factory("eval.episodes=4"), run)
+def signal_on_eval_act(trainer: Trainer, nth: int, signum: int = signal.SIGTERM) -> list[int]:
+    """Deliver `signum` as the evaluation acts for the `nth` time (training acts through act_later); returns
+    the step of each evaluation act."""
     act, acted = trainer.agent.act, []
 
     def act_then_signal(*args):
         acted.append(trainer.step)
-        if len(acted) == 5:
-            signal.raise_signal(signal.SIGTERM)
+        if len(acted) == nth:
+            signal.raise_signal(signum)
         return act(*args)
 
-    trainer.agent.act = act_then_signal  # the evaluation's acting (training acts through act_later)
+    trainer.agent.act = act_then_signal
+    return acted
+
+
+def test_a_signal_during_an_evaluation_leaves_its_games_and_the_resumed_run_plays_it_first(
+    tmp_path, small_cfg_factory, caplog
+):
+    """Greedy Atari games can outlast a scheduler's wait between SIGTERM and SIGKILL (an H200 Pong run was
+    killed 30 s after its SIGINT, mid-evaluation): the games are left, with no scores, and last.pt is written.
+    The resumed run plays that evaluation first, and ends as the run never stopped."""
+    cfg = small_cfg_factory("eval.episodes=4")
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    Trainer(cfg, whole).run()
+    trainer = Trainer(cfg, part)
+    acted = signal_on_eval_act(trainer, 5)
     with pytest.raises(TrainingStoppedError) as info:
         trainer.run()
     assert info.value.exit_code == 143 and acted == [100] * 5  # the first evaluation, left after its 5th step
     assert "SIGTERM came during the evaluation at step 100: its games are left unfinished" in caplog.text
-    state = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert state["status"] == "stopped" and state["counters"]["step"] == 100
-    assert not (run / "checkpoints" / "best.pt").exists()  # no scores, so no best policy
+    state = load_checkpoint(part / "checkpoints" / "last.pt")
+    assert state["status"] == "stopped" and state["counters"]["step"] == 100 and state["eval"]["due"]
+    assert not (part / "checkpoints" / "best.pt").exists()  # no scores, so no best policy
+
+    caplog.set_level(logging.INFO)
+    Trainer(small_cfg_factory("eval.episodes=4", f"resume={part}"), "unused").run()
+    assert "the evaluation at step 100, left unfinished by the stop, comes first" in caplog.text
+    a, b = final_state(whole), final_state(part)
+    assert not a["eval"]["due"] and a["eval"]["last"] is not None
+    assert_same(a, b)
+    sa, sb = scalars(whole), scalars(part)
+    assert sa["eval/mean_return"] == sb["eval/mean_return"] and [s for s, _ in sb["eval/mean_return"]] == [
+        100,
+        200,
+        300,
+    ]
+
+
+def test_a_signal_during_the_last_steps_evaluation_lets_it_finish(tmp_path, small_cfg_factory):
+    """The last step's evaluation is the run's final one, its result: it plays on, and only once."""
+    run = tmp_path / "run"
+    trainer = Trainer(small_cfg_factory("eval.interval=300", "eval.episodes=2"), run)
+    acted = signal_on_eval_act(trainer, 3)
+    with pytest.raises(TrainingStoppedError, match="after the last step; the run is complete"):
+        trainer.run()
+    lengths = scalars(run)["eval/mean_length"]
+    assert [step for step, _ in lengths] == [300] and len(acted) == lengths[0][1]  # 2 games on 2 envs side by side
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["status"] == "done"
 
 
 def test_a_signal_in_the_last_step_completes_the_run_and_still_exits_as_stopped(tmp_path, small_cfg_factory):

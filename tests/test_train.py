@@ -505,7 +505,12 @@ def test_evaluation_asked_to_stop_leaves_its_games_after_that_step():
         policy, countdown_envs([50, 50], []), 2, 0.05, seed=7, stop=lambda: asked.append(1) or len(asked) == 3
     )
     assert played is None and len(policy.actions) == 3  # games of 50 steps, left after the third
-    assert run_episodes(RandomPolicy(), countdown_envs([4, 4], []), 2, 0.05, seed=7, stop=lambda: False) is not None
+    # asked only while games are left: a stop on the step that ends the last one keeps the whole evaluation
+    asked.clear()
+    played = run_episodes(
+        RandomPolicy(), countdown_envs([4, 4], []), 2, 0.05, seed=7, stop=lambda: asked.append(1) or len(asked) == 4
+    )
+    assert played is not None and played[0].tolist() == [4.0, 4.0] and len(asked) == 3
 
 
 def test_evaluation_is_seeded_and_acts_with_its_epsilon():
