@@ -37,9 +37,10 @@ def run_episodes(
 
     Env i plays (episodes + i) // n of them, so short episodes do not crowd out long ones.
     The env is reset with `seed`, which makes each evaluation see the same start states.
-    `video` records env 0's episodes, one frame per step. `stop` is asked after each step that leaves games
-    to play; once it says True they are left unfinished and None comes back (a training run's Ctrl-C / SIGTERM: greedy
-    Atari games can last minutes, longer than a scheduler waits between SIGTERM and SIGKILL).
+    `video` records env 0's episodes, one frame per step. `stop` is asked after each step that leaves
+    games to play; once it says True they are left unfinished and None comes back (a training run's
+    Ctrl-C / SIGTERM: greedy Atari games can last minutes, longer than a scheduler waits between SIGTERM
+    and SIGKILL).
     """
     n = env.num_envs
     quota = np.array([(episodes + i) // n for i in range(n)])
